@@ -1,0 +1,235 @@
+//! Dispatch: run the experts on the rows a plan gives them and combine by the routing weights.
+//!
+//! Two implementations of one function, `y[t] = Σ_{a: token(a)=t} w[a] · expert(a)(x[t])`:
+//! - [`dispatch_reference`]: readable candle ops (index_select → matmul → index_add); candle's
+//!   autodiff supplies its backward. Any dtype.
+//! - [`dispatch`]: the [`MoeDispatchOp`] custom op over the CPU kernel in `kernel.rs`, with an
+//!   explicit backward for the input, the routing weights and the expert weights.
+//!
+//! Tests hold the two to each other and to central differences.
+
+pub mod kernel;
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
+
+use crate::expert::{expert_forward_with, ExpertLayout};
+use crate::plan::DispatchPlan;
+use crate::{MoeError, Result};
+use kernel::{KFloat, Saved};
+
+/// Reference dispatch in plain candle ops.
+///
+/// # Shapes
+/// `x [T, d]`, `w [n]`, `packed [layout.total]` → `[T, d]`.
+pub fn dispatch_reference(
+    x: &Tensor,
+    w: &Tensor,
+    packed: &Tensor,
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+) -> Result<Tensor> {
+    let mut y = x.zeros_like()?;
+    for e in 0..plan.num_experts {
+        let r = plan.range(e);
+        if r.is_empty() {
+            continue;
+        }
+        let idx = Tensor::from_slice(&plan.token[r.clone()], r.len(), x.device())?;
+        let xe = x.index_select(&idx, 0)?;
+        let oe = expert_forward_with(layout, packed, e, &xe)?;
+        let we = w.narrow(0, r.start, r.len())?.unsqueeze(1)?;
+        // torch: final.index_add_(0, idx, expert(x[idx]) * w[:, None])
+        y = y.index_add(&idx, &oe.broadcast_mul(&we)?, 0)?;
+    }
+    Ok(y)
+}
+
+enum SavedAny {
+    F32(Saved<f32>),
+    F64(Saved<f64>),
+}
+
+/// The dispatch as a candle custom op with an explicit backward.
+///
+/// The forward stores the expert pre-activations in the op itself; candle keeps the op alive
+/// in the graph, so the backward finds them without recomputing the first matmuls.
+pub struct MoeDispatchOp {
+    layout: Arc<ExpertLayout>,
+    plan: Arc<DispatchPlan>,
+    saved: Mutex<Option<SavedAny>>,
+}
+
+impl MoeDispatchOp {
+    pub fn new(layout: Arc<ExpertLayout>, plan: Arc<DispatchPlan>) -> Self {
+        Self { layout, plan, saved: Mutex::new(None) }
+    }
+}
+
+fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("moe_dispatch: {what} must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous host data of `t` (no copy when `t` is already contiguous).
+fn with_host<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(cpu_slice::<T>(cpu, layout, "tensor")?)),
+        _ => candle_core::bail!("moe_dispatch runs on CPU tensors only for now"),
+    }
+}
+
+impl MoeDispatchOp {
+    fn fwd<T: KFloat + WithDType>(
+        &self,
+        x: &[T],
+        w: &[T],
+        p: &[T],
+        wrap: fn(Saved<T>) -> SavedAny,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, saved) = kernel::forward(x, w, p, &self.layout, &self.plan);
+        *self.saved.lock().expect("dispatch op poisoned") = Some(wrap(saved));
+        Ok((T::to_cpu_storage_owned(y), Shape::from((self.plan.num_tokens, self.layout.d_model))))
+    }
+
+    fn bwd_typed<T: KFloat + WithDType>(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        p: &Tensor,
+        gy: &Tensor,
+        saved: &Saved<T>,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let g = with_host::<T, _>(x, |x| {
+            with_host::<T, _>(w, |w| {
+                with_host::<T, _>(p, |p| {
+                    with_host::<T, _>(gy, |gy| kernel::backward(x, w, p, &self.layout, &self.plan, saved, gy))
+                })
+            })
+        })????;
+        let dev = x.device();
+        Ok((
+            Tensor::from_vec(g.dx, x.shape(), dev)?,
+            Tensor::from_vec(g.dw, w.shape(), dev)?,
+            Tensor::from_vec(g.dp, p.shape(), dev)?,
+        ))
+    }
+}
+
+impl CustomOp3 for MoeDispatchOp {
+    fn name(&self) -> &'static str {
+        "moe_dispatch"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => self.fwd::<f32>(
+                cpu_slice(s1, l1, "x")?,
+                cpu_slice(s2, l2, "weights")?,
+                cpu_slice(s3, l3, "expert params")?,
+                SavedAny::F32,
+            ),
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => self.fwd::<f64>(
+                cpu_slice(s1, l1, "x")?,
+                cpu_slice(s2, l2, "weights")?,
+                cpu_slice(s3, l3, "expert params")?,
+                SavedAny::F64,
+            ),
+            _ => candle_core::bail!(
+                "moe_dispatch: x, weights and expert params must all be f32 or all f64, got {:?}, {:?}, {:?}",
+                s1.dtype(),
+                s2.dtype(),
+                s3.dtype()
+            ),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        p: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let guard = self.saved.lock().expect("dispatch op poisoned");
+        let (dx, dw, dp) = match (&*guard, x.dtype()) {
+            (Some(SavedAny::F32(s)), DType::F32) => self.bwd_typed::<f32>(x, w, p, gy, s)?,
+            (Some(SavedAny::F64(s)), DType::F64) => self.bwd_typed::<f64>(x, w, p, gy, s)?,
+            _ => candle_core::bail!("moe_dispatch backward: no saved forward state of dtype {:?}", x.dtype()),
+        };
+        Ok((Some(dx), Some(dw), Some(dp)))
+    }
+}
+
+/// Fast dispatch through the custom op; same contract as [`dispatch_reference`].
+pub fn dispatch(
+    x: &Tensor,
+    w: &Tensor,
+    packed: &Tensor,
+    layout: &Arc<ExpertLayout>,
+    plan: &Arc<DispatchPlan>,
+) -> Result<Tensor> {
+    check_inputs(x, w, packed, layout, plan)?;
+    let op = MoeDispatchOp::new(layout.clone(), plan.clone());
+    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &packed.contiguous()?, op)?)
+}
+
+fn check_inputs(x: &Tensor, w: &Tensor, p: &Tensor, layout: &ExpertLayout, plan: &DispatchPlan) -> Result<()> {
+    let bad = |why: String| Err(MoeError::input("dispatch", why));
+    if x.dims() != [plan.num_tokens, layout.d_model] {
+        return bad(format!("x has shape {:?}, expected [{}, {}]", x.dims(), plan.num_tokens, layout.d_model));
+    }
+    if w.dims() != [plan.len()] {
+        return bad(format!("weights have shape {:?}, expected [{}] (one per assignment)", w.dims(), plan.len()));
+    }
+    if p.dims() != [layout.total] {
+        return bad(format!("expert params have shape {:?}, expected [{}]", p.dims(), layout.total));
+    }
+    if plan.num_experts != layout.num_experts() {
+        return bad(format!("plan has {} experts, layout {}", plan.num_experts, layout.num_experts()));
+    }
+    Ok(())
+}
+
+/// Which dispatch implementation a forward uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DispatchImpl {
+    /// The custom op with its explicit backward (default).
+    #[default]
+    Kernel,
+    /// Plain candle ops; the readable reference.
+    Reference,
+}
+
+/// Dispatch through the chosen implementation.
+pub fn run(
+    which: DispatchImpl,
+    x: &Tensor,
+    w: &Tensor,
+    packed: &Tensor,
+    layout: &Arc<ExpertLayout>,
+    plan: &Arc<DispatchPlan>,
+) -> Result<Tensor> {
+    match which {
+        DispatchImpl::Kernel => dispatch(x, w, packed, layout, plan),
+        DispatchImpl::Reference => {
+            check_inputs(x, w, packed, layout, plan)?;
+            dispatch_reference(x, w, packed, layout, plan)
+        }
+    }
+}

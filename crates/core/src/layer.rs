@@ -1,0 +1,254 @@
+//! The routed MoE layer: `gate → router → plan → experts → combine`, plus shared experts,
+//! auxiliary losses, regularisation (router jitter, expert dropout) and routing statistics.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::MoeConfig;
+use crate::dispatch::{self, DispatchImpl};
+use crate::expert::ExpertBank;
+use crate::gate::Gate;
+use crate::losses::{self, LossValues};
+use crate::params::ParamBuilder;
+use crate::plan::DispatchPlan;
+use crate::router::{self, safe_row_normalize, Router, RouterInput};
+use crate::stats::RoutingStats;
+use crate::{MoeError, Result};
+
+/// Per-call inputs besides the hidden states.
+pub struct ForwardCtx<'a> {
+    pub train: bool,
+    /// Noise for jitter, noisy gating and expert dropout.
+    pub rng: &'a mut ChaCha8Rng,
+    /// Token ids, `[T]` (hash routing, traces).
+    pub token_ids: Option<&'a [u32]>,
+    /// Sequence length when `T = B·L` (context gates, Soft MoE).
+    pub seq_len: Option<usize>,
+    pub dispatch: DispatchImpl,
+    /// Replaces the router's plan and weights (recorded-routing replay, ablations).
+    pub forced: Option<ForcedRouting>,
+}
+
+impl<'a> ForwardCtx<'a> {
+    pub fn new(train: bool, rng: &'a mut ChaCha8Rng) -> Self {
+        Self { train, rng, token_ids: None, seq_len: None, dispatch: DispatchImpl::Kernel, forced: None }
+    }
+}
+
+/// A routing to force instead of the router's: a plan and one weight per assignment.
+#[derive(Clone)]
+pub struct ForcedRouting {
+    pub plan: Arc<DispatchPlan>,
+    pub weights: Tensor,
+}
+
+/// The routing a forward used.
+#[derive(Clone)]
+pub struct Routing {
+    pub plan: Arc<DispatchPlan>,
+    /// `[n]`, one per plan assignment (after renormalisation and scaling).
+    pub weights: Tensor,
+    /// `[T, E]` router logits, when the router has them.
+    pub logits: Option<Tensor>,
+    /// `[T, E]` router distribution.
+    pub probs: Tensor,
+}
+
+/// What an MoE block returns.
+pub struct MoeOutput {
+    /// Same shape as the input.
+    pub y: Tensor,
+    /// Weighted sum of the enabled auxiliary losses (a scalar to add to the task loss).
+    pub aux_loss: Tensor,
+    /// Every auxiliary loss's value, weighted or not.
+    pub losses: LossValues,
+    pub stats: Option<RoutingStats>,
+    pub routing: Option<Routing>,
+}
+
+/// Any MoE block (routed or soft) behind one forward.
+pub trait MoeBlock: Send + Sync {
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<MoeOutput>;
+}
+
+pub struct MoeLayer {
+    pub cfg: MoeConfig,
+    pub gate: Option<Gate>,
+    pub router: Box<dyn Router>,
+    pub experts: ExpertBank,
+    pub shared: Option<ExpertBank>,
+    layout: Arc<crate::expert::ExpertLayout>,
+    shared_layout: Option<Arc<crate::expert::ExpertLayout>>,
+    /// Tokens per expert since the last `after_step` (for bias balancing across accumulation).
+    pending_load: Mutex<Vec<usize>>,
+}
+
+impl MoeLayer {
+    /// Validates `cfg` and creates the layer's parameters under `pb`
+    /// (`gate.*`, `experts.packed`, `shared_experts.packed`).
+    pub fn new(pb: &ParamBuilder, cfg: &MoeConfig) -> Result<Self> {
+        cfg.validate()?;
+        let router = router::build(&cfg.router, cfg.num_experts())?;
+        let gate = match router.gate_outputs() {
+            0 => None,
+            n => Some(Gate::new(&pb.pp("gate"), &cfg.gate, cfg.d_model, n)?),
+        };
+        let experts = ExpertBank::new(&pb.pp("experts"), cfg.d_model, &cfg.experts)?;
+        let shared = if cfg.shared_experts.is_empty() {
+            None
+        } else {
+            Some(ExpertBank::new(&pb.pp("shared_experts"), cfg.d_model, &cfg.shared_experts)?)
+        };
+        Ok(Self {
+            layout: Arc::new(experts.layout.clone()),
+            shared_layout: shared.as_ref().map(|s| Arc::new(s.layout.clone())),
+            cfg: cfg.clone(),
+            gate,
+            router,
+            experts,
+            shared,
+            pending_load: Mutex::new(vec![0; cfg.num_experts()]),
+        })
+    }
+
+    pub fn num_experts(&self) -> usize {
+        self.cfg.num_experts()
+    }
+
+    /// Applies the router's non-gradient update (aux-loss-free bias) with the load seen since
+    /// the previous call. Call once per optimiser step.
+    pub fn after_step(&mut self) {
+        let load = std::mem::replace(&mut *self.pending_load.lock().expect("load poisoned"), vec![0; self.num_experts()]);
+        self.router.after_step(&load);
+    }
+
+    /// Experts unavailable for this batch (expert dropout). At least `k` stay available; when
+    /// the draw leaves fewer, the lowest-index dropped experts come back.
+    fn sample_available(&self, ctx: &mut ForwardCtx<'_>) -> Option<Vec<bool>> {
+        let p = self.cfg.expert_dropout;
+        if !ctx.train || p == 0.0 {
+            return None;
+        }
+        let mut a: Vec<bool> = (0..self.num_experts()).map(|_| ctx.rng.random::<f64>() >= p).collect();
+        let need = self.cfg.router.k().min(self.num_experts());
+        let mut have = a.iter().filter(|&&x| x).count();
+        for x in a.iter_mut() {
+            if have >= need {
+                break;
+            }
+            if !*x {
+                *x = true;
+                have += 1;
+            }
+        }
+        Some(a)
+    }
+
+    /// Gate input with multiplicative jitter `x · U(1−ε, 1+ε)` in training.
+    fn jitter(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
+        let eps = self.cfg.jitter;
+        if !ctx.train || eps == 0.0 {
+            return Ok(x.clone());
+        }
+        let noise: Vec<f64> = (0..x.elem_count()).map(|_| ctx.rng.random_range(1.0 - eps..=1.0 + eps)).collect();
+        Ok((x * Tensor::from_vec(noise, x.shape(), x.device())?.to_dtype(x.dtype())?)?)
+    }
+
+    /// Router logits `[T, gate_outputs]` for flattened `x [T, d]` (no noise, no dropout):
+    /// the deterministic part of routing, for analysis.
+    pub fn gate_logits(&self, x: &Tensor, seq_len: Option<usize>) -> Result<Option<Tensor>> {
+        self.gate.as_ref().map(|g| g.forward(x, seq_len)).transpose()
+    }
+
+    fn route(&self, x2: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Routing, Tensor, Option<Tensor>)> {
+        let t = x2.dims()[0];
+        let gate_in = self.jitter(x2, ctx)?;
+        let gate_out = match &self.gate {
+            Some(g) => g.forward(&gate_in, ctx.seq_len)?,
+            None => Tensor::zeros((t, 0), x2.dtype(), x2.device())?,
+        };
+        let available = self.sample_available(ctx);
+        let out = self.router.route(RouterInput {
+            gate_out: &gate_out,
+            token_ids: ctx.token_ids,
+            available: available.as_deref(),
+            train: ctx.train,
+            rng: ctx.rng,
+        })?;
+        let dense = if self.cfg.renormalize { safe_row_normalize(&out.dense)? } else { out.dense.clone() };
+        let scale = self.router.weight_scale();
+        let dense = if scale != 1.0 { (dense * scale)? } else { dense };
+        let plan = Arc::new(out.plan);
+        let idx = Tensor::from_vec(plan.flat_indices(), plan.len(), x2.device())?;
+        let weights = dense.flatten_all()?.index_select(&idx, 0)?;
+        let routing = Routing { plan, weights, logits: out.logits, probs: out.probs };
+        Ok((routing, dense, out.load_loss))
+    }
+}
+
+impl MoeBlock for MoeLayer {
+    /// # Shapes
+    /// `x [..., d]` → `[..., d]`; leading dimensions are flattened into `T` tokens.
+    fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<MoeOutput> {
+        let d = self.cfg.d_model;
+        let shape = x.shape().clone();
+        if x.dims().last() != Some(&d) {
+            return Err(MoeError::input("MoeLayer::forward", format!("input has shape {:?}, last dim must be d_model = {d}", x.dims())));
+        }
+        let x2 = x.reshape(((), d))?;
+        let t = x2.dims()[0];
+        let (routing, dense, load_loss) = self.route(&x2, ctx)?;
+        let routing = match ctx.forced.take() {
+            Some(f) => {
+                f.plan.check()?;
+                if f.plan.num_tokens != t || f.plan.num_experts != self.num_experts() {
+                    return Err(MoeError::input("MoeLayer::forward", "forced plan does not match this batch or layer"));
+                }
+                Routing { plan: f.plan, weights: f.weights, ..routing }
+            }
+            None => routing,
+        };
+        let plan = &routing.plan;
+        let mut y = dispatch::run(ctx.dispatch, &x2, &routing.weights, self.experts.packed.as_tensor(), &self.layout, plan)?;
+        if let (Some(shared), Some(layout)) = (&self.shared, &self.shared_layout) {
+            let dense_plan = Arc::new(DispatchPlan::dense(t, shared.num_experts()));
+            let ones = Tensor::ones(dense_plan.len(), x2.dtype(), x2.device())?;
+            y = (y + dispatch::run(ctx.dispatch, &x2, &ones, shared.packed.as_tensor(), layout, &dense_plan)?)?;
+        }
+
+        // auxiliary losses: all computed and reported, the enabled ones summed
+        let counts = plan.tokens_per_expert();
+        let w = &self.cfg.losses;
+        let lb = losses::switch_balance(&routing.probs, &counts, self.cfg.router.k())?;
+        let imp = losses::importance(&dense)?;
+        let z = match &routing.logits {
+            Some(l) => losses::z_loss(l)?,
+            None => Tensor::zeros((), x2.dtype(), x2.device())?,
+        };
+        let mut aux = ((&lb * w.switch_balance)? + (&imp * w.importance)?)?;
+        aux = (aux + (&z * w.z)?)?;
+        let mut values = LossValues {
+            switch_balance: scalar(&lb)?,
+            importance: scalar(&imp)?,
+            load: 0.0,
+            z: scalar(&z)?,
+        };
+        if let Some(l) = &load_loss {
+            values.load = scalar(l)?;
+            aux = (aux + (l * w.load)?)?;
+        }
+        let stats = RoutingStats::compute(plan, &routing.probs, routing.logits.as_ref())?;
+        {
+            let mut pending = self.pending_load.lock().expect("load poisoned");
+            pending.iter_mut().zip(&counts).for_each(|(p, c)| *p += c);
+        }
+        Ok(MoeOutput { y: y.reshape(shape)?, aux_loss: aux, losses: values, stats: Some(stats), routing: Some(routing) })
+    }
+}
+
+pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
+}

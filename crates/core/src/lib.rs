@@ -1,0 +1,55 @@
+//! # switchyard-core
+//!
+//! The heart of Switchyard: routed Mixture-of-Experts layers on candle.
+//!
+//! `gate → router → dispatch plan → experts → combine`, each a small piece with a plain-data
+//! interface (see `../shared/DESIGN.md` §3 and `ARCHITECTURE.md`):
+//! - [`config`]: [`MoeConfig`] and friends, validated once with clear errors;
+//! - [`gate`]: linear or MLP gates, optionally with a sequence context vector;
+//! - [`router`]: the [`Router`] trait and the zoo (top-k, noisy top-k, switch, expert-choice,
+//!   hash, sigmoid+bias, group-limited, hierarchical, Sinkhorn), each producing a [`DispatchPlan`];
+//! - [`expert`]: FFN and SwiGLU experts of any width, packed into one parameter per layer;
+//! - [`dispatch`]: the readable reference and the CPU custom op with its explicit backward;
+//! - [`losses`], [`stats`]: balancing losses, z-loss and routing statistics;
+//! - [`layer`]: [`MoeLayer`]; [`soft_moe`]: [`SoftMoeLayer`], both behind [`MoeBlock`].
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use rand::SeedableRng;
+//! use switchyard_core::{ForwardCtx, MoeBlock, MoeConfig, MoeLayer, ParamBuilder, ParamStore};
+//!
+//! let store = ParamStore::new();
+//! let pb = ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu);
+//! let layer = MoeLayer::new(&pb.pp("moe"), &MoeConfig { d_model: 16, ..Default::default() })?;
+//! let x = Tensor::ones((4, 16), DType::F32, &Device::Cpu)?;
+//! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+//! let out = layer.forward(&x, &mut ForwardCtx::new(false, &mut rng))?;
+//! assert_eq!(out.y.dims(), &[4, 16]);
+//! # Ok::<(), switchyard_core::MoeError>(())
+//! ```
+//!
+//! No I/O, no async, no CLI here: models, training and tools live in the crates above.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod expert;
+pub mod gate;
+pub mod layer;
+pub mod losses;
+pub mod params;
+pub mod plan;
+pub mod router;
+pub mod soft_moe;
+pub mod stats;
+pub mod testing;
+
+pub use config::{Activation, DropPolicy, ExpertKind, ExpertSpec, GateConfig, GroupScore, LossWeights, MoeConfig, RouterConfig, ScoreFn};
+pub use dispatch::DispatchImpl;
+pub use error::{MoeError, Result};
+pub use layer::{ForcedRouting, ForwardCtx, MoeBlock, MoeLayer, MoeOutput, Routing};
+pub use params::{Init, ParamBuilder, ParamStore};
+pub use plan::DispatchPlan;
+pub use router::Router;
+pub use soft_moe::SoftMoeLayer;
+pub use stats::RoutingStats;

@@ -1,0 +1,57 @@
+//! Expert-choice routing (Zhou et al. 2022, "Mixture-of-Experts with Expert Choice Routing"):
+//! each expert takes its top-`c` tokens by router probability, `c = ceil(cf · T / E)`, so load
+//! is perfectly balanced by construction; a token may get several experts or none (dropped).
+//! torch: `S = softmax(X·W_g); G, I = torch.topk(S.T, c)`.
+
+use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use crate::config::RouterConfig;
+use crate::plan::DispatchPlan;
+use crate::Result;
+
+pub struct ExpertChoiceRouter {
+    cfg: RouterConfig,
+    experts: usize,
+}
+
+impl ExpertChoiceRouter {
+    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
+        Self { cfg, experts }
+    }
+
+    /// Tokens per expert for a batch of `tokens`.
+    pub fn capacity(&self, tokens: usize) -> usize {
+        let RouterConfig::ExpertChoice { capacity_factor } = self.cfg else { unreachable!() };
+        ((capacity_factor * tokens as f64 / self.experts as f64).ceil() as usize).clamp(1, tokens.max(1))
+    }
+}
+
+impl Router for ExpertChoiceRouter {
+    fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+    fn num_experts(&self) -> usize {
+        self.experts
+    }
+    fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
+        let e = self.experts;
+        expect_cols(&input, e, "expert_choice router")?;
+        let t = input.num_tokens();
+        let logits = mask_unavailable(input.gate_out, input.available)?;
+        let probs = softmax(&logits)?;
+        let (p, _) = host(&probs)?;
+        let c = self.capacity(t);
+        let mut pairs = Vec::with_capacity(c * e);
+        let mut column = vec![0f64; t];
+        for x in (0..e).filter(|&x| input.is_available(x)) {
+            for (tok, v) in column.iter_mut().enumerate() {
+                *v = p[tok * e + x];
+            }
+            for tok in top_k(&column, c, 0..t) {
+                pairs.push((tok as u32, x as u32));
+            }
+        }
+        let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
+        let dense = (&probs * plan_mask(&plan, &probs)?)?;
+        Ok(RouterOutput { plan, dense, probs, logits: Some(input.gate_out.clone()), load_loss: None })
+    }
+}

@@ -1,0 +1,188 @@
+//! Routers: turn gate outputs into a [`DispatchPlan`] plus differentiable combine weights.
+//!
+//! Every router follows the same recipe, so all of them share the kernels, losses and stats:
+//! 1. read the logits on the host and **select** (top-k, capacity, Sinkhorn, …) — a
+//!    non-differentiable decision; ties break to the lower expert (or token) index;
+//! 2. build the plan from the selected `(token, expert)` pairs;
+//! 3. compute the **dense weights** `[T, E]` with tensor ops (zero where not selected), so
+//!    gradients flow to the gate through the kept weights only.
+//!
+//! The layer then optionally renormalises each row, applies the router's weight scale and
+//! gathers one weight per plan assignment.
+
+mod expert_choice;
+mod group_limited;
+mod hash;
+mod hierarchical;
+mod noisy_topk;
+mod sigmoid_bias;
+mod sinkhorn;
+mod switch;
+mod topk;
+
+pub use expert_choice::ExpertChoiceRouter;
+pub use group_limited::GroupLimitedRouter;
+pub use hash::HashRouter;
+pub use hierarchical::HierarchicalRouter;
+pub use noisy_topk::NoisyTopKRouter;
+pub use sigmoid_bias::{BiasBalancer, SigmoidBiasRouter};
+pub use sinkhorn::SinkhornRouter;
+pub use switch::SwitchRouter;
+pub use topk::TopKRouter;
+
+use candle_core::{DType, Tensor, D};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::RouterConfig;
+use crate::plan::DispatchPlan;
+use crate::{MoeError, Result};
+
+/// What a router sees for one batch of `T` tokens.
+pub struct RouterInput<'a> {
+    /// Gate outputs `[T, router.gate_outputs()]`.
+    pub gate_out: &'a Tensor,
+    /// Token ids `[T]` (needed by the hash router only).
+    pub token_ids: Option<&'a [u32]>,
+    /// Experts usable in this batch (`None`: all). Expert dropout sets some to `false`.
+    pub available: Option<&'a [bool]>,
+    pub train: bool,
+    /// Source of routing noise; seeded by the caller, so runs are reproducible.
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+impl RouterInput<'_> {
+    pub fn num_tokens(&self) -> usize {
+        self.gate_out.dims().first().copied().unwrap_or(0)
+    }
+    pub fn is_available(&self, e: usize) -> bool {
+        self.available.is_none_or(|a| a[e])
+    }
+}
+
+/// A router's decision for one batch.
+pub struct RouterOutput {
+    pub plan: DispatchPlan,
+    /// `[T, E]` combine weights, zero outside the plan; differentiable.
+    pub dense: Tensor,
+    /// `[T, E]` the router's full distribution over experts (for the Switch balancing loss
+    /// and the routing entropy).
+    pub probs: Tensor,
+    /// `[T, E]` raw router logits (for the z-loss, max-logit stats and traces), when there are any.
+    pub logits: Option<Tensor>,
+    /// Shazeer's smooth load loss (noisy top-k in training only).
+    pub load_loss: Option<Tensor>,
+}
+
+/// One routing algorithm. Implementations live one per file in this module.
+pub trait Router: Send + Sync {
+    fn config(&self) -> &RouterConfig;
+    fn num_experts(&self) -> usize;
+    /// Columns the gate must produce (0: the router needs no learned gate).
+    fn gate_outputs(&self) -> usize {
+        self.num_experts()
+    }
+    fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput>;
+    /// Multiplier applied to the weights after optional renormalisation (DeepSeek-V3's
+    /// routed scaling factor).
+    fn weight_scale(&self) -> f64 {
+        1.0
+    }
+    /// Non-gradient update after an optimiser step, given the tokens each expert received
+    /// since the last call (aux-loss-free bias balancing).
+    fn after_step(&mut self, _tokens_per_expert: &[usize]) {}
+    /// Non-parameter state to checkpoint (e.g. selection biases).
+    fn buffers(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+    /// Restores a buffer written by [`Router::buffers`].
+    fn load_buffer(&mut self, name: &str, _values: &[f32]) -> Result<()> {
+        Err(MoeError::input("Router::load_buffer", format!("router `{}` has no buffer `{name}`", self.config().name())))
+    }
+}
+
+/// Builds the router a config describes.
+pub fn build(cfg: &RouterConfig, experts: usize) -> Result<Box<dyn Router>> {
+    cfg.validate(experts)?;
+    Ok(match cfg {
+        RouterConfig::TopK { .. } => Box::new(TopKRouter::new(cfg.clone(), experts)),
+        RouterConfig::NoisyTopK { .. } => Box::new(NoisyTopKRouter::new(cfg.clone(), experts)),
+        RouterConfig::Switch { .. } => Box::new(SwitchRouter::new(cfg.clone(), experts)),
+        RouterConfig::ExpertChoice { .. } => Box::new(ExpertChoiceRouter::new(cfg.clone(), experts)),
+        RouterConfig::Hash { .. } => Box::new(HashRouter::new(cfg.clone(), experts)),
+        RouterConfig::SigmoidBias { .. } => Box::new(SigmoidBiasRouter::new(cfg.clone(), experts)),
+        RouterConfig::GroupLimited { .. } => Box::new(GroupLimitedRouter::new(cfg.clone(), experts)),
+        RouterConfig::Hierarchical { .. } => Box::new(HierarchicalRouter::new(cfg.clone(), experts)),
+        RouterConfig::Sinkhorn { .. } => Box::new(SinkhornRouter::new(cfg.clone(), experts)),
+    })
+}
+
+// ---- shared helpers ------------------------------------------------------------------------
+
+/// Host copy of a 2-D tensor as row-major f64 plus its column count.
+pub fn host(t: &Tensor) -> Result<(Vec<f64>, usize)> {
+    let (_, cols) = t.dims2()?;
+    Ok((t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?, cols))
+}
+
+/// Indices of the `k` largest values among `candidates`, descending; ties go to the lower
+/// index and NaN ranks below everything.
+pub fn top_k(values: &[f64], k: usize, candidates: impl Iterator<Item = usize>) -> Vec<usize> {
+    let key = |i: usize| if values[i].is_nan() { f64::NEG_INFINITY } else { values[i] };
+    let mut idx: Vec<usize> = candidates.collect();
+    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// A `[T, E]` 0/1 tensor with ones at the plan's assignments.
+pub(crate) fn plan_mask(plan: &DispatchPlan, like: &Tensor) -> Result<Tensor> {
+    let (t, e) = (plan.num_tokens, plan.num_experts);
+    let mut m = vec![0f64; t * e];
+    for (&tok, &ex) in plan.token.iter().zip(&plan.expert) {
+        m[tok as usize * e + ex as usize] = 1.0;
+    }
+    Ok(Tensor::from_vec(m, (t, e), like.device())?.to_dtype(like.dtype())?)
+}
+
+/// Row-wise softmax with a backward (candle-nn's composed op).
+pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+}
+
+/// Softmax over the entries where `mask` is 1 (others get 0). Rows with no kept entry are 0.
+pub(crate) fn masked_softmax(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    // the max is a constant shift: it cancels in the ratio, so it needs no gradient
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = (x.broadcast_sub(&m)?.exp()? * mask)?;
+    safe_row_normalize(&e)
+}
+
+/// `x / rowsum(x)`, leaving all-zero rows at zero instead of NaN.
+pub fn safe_row_normalize(x: &Tensor) -> Result<Tensor> {
+    let s = x.sum_keepdim(D::Minus1)?;
+    let zero_rows = s.eq(0.0)?.to_dtype(x.dtype())?;
+    Ok(x.broadcast_div(&(s + zero_rows)?)?)
+}
+
+/// Adds a large negative constant to the logits of unavailable experts, so every score
+/// function (softmax, sigmoid) gives them exactly zero.
+pub(crate) fn mask_unavailable(logits: &Tensor, available: Option<&[bool]>) -> Result<Tensor> {
+    const UNAVAILABLE_LOGIT: f64 = -1e9;
+    match available {
+        None => Ok(logits.clone()),
+        Some(a) => {
+            let row: Vec<f64> = a.iter().map(|&ok| if ok { 0.0 } else { UNAVAILABLE_LOGIT }).collect();
+            let row = Tensor::from_vec(row, (1, a.len()), logits.device())?.to_dtype(logits.dtype())?;
+            Ok(logits.broadcast_add(&row)?)
+        }
+    }
+}
+
+/// Checks the gate output has the columns this router needs.
+pub(crate) fn expect_cols(input: &RouterInput<'_>, cols: usize, who: &'static str) -> Result<()> {
+    let dims = input.gate_out.dims();
+    if dims.len() != 2 || dims[1] != cols {
+        return Err(MoeError::input(who, format!("gate output has shape {dims:?}, expected [T, {cols}]")));
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Noisy top-k gating (Shazeer et al. 2017, "Outrageously Large Neural Networks", §2.1):
+//! `H = x·W_g + ε · softplus(x·W_noise)`, `ε ~ N(0, 1)` in training; keep the top-k of `H`
+//! and softmax over just those. The gate produces `2E` columns: clean logits, then the raw
+//! noise scales. Its smooth load loss is in `losses::load`.
+
+use candle_core::Tensor;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::{expect_cols, host, mask_unavailable, masked_softmax, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use crate::config::RouterConfig;
+use crate::expert::softplus;
+use crate::plan::DispatchPlan;
+use crate::{losses, Result};
+
+/// Shazeer's `noise_epsilon`: a floor on the noise scale, so Φ never divides by ~0.
+const NOISE_FLOOR: f64 = 1e-2;
+
+pub struct NoisyTopKRouter {
+    cfg: RouterConfig,
+    experts: usize,
+    k: usize,
+}
+
+impl NoisyTopKRouter {
+    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
+        let k = cfg.k();
+        Self { cfg, experts, k }
+    }
+}
+
+impl Router for NoisyTopKRouter {
+    fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+    fn num_experts(&self) -> usize {
+        self.experts
+    }
+    fn gate_outputs(&self) -> usize {
+        2 * self.experts
+    }
+    fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
+        let e = self.experts;
+        expect_cols(&input, 2 * e, "noisy_top_k router")?;
+        let t = input.num_tokens();
+        let raw = input.gate_out.narrow(1, 0, e)?;
+        let clean = mask_unavailable(&raw, input.available)?;
+        let (noisy, std) = if input.train {
+            // std = softplus(x · W_noise) + noise_epsilon
+            let std = (softplus(&input.gate_out.narrow(1, e, e)?)? + NOISE_FLOOR)?;
+            let eps: Vec<f64> = (0..t * e).map(|_| StandardNormal.sample(&mut *input.rng)).collect();
+            let eps = Tensor::from_vec(eps, (t, e), clean.device())?.to_dtype(clean.dtype())?;
+            ((&clean + (eps * &std)?)?, Some(std))
+        } else {
+            (clean.clone(), None)
+        };
+        let (vals, _) = host(&noisy)?;
+        let mut pairs = Vec::with_capacity(t * self.k);
+        for tok in 0..t {
+            for x in top_k(&vals[tok * e..(tok + 1) * e], self.k, (0..e).filter(|&x| input.is_available(x))) {
+                pairs.push((tok as u32, x as u32));
+            }
+        }
+        let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
+        // G = softmax(KeepTopK(H, k))
+        let dense = masked_softmax(&noisy, &plan_mask(&plan, &noisy)?)?;
+        let load_loss = match &std {
+            Some(std) => Some(losses::load(&clean, &noisy, std, self.k)?),
+            None => None,
+        };
+        Ok(RouterOutput { plan, dense, probs: softmax(&clean)?, logits: Some(raw), load_loss })
+    }
+}
