@@ -1,0 +1,285 @@
+//! Configuration of the decoder-only LM. Defaults live here, in one place; `validate()` runs
+//! once at the boundary (`MoeLm::new` calls it) and names the offending field.
+
+use serde::{Deserialize, Serialize};
+use switchyard_core::{ExpertSpec, GateConfig, MoeConfig};
+
+use crate::{ModelError, Result};
+
+/// Vocabulary of the byte tokenizer in `switchyard-data` (256 bytes + BOS/EOS/PAD).
+pub const DEFAULT_VOCAB_SIZE: usize = 259;
+
+/// The FFN of one layer: a dense SwiGLU or a routed MoE layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LayerFfn {
+    /// `down(silu(gate(x)) ⊙ up(x))` with hidden width `hidden`, as in Llama.
+    Dense {
+        hidden: usize,
+    },
+    Moe(MoeConfig),
+}
+
+/// Which FFN each layer gets.
+///
+/// Layers `0..first_dense` are dense (DeepSeek's `first_k_dense_replace`). Counting from
+/// layer `first_dense`, every `moe_every`-th layer is a *sparse slot* and gets `sparse`;
+/// the others are dense SwiGLUs of width `dense_hidden`. With `first_dense = 0`:
+/// `moe_every = 1` puts `sparse` in every layer, `moe_every = 2` in layers 1, 3, 5, …
+/// (Qwen2-MoE's `(layer_idx + 1) % decoder_sparse_step == 0`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FfnConfig {
+    /// Hidden width of the dense layers outside the sparse slots.
+    pub dense_hidden: usize,
+    /// What the sparse slots hold: normally `Moe`; `Dense` gives a same-layout dense model
+    /// (see [`LmConfig::dense_equivalent`]).
+    pub sparse: LayerFfn,
+    pub moe_every: usize,
+    pub first_dense: usize,
+}
+
+impl Default for FfnConfig {
+    fn default() -> Self {
+        Self { dense_hidden: 128, sparse: LayerFfn::Moe(MoeConfig::default()), moe_every: 1, first_dense: 0 }
+    }
+}
+
+impl FfnConfig {
+    /// Whether layer `i` is a sparse slot (holds `sparse`).
+    pub fn is_sparse_slot(&self, i: usize) -> bool {
+        i >= self.first_dense && self.moe_every > 0 && (i - self.first_dense + 1) % self.moe_every == 0
+    }
+
+    /// The FFN of layer `i`.
+    pub fn layer(&self, i: usize) -> LayerFfn {
+        if self.is_sparse_slot(i) {
+            self.sparse.clone()
+        } else {
+            LayerFfn::Dense { hidden: self.dense_hidden }
+        }
+    }
+}
+
+/// A decoder-only transformer LM (Llama/Mixtral layout: pre-norm RMSNorm, RoPE, SwiGLU or MoE).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LmConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Key/value heads for grouped-query attention (Mixtral: 8 for 32 query heads);
+    /// `None` means `n_heads` (plain multi-head attention).
+    pub n_kv_heads: Option<usize>,
+    pub max_seq_len: usize,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    /// RMSNorm on the full q and k projections before RoPE (OLMoE).
+    pub qk_norm: bool,
+    /// `lm_head` shares the embedding matrix.
+    pub tie_embeddings: bool,
+    pub ffn: FfnConfig,
+}
+
+impl Default for LmConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: DEFAULT_VOCAB_SIZE,
+            d_model: 64,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: None,
+            max_seq_len: 256,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            qk_norm: false,
+            tie_embeddings: true,
+            ffn: FfnConfig::default(),
+        }
+    }
+}
+
+/// Parameter counts of a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ParamCount {
+    pub total: usize,
+    /// Parameters one token touches: everything except the routed experts it is not sent
+    /// to — `k` routed experts of the layer's mean routed-expert size, plus shared experts,
+    /// gates, attention, norms and embeddings.
+    pub active_per_token: usize,
+}
+
+impl LmConfig {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
+    /// Indices of the layers whose FFN is an MoE layer.
+    pub fn moe_layers(&self) -> Vec<usize> {
+        (0..self.n_layers).filter(|&i| matches!(self.ffn.layer(i), LayerFfn::Moe(_))).collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let err = |field: &str, reason: String| Err(ModelError::config(field, reason));
+        if self.vocab_size == 0 {
+            return err("vocab_size", "must be at least 1".into());
+        }
+        if self.d_model == 0 {
+            return err("d_model", "must be at least 1".into());
+        }
+        if self.n_layers == 0 {
+            return err("n_layers", "a model needs at least one layer".into());
+        }
+        if self.n_heads == 0 {
+            return err("n_heads", "must be at least 1".into());
+        }
+        if self.d_model % self.n_heads != 0 {
+            return err(
+                "n_heads",
+                format!("n_heads = {} must divide d_model = {}; pick a divisor of d_model", self.n_heads, self.d_model),
+            );
+        }
+        if self.head_dim() % 2 != 0 {
+            return err(
+                "n_heads",
+                format!("RoPE needs an even head dimension, got d_model / n_heads = {}", self.head_dim()),
+            );
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || self.n_heads % kv != 0 {
+            return err("n_kv_heads", format!("must be >= 1 and divide n_heads = {}, got {kv}", self.n_heads));
+        }
+        if self.max_seq_len == 0 {
+            return err("max_seq_len", "must be at least 1".into());
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return err("rope_theta", format!("must be finite and > 0, got {}; 10000 is usual", self.rope_theta));
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return err("norm_eps", format!("must be finite and > 0, got {}; 1e-5 is usual", self.norm_eps));
+        }
+        self.validate_ffn()
+    }
+
+    fn validate_ffn(&self) -> Result<()> {
+        let f = &self.ffn;
+        if f.moe_every == 0 {
+            return Err(ModelError::config("ffn.moe_every", "must be at least 1 (1 = every layer after first_dense)"));
+        }
+        if f.first_dense > self.n_layers {
+            return Err(ModelError::config(
+                "ffn.first_dense",
+                format!("first_dense = {} exceeds n_layers = {}", f.first_dense, self.n_layers),
+            ));
+        }
+        let any_dense = (0..self.n_layers).any(|i| !f.is_sparse_slot(i));
+        if any_dense && f.dense_hidden == 0 {
+            return Err(ModelError::config("ffn.dense_hidden", "dense layers need a hidden width of at least 1"));
+        }
+        match &f.sparse {
+            LayerFfn::Dense { hidden: 0 } => {
+                Err(ModelError::config("ffn.sparse.hidden", "a dense FFN needs a hidden width of at least 1"))
+            }
+            LayerFfn::Dense { .. } => Ok(()),
+            LayerFfn::Moe(m) => {
+                if m.d_model != self.d_model {
+                    return Err(ModelError::config(
+                        "ffn.sparse.d_model",
+                        format!(
+                            "the MoE layer's d_model = {} must equal the model's d_model = {}",
+                            m.d_model, self.d_model
+                        ),
+                    ));
+                }
+                m.validate().map_err(|e| ModelError::from_moe_config("ffn.sparse", e))?;
+                if m.gate.uses_context() {
+                    // the context vector is the mean over the whole sequence: future tokens
+                    // would leak into the routing of past ones
+                    return Err(ModelError::config(
+                        "ffn.sparse.gate.context",
+                        "a context gate sees future tokens, which breaks the causal LM; set context = false",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The dense baseline with equal active parameters per token: every MoE FFN becomes a
+    /// dense SwiGLU of width
+    ///
+    /// `h_dense = round((k · mean_routed_params + Σ shared_params + gate_params) / (3 · d_model))`,
+    ///
+    /// which for SwiGLU experts and a linear gate is `k · mean(h_expert) + Σ h_shared + E / 3`.
+    /// The gate is counted because a token pays for it too (`d · E` multiply-adds); at
+    /// realistic widths it changes `h_dense` by well under 1%, but in tiny models it would
+    /// otherwise leave the baseline several percent smaller. Everything else (attention,
+    /// norms, embeddings, the dense layers) is unchanged, so the two models differ in active
+    /// parameters by at most the rounding, `1.5 · d_model` per MoE layer.
+    pub fn dense_equivalent(&self) -> LmConfig {
+        let mut c = self.clone();
+        if let LayerFfn::Moe(m) = &self.ffn.sparse {
+            let d = self.d_model.max(1);
+            // an invalid router has no gate to count; validate() reports it on use
+            let gate = gate_params(m).unwrap_or(0) as f64;
+            let active = active_routed_params(m) + shared_params(m) + gate;
+            let hidden = (active / (3 * d) as f64).round().max(1.0) as usize;
+            c.ffn.sparse = LayerFfn::Dense { hidden };
+        }
+        c
+    }
+
+    /// Parameter counts from the config alone (equal to [`crate::MoeLm`]'s counts).
+    pub fn param_count(&self) -> Result<ParamCount> {
+        self.validate()?;
+        let (d, v) = (self.d_model, self.vocab_size);
+        let kv_dim = self.kv_heads() * self.head_dim();
+        let embed = v * d * if self.tie_embeddings { 1 } else { 2 };
+        let attn = 2 * d * d + 2 * d * kv_dim + if self.qk_norm { d + kv_dim } else { 0 };
+        let norms = 2 * d;
+        let (mut total, mut active) = (embed + d, (embed + d) as f64);
+        for i in 0..self.n_layers {
+            let (t, a) = match self.ffn.layer(i) {
+                LayerFfn::Dense { hidden } => (3 * d * hidden, (3 * d * hidden) as f64),
+                LayerFfn::Moe(m) => {
+                    let fixed = gate_params(&m)? as f64 + shared_params(&m);
+                    let routed: usize = m.experts.iter().map(|e| e.params(d)).sum();
+                    ((fixed as usize) + routed, fixed + active_routed_params(&m))
+                }
+            };
+            total += attn + norms + t;
+            active += (attn + norms) as f64 + a;
+        }
+        Ok(ParamCount { total, active_per_token: active.round() as usize })
+    }
+}
+
+/// `k · mean routed-expert size` (k capped at the number of experts).
+pub(crate) fn active_routed_params(m: &MoeConfig) -> f64 {
+    let e = m.experts.len().max(1);
+    let sum: usize = m.experts.iter().map(|x| x.params(m.d_model)).sum();
+    m.router.k().min(e) as f64 * sum as f64 / e as f64
+}
+
+fn shared_params(m: &MoeConfig) -> f64 {
+    m.shared_experts.iter().map(|x: &ExpertSpec| x.params(m.d_model)).sum::<usize>() as f64
+}
+
+/// Parameters of the gate the router asks for (0 for routers without a learned gate).
+pub(crate) fn gate_params(m: &MoeConfig) -> Result<usize> {
+    let router = switchyard_core::router::build(&m.router, m.experts.len())?;
+    let outputs = router.gate_outputs();
+    if outputs == 0 {
+        return Ok(0);
+    }
+    let d_in = if m.gate.uses_context() { 2 * m.d_model } else { m.d_model };
+    Ok(match m.gate {
+        GateConfig::Linear { .. } => outputs * d_in,
+        GateConfig::Mlp { hidden, .. } => hidden * d_in + hidden + outputs * hidden,
+    })
+}
