@@ -8,16 +8,19 @@ use rand_chacha::ChaCha8Rng;
 use switchyard_core::*;
 
 const D: usize = 4; // input = output width
-const HIDDEN: usize = 16; // every expert's width, and the dense MLP's
+const HIDDEN: usize = 8; // every expert's width, and the dense MLP's
 const REGIMES: usize = 4;
 
 pub struct Report { pub purity: Vec<f64>, pub moe_loss: f64, pub dense_loss: f64 }
 
-/// `n` samples: x ~ U(-1, 1)^D, regime = quadrant of (x₀, x₁), y = A_r·x + b_r.
+/// `n` samples: x ~ U(-1, 1)^D pushed 0.5 away from 0 in x₀, x₁; regime = quadrant of
+/// (x₀, x₁); y = A_r·x + b_r.
 fn data(n: usize, rng: &mut ChaCha8Rng, maps: &[Vec<f64>]) -> (Tensor, Tensor, Vec<usize>) {
     let (mut xs, mut ys, mut rs) = (vec![], vec![], vec![]);
     for _ in 0..n {
-        let x: Vec<f64> = (0..D).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut x: Vec<f64> = (0..D).map(|_| rng.random_range(-1.0..1.0)).collect();
+        // a gap of 1 between quadrants keeps the regimes identifiable from x
+        (0..2).for_each(|j| x[j] += 0.5 * x[j].signum());
         let r = (x[0] > 0.0) as usize * 2 + (x[1] > 0.0) as usize;
         let m = &maps[r]; // D×D matrix then D bias
         ys.extend((0..D).map(|i| (0..D).map(|j| m[i * D + j] * x[j]).sum::<f64>() + m[D * D + i]));
@@ -49,7 +52,7 @@ pub fn run(steps: usize, seed: u64) -> Report {
         experts: vec![ExpertSpec::ffn(Activation::Relu, HIDDEN); REGIMES],
         router: RouterConfig::TopK { k: 1 },
         renormalize: false,
-        losses: LossWeights { switch_balance: 0.01, z: 1e-4, ..Default::default() },
+        losses: LossWeights { switch_balance: 0.1, z: 1e-4, ..Default::default() },
         ..Default::default()
     };
     let moe = MoeLayer::new(&ParamBuilder::new(&moe_store, seed, DType::F32, &Device::Cpu), &cfg).unwrap();
@@ -81,7 +84,8 @@ pub fn run(steps: usize, seed: u64) -> Report {
 
 #[allow(dead_code)]
 fn main() {
-    let r = run(2000, 0);
+    let steps = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let r = run(steps, std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0));
     for (i, p) in r.purity.iter().enumerate() {
         println!("regime {i}: routing purity {p:.3}");
     }

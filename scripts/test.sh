@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole Switchyard test suite on a fresh machine with only the Rust toolchain:
+# installs the system packages the tests need, then runs every test in the workspace.
+# `.ci/run` calls this script; README.md names it as the test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+# Headless Chromium renders the analysis report in its browser test.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${need_apt[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "warning: missing ${need_apt[*]} and cannot apt-get install (not root); browser tests will be skipped" >&2
+  fi
+fi
+
+cargo test --workspace --all-targets "$@"
+cargo test --workspace --doc
