@@ -28,13 +28,16 @@ pub struct ForwardCtx<'a> {
     /// Sequence length when `T = B·L` (context gates, Soft MoE).
     pub seq_len: Option<usize>,
     pub dispatch: DispatchImpl,
-    /// Replaces the router's plan and weights (recorded-routing replay, ablations).
+    /// Replaces the router's plan and weights (recorded-routing replay).
     pub forced: Option<ForcedRouting>,
+    /// Fixed expert availability for this call (causal ablation: an expert removed, routing
+    /// renormalised over the rest). Overrides expert dropout.
+    pub available: Option<Vec<bool>>,
 }
 
 impl<'a> ForwardCtx<'a> {
     pub fn new(train: bool, rng: &'a mut ChaCha8Rng) -> Self {
-        Self { train, rng, token_ids: None, seq_len: None, dispatch: DispatchImpl::Kernel, forced: None }
+        Self { train, rng, token_ids: None, seq_len: None, dispatch: DispatchImpl::Kernel, forced: None, available: None }
     }
 }
 
@@ -128,6 +131,9 @@ impl MoeLayer {
     /// Experts unavailable for this batch (expert dropout). At least `k` stay available; when
     /// the draw leaves fewer, the lowest-index dropped experts come back.
     fn sample_available(&self, ctx: &mut ForwardCtx<'_>) -> Option<Vec<bool>> {
+        if let Some(a) = &ctx.available {
+            return Some(a.clone());
+        }
         let p = self.cfg.expert_dropout;
         if !ctx.train || p == 0.0 {
             return None;
@@ -171,6 +177,14 @@ impl MoeLayer {
             None => Tensor::zeros((t, 0), x2.dtype(), x2.device())?,
         };
         let available = self.sample_available(ctx);
+        if let Some(a) = &available {
+            if a.len() != self.num_experts() || !a.iter().any(|&x| x) {
+                return Err(MoeError::input(
+                    "MoeLayer::forward",
+                    format!("availability mask has {} entries ({} available) for {} experts; at least one must be available", a.len(), a.iter().filter(|&&x| x).count(), self.num_experts()),
+                ));
+            }
+        }
         let out = self.router.route(RouterInput {
             gate_out: &gate_out,
             token_ids: ctx.token_ids,

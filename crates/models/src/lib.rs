@@ -63,6 +63,6 @@ pub use config::{FfnConfig, LayerFfn, LmConfig, ParamCount};
 pub use error::{ModelError, Result};
 pub use ffn::{DenseFfn, Ffn};
 pub use generate::Sampler;
-pub use lm::{per_token_ce, LmCtx, LmOutput, MoeLm};
+pub use lm::{per_token_ce, LayerOverride, LmCtx, LmOutput, MoeLm};
 pub use norm::RmsNorm;
 pub use rope::Rope;

@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use candle_core::{DType, Tensor, Var, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use switchyard_core::{DispatchImpl, ForwardCtx, Init, MoeLayer, ParamBuilder, ParamStore};
+use std::collections::BTreeMap;
+
+use switchyard_core::{DispatchImpl, ForcedRouting, ForwardCtx, Init, MoeLayer, ParamBuilder, ParamStore};
 
 use crate::attention::KvCache;
 use crate::block::{DecoderBlock, LayerReport};
@@ -27,11 +29,21 @@ pub struct LmCtx {
     /// Source of all routing noise; seeded, so runs repeat exactly.
     pub rng: ChaCha8Rng,
     pub dispatch: DispatchImpl,
+    /// Per-layer routing overrides, keyed by layer index: forced routing (trace replay) and
+    /// fixed expert availability (causal ablation).
+    pub overrides: BTreeMap<usize, LayerOverride>,
+}
+
+/// What to change in one MoE layer's routing for a forward.
+#[derive(Clone, Default)]
+pub struct LayerOverride {
+    pub forced: Option<ForcedRouting>,
+    pub available: Option<Vec<bool>>,
 }
 
 impl LmCtx {
     pub fn new(train: bool, seed: u64) -> Self {
-        Self { train, rng: ChaCha8Rng::seed_from_u64(seed), dispatch: DispatchImpl::default() }
+        Self { train, rng: ChaCha8Rng::seed_from_u64(seed), dispatch: DispatchImpl::default(), overrides: BTreeMap::new() }
     }
 }
 
@@ -114,10 +126,14 @@ impl MoeLm {
             seq_len: Some(l),
             dispatch: ctx.dispatch,
             forced: None,
+            available: None,
         };
         let mut aux = Tensor::zeros((), x.dtype(), x.device())?;
         let mut reports = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
+            let o = ctx.overrides.get(&i);
+            fctx.forced = o.and_then(|o| o.forced.clone());
+            fctx.available = o.and_then(|o| o.available.clone());
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let (y, a, report) = layer.forward(&x, &self.rope, slot, &mut fctx, i)?;
             x = y;
