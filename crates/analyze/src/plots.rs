@@ -86,7 +86,7 @@ impl Heatmap<'_> {
     fn size(&self) -> (u32, u32) {
         let w = LEFT + CELL * self.cols.len() as i32 + 30;
         let h = TOP + CELL * self.rows.len() as i32 + 20;
-        (w.max(360) as u32, h as u32)
+        (w.max(360).max(self.title.chars().count() as i32 * 8 + 16) as u32, h as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {
@@ -127,7 +127,8 @@ pub struct Bars<'a> {
 
 impl Bars<'_> {
     fn size(&self) -> (u32, u32) {
-        ((60 + (BAR_W + 6) * self.labels.len() as i32).max(360) as u32, (TOP + BAR_H + 40) as u32)
+        let w = (60 + (BAR_W + 6) * self.labels.len() as i32).max(360).max(self.title.chars().count() as i32 * 8 + 16);
+        (w as u32, (TOP + BAR_H + 40) as u32)
     }
 
     fn draw<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<()> {

@@ -63,8 +63,10 @@ pub fn analyze(
     let layers = all_layers(&tr);
     let cross = cross_layer(&tr);
     let ablation = if opts.ablation {
+        // evenly spaced batches, so every domain of a domain-ordered batch list is covered
         let n = opts.ablation_batches.min(batches.len()).max(1);
-        Some(ablate(model, &batches[..n], domain_names)?)
+        let picked: Vec<Batch> = (0..n).map(|i| batches[i * batches.len() / n].clone()).collect();
+        Some(ablate(model, &picked, domain_names)?)
     } else {
         None
     };
