@@ -1,277 +1,285 @@
-//! CPU dispatch kernel: gather rows per expert, run the expert's matmuls with `gemm`, fuse the
-//! activation, and scale-and-scatter back; plus the explicit backward.
+//! CPU dispatch kernels (the fast path; [`super::dispatch_reference`] is the readable one):
+//! gather each expert's rows, run its matmuls with `gemm`, fuse the activation, scale by the
+//! routing weight and scatter back in a fixed order; plus the explicit backward.
 //!
-//! Work is split by expert and run with rayon, largest expert first; every per-token sum is
-//! taken in plan order, so results are bitwise identical for any thread count.
+//! # Work split
+//! Jobs are sized by load, not by expert: every expert's rows are cut into row tiles of at
+//! most [`ROW_TILE`] rows (forward and input gradient), and each expert's weight gradients
+//! into column blocks of its hidden width so that no job holds more than about
+//! 1/[`MIN_WGRAD_JOBS`] of the work. rayon runs the jobs largest first and steals single jobs.
+//!
+//! # Determinism
+//! The split depends only on the plan and the shapes, never on the thread count; every job
+//! runs single-threaded `gemm` calls of fixed shapes, weight gradients accumulate row chunks
+//! of [`WGRAD_ROWS`] in ascending order, and every per-token sum is taken in plan order. So
+//! results are bitwise identical for any number of threads.
+//!
+//! # Memory
+//! Per-row buffers (gathered rows, activations) live in per-thread workspaces; the large
+//! per-call buffers (saved pre-activations, per-assignment outputs and gradients) come from a
+//! small process-wide pool and go back to it when dropped, so steady-state calls allocate
+//! only the tensors they return.
 //!
 //! # Shapes
 //! `x [T, d]`, routing weights `w [n]` (one per plan assignment), flat expert parameters
 //! `p [layout.total]` (see `expert.rs`), output `y [T, d]`.
 
-use gemm::{gemm, Parallelism};
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
-use crate::config::{Activation, ExpertKind};
+use super::act;
+use super::gemm::{mm, GemmFloat};
+use super::profile::{timed, Phase};
 use crate::expert::{ExpertLayout, ExpertSlot};
 use crate::plan::DispatchPlan;
 
+/// Most rows in one forward / input-gradient job (rows are split evenly across an expert's
+/// tiles). 256 rows of d=512 f32 is 512 KiB: a tile's operands stay in L2.
+pub const ROW_TILE: usize = 256;
+/// Rows per accumulation step of a weight-gradient job.
+pub const WGRAD_ROWS: usize = 512;
+/// Weight gradients are split into column blocks until no job exceeds 1/this of the work.
+pub const MIN_WGRAD_JOBS: usize = 16;
+/// Column blocks start at multiples of this (one AVX-512 register of f32).
+const COL_ALIGN: usize = 16;
+/// Tokens per scatter job.
+const TOKEN_BLOCK: usize = 64;
+/// Buffers the pool keeps between calls.
+const POOL_MAX: usize = 8;
+
 /// The float types the kernels run in (f32 in production, f64 for gradient checks).
-pub trait KFloat: num_traits::Float + Send + Sync + Default + std::iter::Sum + 'static {
+pub trait KFloat: GemmFloat + num_traits::Float + Send + Sync + Default + std::iter::Sum + 'static {
     fn erf(self) -> Self;
-}
-impl KFloat for f32 {
-    fn erf(self) -> Self {
-        libm::erff(self)
-    }
-}
-impl KFloat for f64 {
-    fn erf(self) -> Self {
-        libm::erf(self)
-    }
+    /// `e^x`; vectorisable for f32 (see `act::exp_f32`).
+    fn fast_exp(self) -> Self;
+    /// Runs `f` with this thread's workspace.
+    fn with_ws<R>(f: impl FnOnce(&mut Workspace<Self>) -> R) -> R;
+    /// The process-wide pool of large buffers.
+    fn pool() -> &'static Mutex<Vec<Vec<Self>>>;
 }
 
-/// Activations saved by the forward for the backward: pre-activations `u` (and `v` for
-/// SwiGLU), per assignment, each expert's block `[n_e, h_e]` one after the other.
-pub struct Saved<T> {
-    pub u: Vec<T>,
-    pub v: Vec<T>,
-}
-
-/// `C[m,n] (+)= A[m,k] · B[k,n]` on row/column strides (thin wrapper naming gemm's arguments).
-#[allow(clippy::too_many_arguments)]
-fn mm<T: KFloat>(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [T],
-    accumulate: bool,
-    a: &[T],
-    (a_rs, a_cs): (usize, usize),
-    b: &[T],
-    (b_rs, b_cs): (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            c[..m * n].iter_mut().for_each(|x| *x = T::zero());
-        }
-        return;
-    }
-    debug_assert!(c.len() >= m * n);
-    debug_assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
-    debug_assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
-    // SAFETY: the asserts above keep every access of gemm inside the three slices; `c` is
-    // written with row stride n, column stride 1.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
-fn sigmoid<T: KFloat>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
-}
-
-/// `a = act(u)` (FFN) or `silu(u)·v` (SwiGLU), elementwise.
-fn act_fwd<T: KFloat>(kind: ExpertKind, u: T, v: T) -> T {
-    match kind {
-        ExpertKind::SwiGlu => u * sigmoid(u) * v,
-        ExpertKind::Ffn { activation } => match activation {
-            Activation::Relu => u.max(T::zero()),
-            Activation::Silu => u * sigmoid(u),
-            Activation::Gelu => {
-                let half = T::from(0.5).unwrap();
-                u * half * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
+macro_rules! kfloat {
+    ($t:ident, $erf:path, $exp:expr) => {
+        impl KFloat for $t {
+            fn erf(self) -> Self {
+                $erf(self)
             }
-        },
+            #[inline(always)]
+            fn fast_exp(self) -> Self {
+                $exp(self)
+            }
+            fn with_ws<R>(f: impl FnOnce(&mut Workspace<Self>) -> R) -> R {
+                thread_local! {
+                    static WS: RefCell<Workspace<$t>> = RefCell::new(Workspace::default());
+                }
+                WS.with(|w| f(&mut w.borrow_mut()))
+            }
+            fn pool() -> &'static Mutex<Vec<Vec<Self>>> {
+                static POOL: Mutex<Vec<Vec<$t>>> = Mutex::new(Vec::new());
+                &POOL
+            }
+        }
+    };
+}
+kfloat!(f32, libm::erff, act::exp_f32);
+kfloat!(f64, libm::erf, f64::exp);
+
+/// Per-thread scratch: gathered rows and activations of the job at hand.
+#[derive(Default)]
+pub struct Workspace<T> {
+    xe: Vec<T>,
+    ge: Vec<T>,
+    a: Vec<T>,
+}
+
+fn grown<T: KFloat>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::zero());
+    }
+    &mut v[..len]
+}
+
+/// A large buffer borrowed from the pool; its contents start stale, so every user writes
+/// each element before reading it. Returns to the pool when dropped.
+pub struct PoolBuf<T: KFloat>(Vec<T>);
+
+impl<T: KFloat> PoolBuf<T> {
+    fn take(len: usize) -> Self {
+        let mut pool = T::pool().lock().expect("buffer pool poisoned");
+        // the smallest buffer that fits, else the largest (grown below)
+        let pick = (0..pool.len())
+            .filter(|&i| pool[i].capacity() >= len)
+            .min_by_key(|&i| pool[i].capacity())
+            .or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+        let mut v = pick.map(|i| pool.swap_remove(i)).unwrap_or_default();
+        drop(pool);
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, T::zero());
+        }
+        Self(v)
     }
 }
 
-/// Derivative of the activation: returns `(da/du, da/dv)`.
-fn act_bwd<T: KFloat>(kind: ExpertKind, u: T, v: T) -> (T, T) {
-    let silu_d = |u: T| {
-        let s = sigmoid(u);
-        // d/du u·σ(u) = σ(u)·(1 + u·(1 − σ(u)))
-        s * (T::one() + u * (T::one() - s))
-    };
-    match kind {
-        ExpertKind::SwiGlu => (silu_d(u) * v, u * sigmoid(u)),
-        ExpertKind::Ffn { activation } => {
-            let d = match activation {
-                Activation::Relu => {
-                    if u > T::zero() {
-                        T::one()
-                    } else {
-                        T::zero()
-                    }
-                }
-                Activation::Silu => silu_d(u),
-                Activation::Gelu => {
-                    // d/du u·Φ(u) = Φ(u) + u·φ(u)
-                    let half = T::from(0.5).unwrap();
-                    let cdf = half * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf());
-                    let pdf = (-(u * u) * half).exp() * T::from(0.398_942_280_401_432_7).unwrap();
-                    cdf + u * pdf
-                }
-            };
-            (d, T::zero())
+impl<T: KFloat> Drop for PoolBuf<T> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() == 0 {
+            return;
+        }
+        if let Ok(mut pool) = T::pool().lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(v);
+            }
         }
     }
 }
 
-/// Per-expert offsets of the `[n_e, h_e]` blocks inside the saved-activation buffers.
-fn hidden_offsets(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<usize> {
+impl<T: KFloat> Deref for PoolBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T: KFloat> DerefMut for PoolBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+
+/// Bytes held by the buffer pools between calls (per-thread workspaces not included).
+pub fn pooled_bytes() -> usize {
+    fn of<T: KFloat>() -> usize {
+        T::pool().lock().map_or(0, |p| p.iter().map(|v| v.capacity() * std::mem::size_of::<T>()).sum())
+    }
+    of::<f32>() + of::<f64>()
+}
+
+/// Frees the pooled buffers (for memory measurements that start cold).
+pub fn clear_pool() {
+    fn of<T: KFloat>() {
+        if let Ok(mut p) = T::pool().lock() {
+            p.clear();
+        }
+    }
+    of::<f32>();
+    of::<f64>();
+}
+
+/// Activations saved by the forward for the backward: per assignment, the row of
+/// pre-activations `[u | v]` (`v` for SwiGLU only), each expert's block `[n_e, uw_e]` one
+/// after the other (`uw_e` = [`up_width`]).
+pub struct Saved<T: KFloat> {
+    pub uv: PoolBuf<T>,
+}
+
+/// Columns of an expert's up projection: `h` (FFN: `W1`) or `2h` (SwiGLU: `W1` and `W3`,
+/// adjacent in the packed parameters, so one GEMM computes `[u | v] = x·[W1; W3]ᵀ`).
+pub fn up_width(s: &ExpertSlot) -> usize {
+    s.spec.hidden * if s.w3.is_some() { 2 } else { 1 }
+}
+
+/// Rows `r0..r1` (counted inside expert `e`'s range) of one job.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    e: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// Every expert's rows cut into near-equal tiles of at most [`ROW_TILE`] rows, in plan order.
+fn row_tiles(plan: &DispatchPlan) -> Vec<Tile> {
+    let mut tiles = Vec::new();
+    for e in 0..plan.num_experts {
+        let n = plan.range(e).len();
+        let parts = n.div_ceil(ROW_TILE);
+        tiles.extend((0..parts).map(|i| Tile { e, r0: i * n / parts, r1: (i + 1) * n / parts }));
+    }
+    tiles
+}
+
+/// Start of each expert's `[n_e, width(e)]` block in a per-assignment buffer, and the total.
+fn block_offsets(layout: &ExpertLayout, plan: &DispatchPlan, width: impl Fn(&ExpertSlot) -> usize) -> Vec<usize> {
     let mut off = Vec::with_capacity(layout.num_experts() + 1);
     off.push(0);
     for (e, s) in layout.slots.iter().enumerate() {
-        off.push(off[e] + plan.range(e).len() * s.spec.hidden);
+        off.push(off[e] + plan.range(e).len() * width(s));
     }
     off
 }
 
-/// Splits `buf` into consecutive mutable chunks at the given offsets.
-fn split_by<'a, T>(mut buf: &'a mut [T], offsets: &[usize]) -> Vec<&'a mut [T]> {
-    let mut out = Vec::with_capacity(offsets.len().saturating_sub(1));
-    for w in offsets.windows(2) {
-        let (head, tail) = buf.split_at_mut(w[1] - w[0]);
+/// Splits `buf` into consecutive mutable chunks of the given lengths.
+fn split_lens<'a, T>(mut buf: &'a mut [T], lens: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+    let mut out = Vec::new();
+    for len in lens {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
         out.push(head);
         buf = tail;
     }
     out
 }
 
-/// Each expert's position when experts are sorted by descending load, so that rayon starts
-/// the longest jobs first and balances work by load rather than by expert count.
-fn load_rank(plan: &DispatchPlan) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..plan.num_experts).collect();
-    order.sort_by_key(|&e| std::cmp::Reverse(plan.range(e).len()));
-    let mut rank = vec![0; order.len()];
-    order.iter().enumerate().for_each(|(i, &e)| rank[e] = i);
-    rank
-}
-
-fn gather<T: KFloat>(src: &[T], d: usize, tokens: &[u32], dst: &mut Vec<T>) {
-    dst.clear();
-    for &t in tokens {
-        dst.extend_from_slice(&src[t as usize * d..(t as usize + 1) * d]);
+fn gather<T: KFloat>(src: &[T], d: usize, tokens: &[u32], dst: &mut [T]) {
+    for (row, &t) in dst.chunks_exact_mut(d).zip(tokens) {
+        row.copy_from_slice(&src[t as usize * d..(t as usize + 1) * d]);
     }
 }
 
-/// Runs each expert on its rows. Returns per-assignment outputs `o [n, d]` (unscaled) and the
-/// saved pre-activations.
-fn experts_forward<T: KFloat>(x: &[T], p: &[T], layout: &ExpertLayout, plan: &DispatchPlan) -> (Vec<T>, Saved<T>) {
-    let d = layout.d_model;
-    let hoff = hidden_offsets(layout, plan);
-    let htot = *hoff.last().unwrap();
-    let any_glu = layout.slots.iter().any(|s| s.w3.is_some());
-    let mut u = vec![T::zero(); htot];
-    let mut v = vec![T::zero(); if any_glu { htot } else { 0 }];
-    let mut o = vec![T::zero(); plan.len() * d];
-    let ooff: Vec<usize> = plan.offsets.iter().map(|&a| a as usize * d).collect();
-    {
-        let us = split_by(&mut u, &hoff);
-        let vs: Vec<Option<&mut [T]>> = if any_glu {
-            split_by(&mut v, &hoff).into_iter().map(Some).collect()
-        } else {
-            (0..layout.num_experts()).map(|_| None).collect()
-        };
-        let os = split_by(&mut o, &ooff);
-        let mut jobs: Vec<_> =
-            us.into_iter().zip(vs).zip(os).enumerate().map(|(e, ((u, v), o))| (e, u, v, o)).collect();
-        let rank = load_rank(plan);
-        jobs.sort_by_key(|j| rank[j.0]);
-        jobs.into_par_iter().for_each(|(e, u, v, o)| {
-            let s = &layout.slots[e];
-            let rows = plan.range(e);
-            let n = rows.len();
-            if n == 0 {
-                return;
-            }
-            let mut xe = Vec::new();
-            gather(x, d, &plan.token[rows], &mut xe);
-            expert_rows_forward(s, d, p, &xe, n, u, v, o);
-        });
-    }
-    (o, Saved { u, v })
+/// Runs the jobs on the rayon pool, largest `work` first, each stealable on its own.
+fn run_jobs<J: Send>(mut jobs: Vec<J>, work: impl Fn(&J) -> usize, f: impl Fn(J) + Sync + Send) {
+    jobs.sort_by_key(|j| std::cmp::Reverse(work(j)));
+    jobs.into_par_iter().with_max_len(1).for_each(|j| timed(Phase::Total, || f(j)));
 }
 
-/// One expert on `n` gathered rows: fills `u`, `v` (SwiGLU) and the output rows `o`.
-#[allow(clippy::too_many_arguments)]
-fn expert_rows_forward<T: KFloat>(
-    s: &ExpertSlot,
-    d: usize,
-    p: &[T],
-    xe: &[T],
-    n: usize,
-    u: &mut [T],
-    v: Option<&mut [T]>,
-    o: &mut [T],
-) {
-    let h = s.spec.hidden;
-    // u = xe · W1ᵀ   (W1 is [h, d], read transposed through strides)
-    mm(n, h, d, u, false, xe, (d, 1), &p[s.w1..], (1, d));
-    if let Some(b1) = s.b1 {
-        for row in u.chunks_mut(h) {
-            row.iter_mut().zip(&p[b1..b1 + h]).for_each(|(x, b)| *x = *x + *b);
-        }
-    }
-    let mut a = vec![T::zero(); n * h];
-    match (s.w3, v) {
-        (Some(w3), Some(v)) => {
-            // v = xe · W3ᵀ
-            mm(n, h, d, v, false, xe, (d, 1), &p[w3..], (1, d));
-            a.iter_mut().zip(u.iter().zip(v.iter())).for_each(|(a, (&u, &v))| *a = act_fwd(s.spec.kind, u, v));
-        }
-        _ => a.iter_mut().zip(u.iter()).for_each(|(a, &u)| *a = act_fwd(s.spec.kind, u, T::zero())),
-    }
-    // o = a · W2t
-    mm(n, d, h, o, false, &a, (h, 1), &p[s.w2t..], (d, 1));
-    if let Some(b2) = s.b2 {
-        for row in o.chunks_mut(d) {
-            row.iter_mut().zip(&p[b2..b2 + d]).for_each(|(x, b)| *x = *x + *b);
-        }
-    }
-}
-
-/// `y[t] = Σ_{a ∈ token t} w[a] · rows[a]`, in plan order, parallel over tokens.
-fn scatter<T: KFloat>(rows: &[T], w: Option<&[T]>, d: usize, plan: &DispatchPlan) -> Vec<T> {
+/// `y[t] = Σ_{a ∈ token t} rows[a]`, in plan order; rows are already scaled.
+fn scatter<T: KFloat>(rows: &[T], d: usize, plan: &DispatchPlan) -> Vec<T> {
     let (off, idx) = plan.by_token();
     let mut y = vec![T::zero(); plan.num_tokens * d];
-    y.par_chunks_mut(d).enumerate().for_each(|(t, yt)| {
-        for &a in &idx[off[t] as usize..off[t + 1] as usize] {
-            let a = a as usize;
-            let wa = w.map_or(T::one(), |w| w[a]);
-            yt.iter_mut().zip(&rows[a * d..(a + 1) * d]).for_each(|(y, &r)| *y = *y + wa * r);
-        }
+    y.par_chunks_mut(TOKEN_BLOCK * d).enumerate().for_each(|(b, yb)| {
+        timed(Phase::Total, || {
+            timed(Phase::GatherScatter, || act::sum_rows(yb, rows, &off, &idx, b * TOKEN_BLOCK, d))
+        })
     });
     y
 }
 
 /// Forward: `y [T, d]` and the activations to save for the backward.
 pub fn forward<T: KFloat>(x: &[T], w: &[T], p: &[T], layout: &ExpertLayout, plan: &DispatchPlan) -> (Vec<T>, Saved<T>) {
-    let (o, saved) = experts_forward(x, p, layout, plan);
-    (scatter(&o, Some(w), layout.d_model, plan), saved)
+    let d = layout.d_model;
+    let uvoff = block_offsets(layout, plan, up_width);
+    let mut uv = PoolBuf::take(uvoff[layout.num_experts()]);
+    let mut o = PoolBuf::take(plan.len() * d);
+    let tiles = row_tiles(plan);
+    let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
+    let uvs = split_lens(&mut uv, tiles.iter().map(uvlen));
+    let os = split_lens(&mut o, tiles.iter().map(|t| (t.r1 - t.r0) * d));
+    let jobs: Vec<_> = tiles.into_iter().zip(uvs).zip(os).map(|((t, uv), o)| (t, uv, o)).collect();
+    run_jobs(jobs, |j| uvlen(&j.0), |(t, uv, o)| {
+        let s = &layout.slots[t.e];
+        let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
+        let a0 = plan.offsets[t.e] as usize + t.r0;
+        T::with_ws(|ws| {
+            let xe = grown(&mut ws.xe, m * d);
+            timed(Phase::GatherScatter, || gather(x, d, &plan.token[a0..a0 + m], xe));
+            // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
+            mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
+            if let Some(b1) = s.b1 {
+                let b1 = &p[b1..b1 + h];
+                uv.chunks_exact_mut(uw).for_each(|row| row.iter_mut().zip(b1).for_each(|(x, &b)| *x = *x + b));
+            }
+            let a = grown(&mut ws.a, m * h);
+            act::forward_tile(s.spec.kind, h, uv, a);
+            // o = a · W2t, then w·(o + b2): the scatter only adds
+            mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
+            act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
+        })
+    });
+    (scatter(&o, d, plan), Saved { uv })
 }
 
 /// Gradients of a dispatch: `(dx [T, d], dw [n], dp [total])`.
@@ -279,6 +287,58 @@ pub struct Grads<T> {
     pub dx: Vec<T>,
     pub dw: Vec<T>,
     pub dp: Vec<T>,
+}
+
+/// Which weights a weight-gradient job covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// Rows of `[W1; W3]` (and `b1`).
+    Up,
+    /// Rows of `W2t` (and `b2`).
+    Down,
+}
+
+/// Column blocks `(e, part, c0, c1)` of the weight-gradient jobs (see the module docs).
+fn col_blocks(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<(usize, Part, usize, usize)> {
+    let width = |e: usize, part: Part| match part {
+        Part::Up => up_width(&layout.slots[e]),
+        Part::Down => layout.slots[e].spec.hidden,
+    };
+    let work = |e: usize, part: Part| plan.range(e).len() * width(e, part);
+    let total: usize = (0..plan.num_experts).map(|e| work(e, Part::Up) + work(e, Part::Down)).sum();
+    let target = total.div_ceil(MIN_WGRAD_JOBS).max(1);
+    let mut blocks = Vec::new();
+    for e in (0..plan.num_experts).filter(|&e| plan.range(e).len() > 0) {
+        for part in [Part::Up, Part::Down] {
+            let w = width(e, part);
+            let parts = work(e, part).div_ceil(target).clamp(1, w.div_ceil(COL_ALIGN));
+            let mut c0 = 0;
+            for i in 1..=parts {
+                let c1 = if i == parts { w } else { (i * w / parts) / COL_ALIGN * COL_ALIGN };
+                if c1 > c0 {
+                    blocks.push((e, part, c0, c1));
+                    c0 = c1;
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// A buffer that jobs write in disjoint ranges.
+struct Disjoint<T>(*mut T, usize);
+// SAFETY: jobs only touch ranges that no other job touches (see the call sites).
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    /// # Safety
+    /// No two live slices from this buffer may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, start: usize, len: usize) -> &mut [T] {
+        assert!(start + len <= self.1, "disjoint range out of bounds");
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
 }
 
 /// Backward of [`forward`] given the upstream gradient `gy [T, d]`.
@@ -292,91 +352,95 @@ pub fn backward<T: KFloat>(
     gy: &[T],
 ) -> Grads<T> {
     let d = layout.d_model;
-    let hoff = hidden_offsets(layout, plan);
+    let uvoff = block_offsets(layout, plan, up_width);
+    let hoff = block_offsets(layout, plan, |s| s.spec.hidden);
+
+    // phase A, per row tile: dA, the activation's backward ([dU | dV], w⊙a, dw) and dX rows
+    let mut duv = PoolBuf::take(uvoff[layout.num_experts()]);
+    let mut aw = PoolBuf::take(hoff[layout.num_experts()]);
+    let mut dxa = PoolBuf::take(plan.len() * d);
     let mut dw = vec![T::zero(); plan.len()];
-    let mut dxa = vec![T::zero(); plan.len() * d];
-    // Each expert owns a disjoint segment of dp, so experts run in parallel without locks.
-    let mut dp = vec![T::zero(); layout.total];
-    let mut seg: Vec<usize> = layout.slots.iter().map(|s| s.w1).collect();
-    seg.push(layout.total);
-    let dps = split_by(&mut dp, &seg);
-    let dws = split_by(&mut dw, &plan.offsets.iter().map(|&a| a as usize).collect::<Vec<_>>());
-    let dxs = split_by(&mut dxa, &plan.offsets.iter().map(|&a| a as usize * d).collect::<Vec<_>>());
-    let mut jobs: Vec<_> = dps.into_iter().zip(dws).zip(dxs).enumerate().map(|(e, ((a, b), c))| (e, a, b, c)).collect();
-    let rank = load_rank(plan);
-    jobs.sort_by_key(|j| rank[j.0]);
-    jobs.into_par_iter().for_each(|(e, dpe, dwe, dxe)| {
-        let s = &layout.slots[e];
-        let rows = plan.range(e);
-        let n = rows.len();
-        if n == 0 {
-            return;
-        }
-        let h = s.spec.hidden;
-        let base = s.w1;
-        let toks = &plan.token[rows.clone()];
-        let we = &w[rows.clone()];
-        let u = &saved.u[hoff[e]..hoff[e + 1]];
-        let v = if s.w3.is_some() { &saved.v[hoff[e]..hoff[e + 1]] } else { &[][..] };
-        let (mut xe, mut ge) = (Vec::new(), Vec::new());
-        gather(x, d, toks, &mut xe);
-        gather(gy, d, toks, &mut ge);
-        // term 1: dA_unscaled = G · W2tᵀ  [n, h]
-        let mut da = vec![T::zero(); n * h];
-        mm(n, h, d, &mut da, false, &ge, (d, 1), &p[s.w2t..], (1, d));
-        // a recomputed from the saved pre-activations
-        let a: Vec<T> = (0..n * h).map(|i| act_fwd(s.spec.kind, u[i], if v.is_empty() { T::zero() } else { v[i] })).collect();
-        // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
-        for r in 0..n {
-            let mut acc: T = da[r * h..(r + 1) * h].iter().zip(&a[r * h..(r + 1) * h]).map(|(&x, &y)| x * y).sum();
-            if let Some(b2) = s.b2 {
-                acc = acc + ge[r * d..(r + 1) * d].iter().zip(&p[b2..b2 + d]).map(|(&x, &y)| x * y).sum();
-            }
-            dwe[r] = acc;
-        }
-        // term 3: dW2t = (w ⊙ a)ᵀ · G  [h, d]; db2 = Σ_a w_a g_t
-        let aw: Vec<T> = a.chunks(h).zip(we).flat_map(|(row, &wa)| row.iter().map(move |&x| x * wa)).collect();
-        let off = |o: usize| o - base;
-        mm(h, d, n, &mut dpe[off(s.w2t)..], false, &aw, (1, h), &ge, (d, 1));
-        if let Some(b2) = s.b2 {
-            for r in 0..n {
-                for j in 0..d {
-                    dpe[off(b2) + j] = dpe[off(b2) + j] + we[r] * ge[r * d + j];
-                }
-            }
-        }
-        // term 4: dU, dV through the activation, with dA = w ⊙ dA_unscaled
-        let mut du = vec![T::zero(); n * h];
-        let mut dv = vec![T::zero(); if s.w3.is_some() { n * h } else { 0 }];
-        for r in 0..n {
-            for j in 0..h {
-                let i = r * h + j;
-                let g = da[i] * we[r];
-                let (du_i, dv_i) = act_bwd(s.spec.kind, u[i], if v.is_empty() { T::zero() } else { v[i] });
-                du[i] = g * du_i;
-                if !dv.is_empty() {
-                    dv[i] = g * dv_i;
-                }
-            }
-        }
-        if let Some(b1) = s.b1 {
-            for r in 0..n {
-                for j in 0..h {
-                    dpe[off(b1) + j] = dpe[off(b1) + j] + du[r * h + j];
-                }
-            }
-        }
-        // term 5: dW1 = dUᵀ · X, dW3 = dVᵀ · X   [h, d]
-        mm(h, d, n, &mut dpe[off(s.w1)..], false, &du, (1, h), &xe, (d, 1));
-        if let Some(w3) = s.w3 {
-            mm(h, d, n, &mut dpe[off(w3)..], false, &dv, (1, h), &xe, (d, 1));
-        }
-        // term 6: dX = dU · W1 + dV · W3   [n, d]
-        mm(n, d, h, dxe, false, &du, (h, 1), &p[s.w1..], (d, 1));
-        if let Some(w3) = s.w3 {
-            mm(n, d, h, dxe, true, &dv, (h, 1), &p[w3..], (d, 1));
-        }
+    let tiles = row_tiles(plan);
+    let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
+    let duvs = split_lens(&mut duv, tiles.iter().map(uvlen));
+    let aws = split_lens(&mut aw, tiles.iter().map(|t| (t.r1 - t.r0) * layout.slots[t.e].spec.hidden));
+    let dxs = split_lens(&mut dxa, tiles.iter().map(|t| (t.r1 - t.r0) * d));
+    let dws = split_lens(&mut dw, tiles.iter().map(|t| t.r1 - t.r0));
+    let jobs: Vec<_> =
+        tiles.into_iter().zip(duvs).zip(aws).zip(dxs.into_iter().zip(dws)).map(|(((t, duv), aw), (dx, dw))| (t, duv, aw, dx, dw)).collect();
+    run_jobs(jobs, |j| uvlen(&j.0), |(t, duv, aw, dxe, dwe)| {
+        let s = &layout.slots[t.e];
+        let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
+        let a0 = plan.offsets[t.e] as usize + t.r0;
+        let at = uvoff[t.e] + t.r0 * uw;
+        let uv = &saved.uv[at..at + m * uw];
+        T::with_ws(|ws| {
+            let ge = grown(&mut ws.ge, m * d);
+            timed(Phase::GatherScatter, || gather(gy, d, &plan.token[a0..a0 + m], ge));
+            // term 1: dA_unscaled = G · W2tᵀ  [m, h]
+            let da = grown(&mut ws.a, m * h);
+            mm(m, h, d, da, false, ge, (d, 1), &p[s.w2t..], (1, d), false);
+            // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
+            // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; and w ⊙ a
+            let b2 = s.b2.map(|b2| &p[b2..b2 + d]);
+            act::backward_tile(s.spec.kind, h, d, &w[a0..a0 + m], da, uv, duv, aw, ge, b2, dwe);
+            // term 6: dX = [dU | dV] · [W1; W3]   [m, d]
+            mm(m, d, uw, dxe, false, duv, (uw, 1), &p[s.w1..], (d, 1), false);
+        })
     });
-    let dx = scatter(&dxa, None, d, plan);
+
+    // phase B, per column block of each expert's weights: weight (and bias) gradients
+    let mut dp = vec![T::zero(); layout.total];
+    let dps = Disjoint(dp.as_mut_ptr(), dp.len());
+    let (duv, aw) = (&duv[..], &aw[..]);
+    run_jobs(col_blocks(layout, plan), |&(e, _, c0, c1)| plan.range(e).len() * (c1 - c0), |(e, part, c0, c1)| {
+        let s = &layout.slots[e];
+        let (n, cb, first) = (plan.range(e).len(), c1 - c0, plan.offsets[e] as usize);
+        let (src, width, off, w_at) = match part {
+            Part::Up => (duv, up_width(s), uvoff[e], s.w1),
+            Part::Down => (aw, s.spec.hidden, hoff[e], s.w2t),
+        };
+        // SAFETY: rows c0..c1 of this part's weights, entries c0..c1 of b1 (Up) and b2 (Down,
+        // c0 = 0 only) belong to this job alone.
+        let (dwt, mut db) = unsafe {
+            let bias = match part {
+                Part::Up => s.b1.map(|b1| dps.range(b1 + c0, cb)),
+                Part::Down => s.b2.filter(|_| c0 == 0).map(|b2| dps.range(b2, d)),
+            };
+            (dps.range(w_at + c0 * d, cb * d), bias)
+        };
+        T::with_ws(|ws| {
+            for r0 in (0..n).step_by(WGRAD_ROWS) {
+                let mr = WGRAD_ROWS.min(n - r0);
+                let toks = &plan.token[first + r0..first + r0 + mr];
+                // Up: X rows; Down: G rows
+                let rows = grown(&mut ws.xe, mr * d);
+                timed(Phase::GatherScatter, || gather(if part == Part::Up { x } else { gy }, d, toks, rows));
+                let at = off + r0 * width + c0;
+                // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
+                mm(cb, d, mr, dwt, r0 > 0, &src[at..], (1, width), rows, (d, 1), false);
+                match (part, db.as_deref_mut()) {
+                    // db1 = Σ_rows dU
+                    (Part::Up, Some(db1)) => {
+                        for r in 0..mr {
+                            let row = &src[at + r * width..at + r * width + cb];
+                            db1.iter_mut().zip(row).for_each(|(b, &g)| *b = *b + g);
+                        }
+                    }
+                    // db2 = Σ_a w_a g_t
+                    (Part::Down, Some(db2)) => {
+                        for r in 0..mr {
+                            let wa = w[first + r0 + r];
+                            db2.iter_mut().zip(&rows[r * d..(r + 1) * d]).for_each(|(b, &g)| *b = *b + wa * g);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    });
+
+    // phase C: dx[t] = Σ_{a ∈ token t} dX_a in plan order
+    let dx = scatter(&dxa, d, plan);
     Grads { dx, dw, dp }
 }

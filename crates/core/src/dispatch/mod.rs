@@ -8,7 +8,10 @@
 //!
 //! Tests hold the two to each other and to central differences.
 
+mod act;
+pub mod gemm;
 pub mod kernel;
+pub mod profile;
 
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,171 @@
+//! The MoE layer as training runs it: gate → top-k router → plan → dispatch op → combine,
+//! plus the auxiliary losses, forward and forward+backward through candle's autodiff.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use switchyard_core::dispatch::{self, kernel, profile};
+use switchyard_core::{ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, MoeOutput, ParamBuilder, ParamStore, RouterConfig};
+
+use crate::ceiling::{ceiling_row, DenseCeiling};
+use crate::shapes::LayerShape;
+use crate::timing::{median_secs, paired_median_secs};
+use crate::{BenchError, BenchRow, MemProbe, Result};
+
+/// Seed of the layer's parameters and inputs (fixed, so every run routes the same way).
+const SEED: u64 = 17;
+
+struct LayerBench {
+    store: ParamStore,
+    layer: MoeLayer,
+    x: Var,
+}
+
+impl LayerBench {
+    fn new(s: &LayerShape) -> switchyard_core::Result<Self> {
+        let cfg = MoeConfig {
+            d_model: s.d,
+            experts: vec![ExpertSpec::swiglu(s.h); s.experts],
+            router: RouterConfig::TopK { k: s.k },
+            ..Default::default()
+        };
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(&store, SEED, DType::F32, &Device::Cpu);
+        let layer = MoeLayer::new(&pb.pp("moe"), &cfg)?;
+        let xs = pb.sample(s.tokens * s.d, Init::Normal(1.0));
+        let x = Var::from_tensor(&Tensor::from_vec(xs, (s.tokens, s.d), &Device::Cpu)?.to_dtype(DType::F32)?)?;
+        Ok(Self { store, layer, x })
+    }
+
+    fn forward(&self) -> switchyard_core::Result<MoeOutput> {
+        let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+        self.layer.forward(self.x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
+    }
+
+    /// Forward, then the backward of `sum(y) + aux_loss`; returns the gradient bytes.
+    fn fwd_bwd(&self) -> switchyard_core::Result<usize> {
+        let out = self.forward()?;
+        let loss = (out.y.sum_all()? + &out.aux_loss)?;
+        let grads = loss.backward()?;
+        let vars = std::iter::once(self.x.clone()).chain(self.store.all().into_iter().map(|(_, v)| v));
+        Ok(vars.filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4)).sum())
+    }
+}
+
+fn moe_err(s: &LayerShape) -> impl Fn(switchyard_core::MoeError) -> BenchError + '_ {
+    move |source| BenchError::Moe { what: s.name.clone(), source }
+}
+
+/// Ceiling and layer rows (`fwd`, `fwd_bwd`) of `s`, each layer timing interleaved with its
+/// ceiling's. With `routing`, the layer's fwd+bwd row carries the routing shares, and with
+/// `mem`, the peak-memory figures.
+pub fn measure(
+    s: &LayerShape,
+    threads: usize,
+    reps: usize,
+    mem: Option<&dyn MemProbe>,
+    routing: bool,
+    modes: &[&str],
+) -> Result<Vec<BenchRow>> {
+    let err = moe_err(s);
+    let lb = LayerBench::new(s).map_err(&err)?;
+    let mut ceil = DenseCeiling::new(s);
+    let mut rows = Vec::new();
+    for &mode in modes {
+        let (c, l) = if mode == "fwd" {
+            paired_median_secs(
+                reps,
+                || {
+                    ceil.fwd();
+                    Ok(())
+                },
+                || lb.forward().map(drop),
+            )
+        } else {
+            paired_median_secs(
+                reps,
+                || {
+                    ceil.fwd_bwd();
+                    Ok(())
+                },
+                || lb.fwd_bwd().map(drop),
+            )
+        }
+        .map_err(&err)?;
+        let c_row = ceiling_row(s, mode, threads, c);
+        let gflops = s.flops(mode) / l / 1e9;
+        let mut row = BenchRow {
+            config: s.name.clone(),
+            mode: mode.into(),
+            threads,
+            experts: s.experts,
+            k: s.k,
+            d: s.d,
+            h: s.h,
+            tokens: s.tokens,
+            seconds: l,
+            gflops,
+            ratio_to_ceiling: gflops / c_row.gflops,
+            ceiling_gflops: c_row.gflops,
+            ns_per_token: l * 1e9 / s.tokens as f64,
+            ..Default::default()
+        };
+        if mode == "fwd_bwd" && routing {
+            let (disp, gs_frac) = dispatch_only(&lb).map_err(&err)?;
+            let outside = ((l - disp) / l).max(0.0);
+            let gather_scatter = gs_frac * disp / l;
+            row.gate_router_share = Some(outside);
+            row.gather_scatter_share = Some(gather_scatter);
+            row.routing_share = Some(outside + gather_scatter);
+        }
+        if let (Some(probe), "fwd_bwd") = (mem, mode) {
+            memory(&lb, probe, &mut row).map_err(&err)?;
+        }
+        rows.push(c_row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Peak memory of one fwd+bwd from a cold kernel pool. `kept`: bytes alive after the forward
+/// minus what the pool holds idle (only what the backward needs, and the output).
+fn memory(lb: &LayerBench, probe: &dyn MemProbe, row: &mut BenchRow) -> switchyard_core::Result<()> {
+    kernel::clear_pool();
+    let base = probe.live_bytes();
+    probe.reset_peak();
+    let out = lb.forward()?;
+    let kept = (probe.live_bytes() - kernel::pooled_bytes()).saturating_sub(base);
+    let loss = (out.y.sum_all()? + &out.aux_loss)?;
+    let grads = loss.backward()?;
+    let peak = probe.peak_bytes().saturating_sub(base);
+    let vars = std::iter::once(lb.x.clone()).chain(lb.store.all().into_iter().map(|(_, v)| v));
+    let grad_bytes: usize = vars.filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4)).sum();
+    row.kept_bytes = Some(kept);
+    row.peak_bytes = Some(peak);
+    row.grad_bytes = Some(grad_bytes);
+    row.peak_mem_ratio = Some(peak.saturating_sub(grad_bytes) as f64 / kept.max(1) as f64);
+    Ok(())
+}
+
+/// Median fwd+bwd time of the dispatch op alone on the layer's routing, and the share of the
+/// kernel's thread time spent gathering and scattering rows.
+fn dispatch_only(lb: &LayerBench) -> switchyard_core::Result<(f64, f64)> {
+    let routing = lb.forward()?.routing.expect("routed layers report their routing");
+    let w = Var::from_tensor(&routing.weights.detach())?;
+    let layout = Arc::new(lb.layer.experts.layout.clone());
+    let packed = lb.layer.experts.packed.as_tensor();
+    let once = || -> switchyard_core::Result<()> {
+        let y = dispatch::dispatch(lb.x.as_tensor(), w.as_tensor(), packed, &layout, &routing.plan)?;
+        y.sum_all()?.backward()?;
+        Ok(())
+    };
+    let secs = median_secs(3, once)?;
+    profile::set_enabled(true);
+    profile::take();
+    once()?;
+    let p = profile::take();
+    profile::set_enabled(false);
+    Ok((secs, p.gather_scatter_share()))
+}

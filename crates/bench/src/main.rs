@@ -1,0 +1,123 @@
+//! `switchyard-bench`: the benchmark suite of `switchyard bench`, plus peak memory of
+//! forward+backward measured by a counting global allocator (which only a binary can install).
+//!
+//! Run with: `cargo run --release -p switchyard-bench -- [--quick] [--json PATH]
+//! [--threads 1,2] [--configs mixtral8,fine64] [--sweep]`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use switchyard_bench::{format_table, run, write_json, BenchOpts, MemProbe};
+
+/// The system allocator, counting live bytes and their peak.
+struct Counting {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; the counters are only bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc(l);
+        if !p.is_null() {
+            self.grew(l.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(l);
+        if !p.is_null() {
+            self.grew(l.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l);
+        self.live.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = System.realloc(p, l, new);
+        if !q.is_null() {
+            self.live.fetch_sub(l.size(), Ordering::Relaxed);
+            self.grew(new);
+        }
+        q
+    }
+}
+
+impl Counting {
+    fn grew(&self, n: usize) {
+        let now = self.live.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+impl MemProbe for Counting {
+    fn live_bytes(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+    fn peak_bytes(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+    fn reset_peak(&self) {
+        self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting { live: AtomicUsize::new(0), peak: AtomicUsize::new(0) };
+
+const USAGE: &str = "usage: switchyard-bench [--quick] [--json PATH] [--threads 1,2] [--configs mixtral8,fine64] [--sweep] [--reps N]";
+
+fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
+    v.split(',').map(|x| x.trim().parse().map_err(|_| format!("bad {what} `{x}`"))).collect()
+}
+
+fn parse(args: &[String]) -> Result<(BenchOpts, Option<PathBuf>), String> {
+    let mut opts = BenchOpts { mem: Some(&ALLOC), ..Default::default() };
+    let mut json = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--sweep" => opts.sweep = true,
+            "--json" => json = Some(PathBuf::from(val("--json")?)),
+            "--threads" => opts.threads = list(&val("--threads")?, "thread count")?,
+            "--configs" => opts.configs = list(&val("--configs")?, "config")?,
+            "--reps" => opts.reps = Some(val("--reps")?.parse().map_err(|_| "bad --reps".to_string())?),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    Ok((opts, json))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (opts, json) = match parse(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&opts) {
+        Ok(rows) => {
+            print!("{}", format_table(&rows));
+            if let Some(path) = json {
+                if let Err(e) = write_json(&path, &rows) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
