@@ -11,7 +11,7 @@ use switchyard_core::{ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLaye
 
 use crate::ceiling::{ceiling_row, DenseCeiling};
 use crate::shapes::LayerShape;
-use crate::timing::{median_secs, paired_median_secs};
+use crate::timing::paired_median_secs;
 use crate::{BenchError, BenchRow, MemProbe, Result};
 
 /// Seed of the layer's parameters and inputs (fixed, so every run routes the same way).
@@ -113,9 +113,9 @@ pub fn measure(
             ..Default::default()
         };
         if mode == "fwd_bwd" && routing {
-            let (disp, gs_frac) = dispatch_only(&lb).map_err(&err)?;
-            let outside = ((l - disp) / l).max(0.0);
-            let gather_scatter = gs_frac * disp / l;
+            let (layer_s, disp, gs_frac) = dispatch_only(&lb, reps).map_err(&err)?;
+            let outside = ((layer_s - disp) / layer_s).max(0.0);
+            let gather_scatter = gs_frac * disp / layer_s;
             row.gate_router_share = Some(outside);
             row.gather_scatter_share = Some(gather_scatter);
             row.routing_share = Some(outside + gather_scatter);
@@ -149,9 +149,10 @@ fn memory(lb: &LayerBench, probe: &dyn MemProbe, row: &mut BenchRow) -> switchya
     Ok(())
 }
 
-/// Median fwd+bwd time of the dispatch op alone on the layer's routing, and the share of the
-/// kernel's thread time spent gathering and scattering rows.
-fn dispatch_only(lb: &LayerBench) -> switchyard_core::Result<(f64, f64)> {
+/// Median fwd+bwd times of the whole layer and of the dispatch op alone on the layer's
+/// routing (timed alternately), and the share of the kernels' thread time spent gathering and
+/// scattering rows.
+fn dispatch_only(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, f64, f64)> {
     let routing = lb.forward()?.routing.expect("routed layers report their routing");
     let w = Var::from_tensor(&routing.weights.detach())?;
     let layout = Arc::new(lb.layer.experts.layout.clone());
@@ -161,11 +162,11 @@ fn dispatch_only(lb: &LayerBench) -> switchyard_core::Result<(f64, f64)> {
         y.sum_all()?.backward()?;
         Ok(())
     };
-    let secs = median_secs(3, once)?;
+    let (layer_s, disp_s) = paired_median_secs(reps, || lb.fwd_bwd().map(drop), once)?;
     profile::set_enabled(true);
     profile::take();
     once()?;
     let p = profile::take();
     profile::set_enabled(false);
-    Ok((secs, p.gather_scatter_share()))
+    Ok((layer_s, disp_s, p.gather_scatter_share()))
 }

@@ -69,3 +69,76 @@ fn routers_break_ties_to_lower_expert_and_token() {
     let out = r.route(RouterInput { gate_out: &logits, token_ids: None, available: None, train: false, rng: &mut rng }).unwrap();
     assert!(out.plan.token.iter().all(|&t| t == 0));
 }
+
+/// Dispatch op fwd+bwd bits `(y, dx, dw, dp)` on a plan large enough that experts are cut
+/// into several row tiles and their weight gradients into several column blocks.
+fn big_dispatch_bits(threads: usize) -> Vec<Vec<u32>> {
+    use std::sync::Arc;
+    use switchyard_core::dispatch::dispatch;
+    use switchyard_core::expert::ExpertLayout;
+    use switchyard_core::{Activation, DispatchPlan, ExpertSpec, Init, ParamBuilder, ParamStore};
+    // 700 tokens × top-3 over 6 experts: ~350 rows each (> ROW_TILE = 256), mixed kinds/widths
+    const TOKENS: usize = 700;
+    const D_MODEL: usize = 48;
+    const K: usize = 3;
+    let specs = [
+        ExpertSpec::swiglu(96),
+        ExpertSpec::swiglu(40),
+        ExpertSpec::ffn(Activation::Gelu, 72),
+        ExpertSpec::swiglu(128),
+        ExpertSpec::ffn(Activation::Relu, 33),
+        ExpertSpec::swiglu(64),
+    ];
+    let dev = Device::Cpu;
+    let pb = ParamBuilder::new(&ParamStore::new(), 4, DType::F32, &dev);
+    let layout = Arc::new(ExpertLayout::new(D_MODEL, &specs));
+    let pairs: Vec<(u32, u32)> =
+        (0..TOKENS as u32).flat_map(|t| (0..K as u32).map(move |j| (t, (t * 7 + j * 2 + t / 5) % 6))).collect();
+    let mut pairs = pairs;
+    pairs.sort();
+    pairs.dedup();
+    let plan = Arc::new(DispatchPlan::from_assignments(TOKENS, specs.len(), &pairs).unwrap());
+    assert!((0..6).any(|e| plan.range(e).len() > 256), "the plan must need several row tiles");
+    let mk = |n: usize, shape: &[usize]| {
+        let t = Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev).unwrap().to_dtype(DType::F32).unwrap();
+        candle_core::Var::from_tensor(&t).unwrap()
+    };
+    let (x, w, p) = (mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]), mk(plan.len(), &[plan.len()]), mk(layout.total, &[layout.total]));
+    let proj = mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+        let y = dispatch(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
+        let g = (y.clone() * proj.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![bits(&y)];
+        out.extend([&x, &w, &p].iter().map(|v| bits(g.get(v.as_tensor()).unwrap())));
+        out
+    })
+}
+
+#[test]
+fn thread_count_does_not_change_bits_on_a_large_plan() {
+    let one = big_dispatch_bits(1);
+    for threads in [2, 3, 4] {
+        assert!(one == big_dispatch_bits(threads), "{threads} threads changed the bits");
+    }
+}
+
+#[test]
+fn top_k_without_sorting_matches_a_full_sort() {
+    use rand::Rng;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for trial in 0..300 {
+        let e = rng.random_range(1..80);
+        // few distinct values so ties are common; a NaN now and then
+        let vals: Vec<f64> = (0..e)
+            .map(|_| if rng.random_range(0..20) == 0 { f64::NAN } else { rng.random_range(0..6) as f64 })
+            .collect();
+        let k = rng.random_range(0..=e.min(40));
+        let key = |i: usize| if vals[i].is_nan() { f64::NEG_INFINITY } else { vals[i] };
+        let mut expect: Vec<usize> = (0..e).collect();
+        expect.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        expect.truncate(k);
+        assert_eq!(top_k(&vals, k, 0..e), expect, "trial {trial}: e={e} k={k}");
+        // candidates in any order give the same answer
+        assert_eq!(top_k(&vals, k, (0..e).rev()), expect, "trial {trial} (reversed candidates)");
+    }
+}

@@ -127,11 +127,47 @@ pub fn host(t: &Tensor) -> Result<(Vec<f64>, usize)> {
 /// Indices of the `k` largest values among `candidates`, descending; ties go to the lower
 /// index and NaN ranks below everything.
 pub fn top_k(values: &[f64], k: usize, candidates: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut out = Vec::with_capacity(k);
+    top_k_into(values, k, candidates, &mut out);
+    out
+}
+
+/// Up to this `k`, [`top_k_into`] keeps a sorted insertion buffer (O(E·k) worst case, O(E)
+/// typically); above it, a linear-time selection then a sort of the `k` kept.
+const INSERTION_TOP_K: usize = 16;
+
+/// [`top_k`] into a reused buffer (cleared first): no allocation once `out` has capacity,
+/// and no full sort of the candidates.
+pub fn top_k_into(values: &[f64], k: usize, candidates: impl Iterator<Item = usize>, out: &mut Vec<usize>) {
     let key = |i: usize| if values[i].is_nan() { f64::NEG_INFINITY } else { values[i] };
-    let mut idx: Vec<usize> = candidates.collect();
-    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx
+    // `a` ranks before `b`: larger value, then lower index
+    let before = |a: usize, b: usize| key(b).total_cmp(&key(a)).then(a.cmp(&b));
+    out.clear();
+    if k == 0 {
+        return;
+    }
+    if k <= INSERTION_TOP_K {
+        for i in candidates {
+            if out.len() == k {
+                if before(i, out[k - 1]).is_ge() {
+                    continue;
+                }
+                out.pop();
+            }
+            let mut at = out.len();
+            while at > 0 && before(i, out[at - 1]).is_lt() {
+                at -= 1;
+            }
+            out.insert(at, i);
+        }
+    } else {
+        out.extend(candidates);
+        if out.len() > k {
+            out.select_nth_unstable_by(k - 1, |&a, &b| before(a, b));
+            out.truncate(k);
+        }
+        out.sort_unstable_by(|&a, &b| before(a, b));
+    }
 }
 
 /// A `[T, E]` 0/1 tensor with ones at the plan's assignments.

@@ -1,7 +1,7 @@
 //! Softmax top-k token-choice routing (Shazeer et al. 2017 without noise; GShard, Mixtral).
 //! torch: `probs = softmax(logits); w, idx = torch.topk(probs, k)`.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k_into, Router, RouterInput, RouterOutput};
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -32,11 +32,11 @@ impl Router for TopKRouter {
         let (vals, e) = host(&logits)?;
         let t = input.num_tokens();
         let mut pairs = Vec::with_capacity(t * self.k);
+        let mut chosen = Vec::with_capacity(self.k);
         for tok in 0..t {
             let row = &vals[tok * e..(tok + 1) * e];
-            for x in top_k(row, self.k, (0..e).filter(|&x| input.is_available(x))) {
-                pairs.push((tok as u32, x as u32));
-            }
+            top_k_into(row, self.k, (0..e).filter(|&x| input.is_available(x)), &mut chosen);
+            pairs.extend(chosen.iter().map(|&x| (tok as u32, x as u32)));
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let probs = softmax(&logits)?;
