@@ -280,6 +280,9 @@ pub struct MoeConfig {
     pub d_model: usize,
     pub experts: Vec<ExpertSpec>,
     pub shared_experts: Vec<ExpertSpec>,
+    /// Scale the shared experts' summed output per token by `sigmoid(x · w)`, a learned
+    /// `[1, d]` gate (Qwen2-MoE's `shared_expert_gate`). Needs at least one shared expert.
+    pub shared_gate: bool,
     pub router: RouterConfig,
     pub gate: GateConfig,
     /// Renormalise each token's kept weights to sum to 1.
@@ -297,6 +300,7 @@ impl Default for MoeConfig {
             d_model: 64,
             experts: vec![ExpertSpec::swiglu(128); 8],
             shared_experts: vec![],
+            shared_gate: false,
             router: RouterConfig::default(),
             gate: GateConfig::default(),
             renormalize: true,
@@ -328,6 +332,9 @@ impl MoeConfig {
                 };
                 return Err(MoeError::config(which, "an expert's hidden width must be at least 1"));
             }
+        }
+        if self.shared_gate && self.shared_experts.is_empty() {
+            return Err(MoeError::config("shared_gate", "a shared-expert gate needs at least one shared expert"));
         }
         self.router.validate(self.experts.len())?;
         if let GateConfig::Mlp { hidden: 0, .. } = self.gate {

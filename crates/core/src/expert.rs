@@ -101,6 +101,10 @@ pub enum ExpertTensor {
 impl ExpertBank {
     pub fn new(pb: &ParamBuilder, d_model: usize, specs: &[ExpertSpec]) -> Result<Self> {
         let layout = ExpertLayout::new(d_model, specs);
+        if let Some(packed) = pb.existing("packed") {
+            // pre-filled (an imported checkpoint): skip drawing values that would be dropped
+            return Ok(Self { layout, packed });
+        }
         let values = layout.init_values(pb);
         let packed = pb.var_from("packed", &[layout.total], values)?;
         Ok(Self { layout, packed })

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::Tensor;
+use candle_core::{Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -12,7 +12,7 @@ use crate::dispatch::{self, DispatchImpl};
 use crate::expert::ExpertBank;
 use crate::gate::Gate;
 use crate::losses::{self, LossValues};
-use crate::params::ParamBuilder;
+use crate::params::{Init, ParamBuilder};
 use crate::plan::DispatchPlan;
 use crate::router::{self, safe_row_normalize, Router, RouterInput};
 use crate::stats::RoutingStats;
@@ -83,6 +83,9 @@ pub struct MoeLayer {
     pub router: Box<dyn Router>,
     pub experts: ExpertBank,
     pub shared: Option<ExpertBank>,
+    /// `[1, d]` with `cfg.shared_gate`: the shared experts' output is scaled by
+    /// `sigmoid(x · wᵀ)` per token.
+    pub shared_gate: Option<Var>,
     layout: Arc<crate::expert::ExpertLayout>,
     shared_layout: Option<Arc<crate::expert::ExpertLayout>>,
     /// Tokens per expert since the last `after_step` (for bias balancing across accumulation).
@@ -105,6 +108,12 @@ impl MoeLayer {
         } else {
             Some(ExpertBank::new(&pb.pp("shared_experts"), cfg.d_model, &cfg.shared_experts)?)
         };
+        let shared_gate = if cfg.shared_gate {
+            let bound = Init::Uniform(1.0 / (cfg.d_model as f64).sqrt());
+            Some(pb.pp("shared_expert_gate").var("weight", &[1, cfg.d_model], bound)?)
+        } else {
+            None
+        };
         Ok(Self {
             layout: Arc::new(experts.layout.clone()),
             shared_layout: shared.as_ref().map(|s| Arc::new(s.layout.clone())),
@@ -113,6 +122,7 @@ impl MoeLayer {
             router,
             experts,
             shared,
+            shared_gate,
             pending_load: Mutex::new(vec![0; cfg.num_experts()]),
         })
     }
@@ -167,6 +177,16 @@ impl MoeLayer {
     /// the deterministic part of routing, for analysis.
     pub fn gate_logits(&self, x: &Tensor, seq_len: Option<usize>) -> Result<Option<Tensor>> {
         self.gate.as_ref().map(|g| g.forward(x, seq_len)).transpose()
+    }
+
+    /// One weight per assignment of the shared experts' dense plan: every shared expert of
+    /// token `t` gets `sigmoid(x_t · wᵀ)`.
+    /// torch (Qwen2-MoE): `F.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)`
+    fn shared_gate_weights(&self, x2: &Tensor, gate: &Var, plan: &DispatchPlan) -> Result<Tensor> {
+        let g = candle_nn::ops::sigmoid(&x2.matmul(&gate.as_tensor().t()?)?)?; // [T, 1]
+        let dense = g.broadcast_as((plan.num_tokens, plan.num_experts))?.flatten_all()?;
+        let idx = Tensor::from_vec(plan.flat_indices(), plan.len(), x2.device())?;
+        Ok(dense.index_select(&idx, 0)?)
     }
 
     fn route(&self, x2: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Routing, Tensor, Option<Tensor>)> {
@@ -229,8 +249,11 @@ impl MoeBlock for MoeLayer {
         let mut y = dispatch::run(ctx.dispatch, &x2, &routing.weights, self.experts.packed.as_tensor(), &self.layout, plan)?;
         if let (Some(shared), Some(layout)) = (&self.shared, &self.shared_layout) {
             let dense_plan = Arc::new(DispatchPlan::dense(t, shared.num_experts()));
-            let ones = Tensor::ones(dense_plan.len(), x2.dtype(), x2.device())?;
-            y = (y + dispatch::run(ctx.dispatch, &x2, &ones, shared.packed.as_tensor(), layout, &dense_plan)?)?;
+            let w = match &self.shared_gate {
+                Some(g) => self.shared_gate_weights(&x2, g, &dense_plan)?,
+                None => Tensor::ones(dense_plan.len(), x2.dtype(), x2.device())?,
+            };
+            y = (y + dispatch::run(ctx.dispatch, &x2, &w, shared.packed.as_tensor(), layout, &dense_plan)?)?;
         }
 
         // auxiliary losses: all computed and reported, the enabled ones summed

@@ -111,8 +111,18 @@ impl ParamBuilder {
 
     /// Creates (or, if the name exists, returns) a parameter.
     pub fn var(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Var> {
+        // An existing parameter (e.g. pre-filled from an imported checkpoint) is returned
+        // before drawing: a large model would otherwise sample every weight just to drop it.
+        if let Some(v) = self.existing(leaf) {
+            return Ok(v);
+        }
         let n: usize = shape.iter().product();
         self.var_from(leaf, shape, self.sample(n, init))
+    }
+
+    /// The parameter `leaf` under this prefix, if the store already holds it.
+    pub fn existing(&self, leaf: &str) -> Option<Var> {
+        self.store.get(&self.name(leaf))
     }
 
     /// Creates a parameter from explicit host values.
