@@ -7,6 +7,7 @@ use switchyard_core::{ForwardCtx, MoeLayer, ParamBuilder, Routing, RoutingStats}
 use crate::attention::{Attention, LayerKv};
 use crate::config::{LayerFfn, LmConfig};
 use crate::ffn::{DenseFfn, Ffn};
+use crate::mla::MlaAttention;
 use crate::norm::RmsNorm;
 use crate::rope::Rope;
 use crate::{ModelError, Result};
@@ -21,9 +22,40 @@ pub struct LayerReport {
     pub routing: Option<Routing>,
 }
 
+/// The attention of a block: (grouped-query) multi-head or multi-head latent.
+pub enum SelfAttention {
+    Mha(Attention),
+    Mla(MlaAttention),
+}
+
+impl SelfAttention {
+    pub fn new(pb: &ParamBuilder, cfg: &LmConfig) -> Result<Self> {
+        Ok(match cfg.mla {
+            None => SelfAttention::Mha(Attention::new(pb, cfg)?),
+            Some(_) => SelfAttention::Mla(MlaAttention::new(pb, cfg)?),
+        })
+    }
+
+    /// # Shapes
+    /// `x [B, L, d]` → `[B, L, d]`.
+    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut Option<LayerKv>>) -> Result<Tensor> {
+        match self {
+            SelfAttention::Mha(a) => a.forward(x, rope, cache),
+            SelfAttention::Mla(a) => a.forward(x, rope, cache),
+        }
+    }
+
+    pub fn vars(&self) -> Vec<Var> {
+        match self {
+            SelfAttention::Mha(a) => a.vars(),
+            SelfAttention::Mla(a) => a.vars(),
+        }
+    }
+}
+
 pub struct DecoderBlock {
     pub input_layernorm: RmsNorm,
-    pub self_attn: Attention,
+    pub self_attn: SelfAttention,
     pub post_attention_layernorm: RmsNorm,
     pub ffn: Ffn,
 }
@@ -32,7 +64,7 @@ impl DecoderBlock {
     /// Creates layer `i` under `pb` (= `model.layers.{i}`): the FFN is `mlp.*` when dense and
     /// `block_sparse_moe.*` when MoE.
     pub fn new(pb: &ParamBuilder, cfg: &LmConfig, i: usize) -> Result<Self> {
-        let ffn = match cfg.ffn.layer(i) {
+        let ffn = match cfg.layer_ffn(i) {
             LayerFfn::Dense { hidden } => Ffn::Dense(DenseFfn::new(&pb.pp("mlp"), cfg.d_model, hidden)?),
             LayerFfn::Moe(m) => Ffn::Moe(Box::new(
                 MoeLayer::new(&pb.pp("block_sparse_moe"), &m)
@@ -41,7 +73,7 @@ impl DecoderBlock {
         };
         Ok(Self {
             input_layernorm: RmsNorm::new(&pb.pp("input_layernorm"), cfg.d_model, cfg.norm_eps)?,
-            self_attn: Attention::new(&pb.pp("self_attn"), cfg)?,
+            self_attn: SelfAttention::new(&pb.pp("self_attn"), cfg)?,
             post_attention_layernorm: RmsNorm::new(&pb.pp("post_attention_layernorm"), cfg.d_model, cfg.norm_eps)?,
             ffn,
         })

@@ -26,7 +26,8 @@ pub enum LayerFfn {
 /// layer `first_dense`, every `moe_every`-th layer is a *sparse slot* and gets `sparse`;
 /// the others are dense SwiGLUs of width `dense_hidden`. With `first_dense = 0`:
 /// `moe_every = 1` puts `sparse` in every layer, `moe_every = 2` in layers 1, 3, 5, …
-/// (Qwen2-MoE's `(layer_idx + 1) % decoder_sparse_step == 0`).
+/// (Qwen2-MoE's `(layer_idx + 1) % decoder_sparse_step == 0`). [`LmConfig::dense_layers`]
+/// can force further layers dense; [`LmConfig::layer_ffn`] applies both.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FfnConfig {
@@ -75,11 +76,29 @@ pub struct LmConfig {
     pub max_seq_len: usize,
     pub rope_theta: f64,
     pub norm_eps: f64,
-    /// RMSNorm on the full q and k projections before RoPE (OLMoE).
+    /// Width of one attention head; `None` means `d_model / n_heads`. Qwen3-MoE sets it
+    /// independently (q_proj then maps `d_model → n_heads · head_dim`).
+    pub head_dim: Option<usize>,
+    /// RMSNorm on the full q and k projections before the head split and RoPE (OLMoE).
     pub qk_norm: bool,
+    /// RMSNorm on each head's q and k (over `head_dim`, weights shared by all heads) after
+    /// the head split, before RoPE (Qwen3-MoE). Excludes `qk_norm`.
+    pub qk_norm_per_head: bool,
+    /// Biases on the q, k and v projections (Qwen2-MoE).
+    pub qkv_bias: bool,
+    /// Clamp q, k and v to `[-c, c]` after the projections (and q/k norm), as OLMoE's
+    /// `clip_qkv`.
+    pub clip_qkv: Option<f64>,
+    /// Multi-head latent attention (DeepSeek-V2/V3) instead of (grouped-query) multi-head
+    /// attention; the fields above about q/k/v projections then do not apply.
+    pub mla: Option<MlaConfig>,
     /// `lm_head` shares the embedding matrix.
     pub tie_embeddings: bool,
     pub ffn: FfnConfig,
+    /// Layers whose FFN is dense (`ffn.dense_hidden`) whatever `ffn`'s rule says (Qwen2/3-MoE
+    /// `mlp_only_layers`). Lives here rather than in [`FfnConfig`] so that existing
+    /// `FfnConfig { .. }` literals stay valid.
+    pub dense_layers: Vec<usize>,
 }
 
 impl Default for LmConfig {
@@ -93,10 +112,69 @@ impl Default for LmConfig {
             max_seq_len: 256,
             rope_theta: 10_000.0,
             norm_eps: 1e-5,
+            head_dim: None,
             qk_norm: false,
+            qk_norm_per_head: false,
+            qkv_bias: false,
+            clip_qkv: None,
+            mla: None,
             tie_embeddings: true,
             ffn: FfnConfig::default(),
+            dense_layers: Vec::new(),
         }
+    }
+}
+
+/// Multi-head latent attention (DeepSeek-V2 §2.1): keys and values come from a low-rank
+/// latent shared by all heads, plus one RoPE key shared by all heads.
+///
+/// Per head, q and k are `[nope (qk_nope_head_dim) | rope (qk_rope_head_dim)]` and v has
+/// `v_head_dim`; only the rope part is rotated. Parameter names follow HF DeepSeek:
+/// `q_proj` (or `q_a_proj`, `q_a_layernorm`, `q_b_proj` with `q_lora_rank`),
+/// `kv_a_proj_with_mqa`, `kv_a_layernorm`, `kv_b_proj`, `o_proj`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MlaConfig {
+    /// Rank of the query compression; `None` projects queries directly (DeepSeek-V2-Lite).
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub qk_rope_head_dim: usize,
+    pub v_head_dim: usize,
+    /// Rotate interleaved pairs `(2i, 2i+1)` (DeepSeek's layout) instead of `(i, i + d/2)`.
+    pub rope_interleave: bool,
+    /// eps of `q_a_layernorm` and `kv_a_layernorm` (HF uses the class default 1e-6, not
+    /// `rms_norm_eps`).
+    pub lora_norm_eps: f64,
+}
+
+impl Default for MlaConfig {
+    fn default() -> Self {
+        Self {
+            q_lora_rank: None,
+            kv_lora_rank: 16,
+            qk_nope_head_dim: 8,
+            qk_rope_head_dim: 8,
+            v_head_dim: 8,
+            rope_interleave: true,
+            lora_norm_eps: 1e-6,
+        }
+    }
+}
+
+impl MlaConfig {
+    pub fn qk_head_dim(&self) -> usize {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Parameters of one MLA block for model width `d` and `h` heads.
+    pub fn params(&self, d: usize, h: usize) -> usize {
+        let q = match self.q_lora_rank {
+            None => d * h * self.qk_head_dim(),
+            Some(r) => d * r + r + r * h * self.qk_head_dim(),
+        };
+        let r = self.kv_lora_rank;
+        q + d * (r + self.qk_rope_head_dim) + r + r * h * (self.qk_nope_head_dim + self.v_head_dim) + h * self.v_head_dim * d
     }
 }
 
@@ -112,16 +190,55 @@ pub struct ParamCount {
 
 impl LmConfig {
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads.max(1)
+        self.head_dim.unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Dimensions RoPE rotates per head: the whole head, or MLA's rope part.
+    pub fn rope_dim(&self) -> usize {
+        self.mla.as_ref().map_or(self.head_dim(), |m| m.qk_rope_head_dim)
+    }
+
+    /// Parameters of one attention block (projections, biases, q/k norms).
+    pub fn attention_params(&self) -> usize {
+        let (d, h) = (self.d_model, self.n_heads);
+        if let Some(m) = &self.mla {
+            return m.params(d, h);
+        }
+        let (q_dim, kv_dim) = (h * self.head_dim(), self.kv_heads() * self.head_dim());
+        let mut n = 2 * d * q_dim + 2 * d * kv_dim;
+        if self.qkv_bias {
+            n += q_dim + 2 * kv_dim;
+        }
+        if self.qk_norm {
+            n += q_dim + kv_dim;
+        }
+        if self.qk_norm_per_head {
+            n += 2 * self.head_dim();
+        }
+        n
     }
 
     pub fn kv_heads(&self) -> usize {
         self.n_kv_heads.unwrap_or(self.n_heads)
     }
 
+    /// Whether layer `i` holds `ffn.sparse` (a sparse slot not listed in `dense_layers`).
+    pub fn is_sparse_layer(&self, i: usize) -> bool {
+        self.ffn.is_sparse_slot(i) && !self.dense_layers.contains(&i)
+    }
+
+    /// The FFN of layer `i`, with `dense_layers` applied.
+    pub fn layer_ffn(&self, i: usize) -> LayerFfn {
+        if self.dense_layers.contains(&i) {
+            LayerFfn::Dense { hidden: self.ffn.dense_hidden }
+        } else {
+            self.ffn.layer(i)
+        }
+    }
+
     /// Indices of the layers whose FFN is an MoE layer.
     pub fn moe_layers(&self) -> Vec<usize> {
-        (0..self.n_layers).filter(|&i| matches!(self.ffn.layer(i), LayerFfn::Moe(_))).collect()
+        (0..self.n_layers).filter(|&i| matches!(self.layer_ffn(i), LayerFfn::Moe(_))).collect()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -138,17 +255,51 @@ impl LmConfig {
         if self.n_heads == 0 {
             return err("n_heads", "must be at least 1".into());
         }
-        if self.d_model % self.n_heads != 0 {
+        if self.head_dim == Some(0) {
+            return err("head_dim", "must be at least 1 (or unset for d_model / n_heads)".into());
+        }
+        if self.head_dim.is_none() && self.mla.is_none() && self.d_model % self.n_heads != 0 {
             return err(
                 "n_heads",
                 format!("n_heads = {} must divide d_model = {}; pick a divisor of d_model", self.n_heads, self.d_model),
             );
         }
-        if self.head_dim() % 2 != 0 {
-            return err(
-                "n_heads",
-                format!("RoPE needs an even head dimension, got d_model / n_heads = {}", self.head_dim()),
-            );
+        if self.rope_dim() % 2 != 0 {
+            let (field, what) = match (&self.mla, self.head_dim) {
+                (Some(_), _) => ("mla.qk_rope_head_dim", "qk_rope_head_dim"),
+                (None, Some(_)) => ("head_dim", "head_dim"),
+                (None, None) => ("n_heads", "d_model / n_heads"),
+            };
+            return err(field, format!("RoPE needs an even head dimension, got {what} = {}", self.rope_dim()));
+        }
+        if self.qk_norm && self.qk_norm_per_head {
+            return err("qk_norm_per_head", "choose one q/k norm: full width (qk_norm) or per head".into());
+        }
+        if let Some(c) = self.clip_qkv {
+            if !(c.is_finite() && c > 0.0) {
+                return err("clip_qkv", format!("must be finite and > 0, got {c}"));
+            }
+        }
+        if let Some(m) = &self.mla {
+            let dims = [
+                ("mla.kv_lora_rank", m.kv_lora_rank),
+                ("mla.qk_nope_head_dim", m.qk_nope_head_dim),
+                ("mla.qk_rope_head_dim", m.qk_rope_head_dim),
+                ("mla.v_head_dim", m.v_head_dim),
+                ("mla.q_lora_rank", m.q_lora_rank.unwrap_or(1)),
+            ];
+            if let Some((f, _)) = dims.iter().find(|(_, v)| *v == 0) {
+                return err(f, "must be at least 1".into());
+            }
+            if !(m.lora_norm_eps.is_finite() && m.lora_norm_eps > 0.0) {
+                return err("mla.lora_norm_eps", format!("must be finite and > 0, got {}", m.lora_norm_eps));
+            }
+            if self.qk_norm || self.qk_norm_per_head || self.qkv_bias || self.n_kv_heads.is_some_and(|k| k != self.n_heads) {
+                return err(
+                    "mla",
+                    "multi-head latent attention has its own projections: unset qk_norm, qk_norm_per_head, qkv_bias and n_kv_heads".into(),
+                );
+            }
         }
         let kv = self.kv_heads();
         if kv == 0 || self.n_heads % kv != 0 {
@@ -177,7 +328,13 @@ impl LmConfig {
                 format!("first_dense = {} exceeds n_layers = {}", f.first_dense, self.n_layers),
             ));
         }
-        let any_dense = (0..self.n_layers).any(|i| !f.is_sparse_slot(i));
+        if let Some(&bad) = self.dense_layers.iter().find(|&&i| i >= self.n_layers) {
+            return Err(ModelError::config(
+                "dense_layers",
+                format!("layer {bad} does not exist (n_layers = {})", self.n_layers),
+            ));
+        }
+        let any_dense = (0..self.n_layers).any(|i| !self.is_sparse_layer(i));
         if any_dense && f.dense_hidden == 0 {
             return Err(ModelError::config("ffn.dense_hidden", "dense layers need a hidden width of at least 1"));
         }
@@ -238,13 +395,12 @@ impl LmConfig {
     pub fn param_count(&self) -> Result<ParamCount> {
         self.validate()?;
         let (d, v) = (self.d_model, self.vocab_size);
-        let kv_dim = self.kv_heads() * self.head_dim();
         let embed = v * d * if self.tie_embeddings { 1 } else { 2 };
-        let attn = 2 * d * d + 2 * d * kv_dim + if self.qk_norm { d + kv_dim } else { 0 };
+        let attn = self.attention_params();
         let norms = 2 * d;
         let (mut total, mut active) = (embed + d, (embed + d) as f64);
         for i in 0..self.n_layers {
-            let (t, a) = match self.ffn.layer(i) {
+            let (t, a) = match self.layer_ffn(i) {
                 LayerFfn::Dense { hidden } => (3 * d * hidden, (3 * d * hidden) as f64),
                 LayerFfn::Moe(m) => {
                     let fixed = gate_params(&m)? as f64 + shared_params(&m);
@@ -267,7 +423,8 @@ pub(crate) fn active_routed_params(m: &MoeConfig) -> f64 {
 }
 
 fn shared_params(m: &MoeConfig) -> f64 {
-    m.shared_experts.iter().map(|x: &ExpertSpec| x.params(m.d_model)).sum::<usize>() as f64
+    let gate = if m.shared_gate { m.d_model } else { 0 };
+    (m.shared_experts.iter().map(|x: &ExpertSpec| x.params(m.d_model)).sum::<usize>() + gate) as f64
 }
 
 /// Parameters of the gate the router asks for (0 for routers without a learned gate).

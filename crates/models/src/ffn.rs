@@ -74,6 +74,7 @@ pub fn moe_vars(m: &MoeLayer) -> Vec<Var> {
     }
     v.push(m.experts.packed.clone());
     v.extend(m.shared.iter().map(|s| s.packed.clone()));
+    v.extend(m.shared_gate.iter().cloned());
     v
 }
 

@@ -3,8 +3,8 @@
 //! Models built on the MoE core (`switchyard-core`):
 //! - [`MoeLm`]: a decoder-only transformer LM in the Llama/Mixtral layout — token embedding,
 //!   pre-norm blocks `x + attn(norm(x))`, `x + ffn(norm(x))` with RMSNorm, RoPE (rotate-half),
-//!   causal multi-head (optionally grouped-query, optionally q/k-normed) attention with a
-//!   [`KvCache`], and per layer a dense SwiGLU or an [`MoeLayer`](switchyard_core::MoeLayer)
+//!   causal multi-head (optionally grouped-query, q/k-normed, q/k/v-biased) attention or
+//!   DeepSeek's multi-head latent attention ([`MlaAttention`]) with a [`KvCache`], and per layer a dense SwiGLU or an [`MoeLayer`](switchyard_core::MoeLayer)
 //!   chosen by [`FfnConfig`] (`moe_every`, `first_dense`). Parameters carry HF Mixtral names
 //!   (`model.layers.{i}.block_sparse_moe.*`, …).
 //! - [`LmConfig::dense_equivalent`]: the dense baseline with equal active parameters per token.
@@ -53,16 +53,18 @@ pub mod ffn;
 pub mod generate;
 pub mod linear;
 pub mod lm;
+pub mod mla;
 pub mod norm;
 pub mod rope;
 
 pub use attention::{Attention, KvCache, LayerKv};
-pub use block::{DecoderBlock, LayerReport};
+pub use block::{DecoderBlock, LayerReport, SelfAttention};
 pub use classifier::{ClassifierOutput, MoeClassifier, MoeClassifierConfig};
-pub use config::{FfnConfig, LayerFfn, LmConfig, ParamCount};
+pub use config::{FfnConfig, LayerFfn, LmConfig, MlaConfig, ParamCount};
 pub use error::{ModelError, Result};
 pub use ffn::{DenseFfn, Ffn};
 pub use generate::Sampler;
 pub use lm::{per_token_ce, LayerOverride, LmCtx, LmOutput, MoeLm};
+pub use mla::{MlaAttention, MlaQuery};
 pub use norm::RmsNorm;
 pub use rope::Rope;

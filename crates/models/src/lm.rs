@@ -82,7 +82,9 @@ impl MoeLm {
             (0..cfg.n_layers).map(|i| DecoderBlock::new(&model.pp("layers").pp(i), cfg, i)).collect::<Result<_>>()?;
         let norm = RmsNorm::new(&model.pp("norm"), d, cfg.norm_eps)?;
         let lm_head = if cfg.tie_embeddings { None } else { Some(linear_weight(&pb.pp("lm_head"), v, d)?) };
-        let rope = Rope::new(cfg.head_dim(), cfg.max_seq_len, cfg.rope_theta, pb.dtype, &pb.device)?;
+        let interleave = cfg.mla.as_ref().is_some_and(|m| m.rope_interleave);
+        let rope = Rope::new(cfg.rope_dim(), cfg.max_seq_len, cfg.rope_theta, pb.dtype, &pb.device)?
+            .with_interleave(interleave);
         Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, store: pb.store().clone() })
     }
 

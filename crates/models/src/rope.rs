@@ -1,5 +1,6 @@
-//! Rotary position embeddings (Su et al. 2021) in the rotate-half convention of HF Llama and
-//! Mixtral, with precomputed cos/sin tables.
+//! Rotary position embeddings (Su et al. 2021) with precomputed cos/sin tables: the
+//! rotate-half (NeoX) convention of HF Llama and Mixtral, which rotates the pairs
+//! `(i, i + d/2)`, or DeepSeek's interleaved pairs `(2i, 2i+1)`.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -11,6 +12,8 @@ pub struct Rope {
     pub sin: Tensor,
     pub head_dim: usize,
     pub max_seq_len: usize,
+    /// Rotate `(2i, 2i+1)` instead of `(i, i + d/2)`; the output stays interleaved.
+    pub interleaved: bool,
 }
 
 impl Rope {
@@ -40,7 +43,13 @@ impl Rope {
         let table = |v: Vec<f64>| -> Result<Tensor> {
             Ok(Tensor::from_vec(v, (max_seq_len, head_dim), device)?.to_dtype(dtype)?)
         };
-        Ok(Self { cos: table(cos)?, sin: table(sin)?, head_dim, max_seq_len })
+        Ok(Self { cos: table(cos)?, sin: table(sin)?, head_dim, max_seq_len, interleaved: false })
+    }
+
+    /// The same tables, applied to interleaved pairs `(2i, 2i+1)` when `yes` (DeepSeek).
+    pub fn with_interleave(mut self, yes: bool) -> Self {
+        self.interleaved = yes;
+        self
     }
 
     /// Rotates `x` as if its rows sat at positions `offset, offset + 1, …`.
@@ -60,6 +69,9 @@ impl Rope {
         }
         let cos = self.cos.narrow(0, offset, l)?;
         let sin = self.sin.narrow(0, offset, l)?;
+        if self.interleaved {
+            return rotate_interleaved(x, &cos, &sin);
+        }
         // torch: (q * cos) + (rotate_half(q) * sin), rotate_half(x) = cat((-x2, x1), dim=-1)
         let half = hd / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
@@ -67,4 +79,21 @@ impl Rope {
         let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
         Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
     }
+}
+
+/// `x [B, H, L, d]` with pairs `(2i, 2i+1)` rotated by angle `i`; `cos`/`sin` are the
+/// `[L, d]` tables whose first half holds one value per pair.
+fn rotate_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, l, d) = x.dims4()?;
+    let half = d / 2;
+    let cos = cos.narrow(1, 0, half)?.unsqueeze(2)?; // [L, d/2, 1]
+    let sin = sin.narrow(1, 0, half)?.unsqueeze(2)?;
+    let pairs = x.reshape((b, h, l, half, 2))?;
+    // torch: x1, x2 = x[..., 0::2], x[..., 1::2]
+    let x1 = pairs.narrow(4, 0, 1)?;
+    let x2 = pairs.narrow(4, 1, 1)?;
+    // torch: stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).flatten(-2)
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Ok(Tensor::cat(&[&r1, &r2], 4)?.reshape((b, h, l, d))?)
 }
