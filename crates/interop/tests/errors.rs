@@ -1,0 +1,126 @@
+//! Import and export errors: each names what is wrong (the architecture with the supported
+//! list, the missing shard and the index that lists it, the tensor with both shapes, …).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use switchyard_interop::import::check_fits;
+use switchyard_interop::{export, import, HfArch, InteropError};
+
+fn edit_config(dir: &std::path::Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let p = dir.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+fn import_err(dir: &std::path::Path) -> (InteropError, String) {
+    let e = import(dir).err().expect("import must fail");
+    let msg = e.to_string();
+    (e, msg)
+}
+
+#[test]
+fn unknown_architecture_lists_the_supported_ones() {
+    let d = copy_fixture("mixtral", "unknown-arch");
+    edit_config(&d, |c| {
+        c.insert("model_type".into(), "gpt_oss".into());
+        c.insert("architectures".into(), serde_json::json!(["GptOssForCausalLM"]));
+    });
+    let (e, msg) = import_err(&d);
+    assert!(matches!(e, InteropError::UnknownArchitecture { .. }), "{msg}");
+    assert!(msg.contains("gpt_oss"), "{msg}");
+    for a in HfArch::ALL {
+        assert!(msg.contains(a.model_type()), "{msg} should list {a}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn missing_shard_is_named_with_its_index() {
+    let d = copy_fixture("mixtral", "missing-shard");
+    std::fs::remove_file(d.join("model-00003-of-00005.safetensors")).unwrap();
+    let (e, msg) = import_err(&d);
+    assert!(matches!(e, InteropError::MissingFile { .. }), "{msg}");
+    assert!(msg.contains("model-00003-of-00005.safetensors"), "{msg}");
+    assert!(msg.contains("model.safetensors.index.json"), "{msg}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn wrong_shape_names_the_tensor_and_both_shapes() {
+    // the config says experts are 48 wide, the weights are 64 wide
+    let d = copy_fixture("mixtral", "wrong-shape");
+    edit_config(&d, |c| {
+        c.insert("intermediate_size".into(), 48.into());
+    });
+    let (e, msg) = import_err(&d);
+    match e {
+        InteropError::ShapeMismatch { name, expected, found } => {
+            assert_eq!(name, "model.layers.0.block_sparse_moe.experts.0.w1.weight");
+            assert_eq!(expected, vec![48, 32]);
+            assert_eq!(found, vec![64, 32]);
+        }
+        other => panic!("expected a shape mismatch, got {other}"),
+    }
+    assert!(msg.contains("[48, 32]") && msg.contains("[64, 32]"), "{msg}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    // Qwen3 fixture without its dense layer: layer 1 now needs experts the file lacks
+    let d = copy_fixture("qwen3_moe", "missing-tensor");
+    edit_config(&d, |c| {
+        c.insert("mlp_only_layers".into(), serde_json::json!([]));
+    });
+    let (e, msg) = import_err(&d);
+    assert!(matches!(e, InteropError::MissingTensor { .. }), "{msg}");
+    assert!(msg.contains("model.layers.1.mlp.gate.weight"), "{msg}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn yarn_rope_scaling_is_refused_plainly() {
+    let d = copy_fixture("deepseek_v2", "yarn");
+    edit_config(&d, |c| {
+        c.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": 40}));
+    });
+    let (e, msg) = import_err(&d);
+    assert!(matches!(e, InteropError::Unsupported { .. }), "{msg}");
+    assert!(msg.contains("yarn") && msg.contains("deepseek_v2"), "{msg}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn missing_config_is_named() {
+    let d = scratch("no-config");
+    let (e, msg) = import_err(&d);
+    assert!(matches!(e, InteropError::MissingFile { .. }), "{msg}");
+    assert!(msg.contains("config.json"), "{msg}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn a_model_too_big_for_memory_says_so() {
+    let gib = 1u64 << 30;
+    let e = check_fits(40 * gib, Some(16 * gib)).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("40.0 GiB") && msg.contains("16.0 GiB"), "{msg}");
+    assert!(check_fits(gib, Some(16 * gib)).is_ok());
+    assert!(check_fits(40 * gib, None).is_ok());
+}
+
+#[test]
+fn export_refuses_an_architecture_that_cannot_express_the_model() {
+    let m = import(fixture("qwen2_moe")).unwrap();
+    let out = scratch("not-representable");
+    let e = export(&m.model, Some(HfArch::Mixtral), &out).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, InteropError::NotRepresentable { .. }), "{msg}");
+    assert!(msg.contains("shared"), "{msg}");
+    // the right one is found without help
+    assert_eq!(export(&m.model, None, &out).unwrap().arch, HfArch::Qwen2Moe);
+    std::fs::remove_dir_all(&out).unwrap();
+}
