@@ -138,6 +138,13 @@ impl MoeLayer {
         self.router.after_step(&load);
     }
 
+    /// Forgets the load counted since the last [`MoeLayer::after_step`] without applying it:
+    /// for forwards that must not steer the balancing rule (evaluation between steps, a
+    /// training step that was skipped).
+    pub fn discard_pending_load(&self) {
+        self.pending_load.lock().expect("load poisoned").iter_mut().for_each(|c| *c = 0);
+    }
+
     /// Experts unavailable for this batch (expert dropout). At least `k` stay available; when
     /// the draw leaves fewer, the lowest-index dropped experts come back.
     fn sample_available(&self, ctx: &mut ForwardCtx<'_>) -> Option<Vec<bool>> {

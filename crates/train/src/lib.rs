@@ -6,7 +6,11 @@
 //!   moments can be exported and restored (candle-nn's cannot) for exact resume;
 //! - [`grads`]: global-norm clipping ([`clip_grad_norm`]) and micro-batch accumulation;
 //! - [`schedule`]: [`LrSchedule`], linear warmup then cosine decay;
-//! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5).
+//! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5);
+//! - [`trainer`]: [`TrainConfig`] (TOML with `key=value` overrides, validated) and the
+//!   [`Trainer`] loop for `switchyard-models` LMs on `switchyard-data` corpora: gradient
+//!   accumulation, clipping, warmup + cosine LR, evaluation per domain, `metrics.jsonl`,
+//!   progress bar, non-finite guard, loss-spike skip, expert-collapse warning, exact resume.
 //!
 //! Everything is deterministic: parameters are visited in sorted name order and the
 //! arithmetic is element-wise or reduced in a fixed order.
@@ -33,14 +37,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Models come from `switchyard-models`, data from `switchyard-data`; the training loop and
-//! the CLI build on this crate.
+//! Models come from `switchyard-models`, data from `switchyard-data`; the `switchyard` CLI
+//! (`crates/cli`) drives the [`Trainer`].
 
 pub mod checkpoint;
 pub mod error;
 pub mod grads;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
 
 pub use checkpoint::{
     load_checkpoint, restore_into, restore_optimizer, save_checkpoint, save_checkpoint_with,
@@ -50,3 +55,4 @@ pub use error::{Result, TrainError};
 pub use grads::{accumulate_grads, clip_grad_norm, grad_norm, scale_grads};
 pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule};
 pub use schedule::LrSchedule;
+pub use trainer::{RunError, TrainConfig, TrainSummary, Trainer};

@@ -103,3 +103,33 @@ pub fn store_bits(store: &ParamStore) -> Vec<(String, Vec<u32>)> {
         .map(|(n, v)| (n, bits(v.as_tensor())))
         .collect()
 }
+
+/// A training run small enough for a test: a 1-layer MoE LM (d = 16, 4 SwiGLU experts of
+/// 16, top-2) on a few tiny documents per domain of the built-in corpus, 16-token windows.
+pub fn tiny_run(run_dir: &Path) -> switchyard_train::TrainConfig {
+    let cfg = switchyard_train::TrainConfig::from_overrides(&[
+        format!("run_dir={}", toml::Value::String(run_dir.display().to_string())),
+        "model.d_model=16".into(),
+        "model.n_layers=1".into(),
+        "model.n_heads=2".into(),
+        "model.max_seq_len=16".into(),
+        "model.ffn.sparse.d_model=16".into(),
+        r#"model.ffn.sparse.experts={ count = 4, kind = "swiglu", hidden = 16 }"#.into(),
+        "data.docs_per_domain=4".into(),
+        "data.doc_bytes=256".into(),
+        "data.seq_len=16".into(),
+        "data.valid_fraction=0.25".into(),
+        "data.max_valid_windows=2".into(),
+        "optim.warmup_steps=2".into(),
+        "train.steps=10".into(),
+        "train.batch_size=4".into(),
+        "train.eval_every=0".into(),
+        "train.checkpoint_every=0".into(),
+        "log.progress=false".into(),
+    ]);
+    cfg.expect("the tiny test config is valid")
+}
+
+pub fn model_bits(store: &ParamStore) -> Vec<(String, Vec<u32>)> {
+    store_bits(store)
+}

@@ -1,0 +1,101 @@
+//! # switchyard-cli
+//!
+//! The `switchyard` command (`src/main.rs`, thin: clap parsing, logging, exit codes) and the
+//! pieces it is made of, usable from other tools:
+//! - [`demo`]: [`demo::run`] trains an MoE LM and its equal-active-compute dense baseline on
+//!   the built-in corpus and returns a [`demo::DemoResult`] (run directories, evaluations,
+//!   the domain → expert routing table, `summary.json`); later steps such as an HTML report
+//!   start from that result;
+//! - [`report`]: the plain-text tables the commands print;
+//! - [`exit_code`] and [`hints`]: how an error reaches the user.
+//!
+//! Training itself lives in `switchyard-train` ([`switchyard_train::Trainer`]), models in
+//! `switchyard-models`, data in `switchyard-data`.
+//!
+//! ```no_run
+//! use switchyard_cli::demo::{run, DemoOptions};
+//!
+//! let result = run(&DemoOptions { quick: true, out: "runs/demo-quick".into(), ..Default::default() })?;
+//! println!("MoE {:.3} vs dense {:.3}", result.moe.eval.loss, result.dense.eval.loss);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod demo;
+pub mod report;
+
+use switchyard_train::checkpoint::CheckpointError;
+use switchyard_train::trainer::{ConfigError, RunError};
+
+/// Any other failure.
+pub const EXIT_ERROR: u8 = 1;
+/// Bad command line or configuration (clap uses 2 for usage errors too).
+pub const EXIT_USAGE: u8 = 2;
+/// Training stopped because the loss or gradient norm was not finite.
+pub const EXIT_NON_FINITE: u8 = 3;
+
+/// The exit code an error deserves, if it is one of the special kinds.
+pub fn exit_code(err: &anyhow::Error) -> Option<u8> {
+    err.chain().find_map(|e| {
+        if let Some(r) = e.downcast_ref::<RunError>() {
+            match r {
+                RunError::NonFinite { .. } => Some(EXIT_NON_FINITE),
+                RunError::Config(_) => Some(EXIT_USAGE),
+                _ => None,
+            }
+        } else if e.downcast_ref::<ConfigError>().is_some() {
+            Some(EXIT_USAGE)
+        } else {
+            None
+        }
+    })
+}
+
+/// What the user can do about an error, one suggestion per line.
+pub fn hints(err: &anyhow::Error) -> Vec<String> {
+    for e in err.chain() {
+        if let Some(c) = e.downcast_ref::<ConfigError>() {
+            return config_hints(c);
+        }
+        if let Some(r) = e.downcast_ref::<RunError>() {
+            match r {
+                RunError::Config(c) => return config_hints(c),
+                RunError::NonFinite { .. } => {
+                    return vec![
+                        "lower optim.lr (e.g. --lr 1e-3) or keep optim.clip_grad_norm > 0, then continue from the last good checkpoint with --resume".into(),
+                    ]
+                }
+                RunError::Checkpoint(c) => return checkpoint_hints(c),
+                RunError::Resume { .. } => {
+                    return vec!["resume with the config the run was started with (it is stored in the checkpoint's config.json)".into()]
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = e.downcast_ref::<CheckpointError>() {
+            return checkpoint_hints(c);
+        }
+    }
+    vec![]
+}
+
+fn config_hints(c: &ConfigError) -> Vec<String> {
+    match c {
+        ConfigError::UnknownKey { .. } | ConfigError::BadValue { .. } => {
+            vec!["`switchyard train --print-config` prints every key with its default".into()]
+        }
+        ConfigError::Override { .. } => vec!["write overrides as --set section.key=value, e.g. --set optim.lr=1e-3".into()],
+        _ => vec![],
+    }
+}
+
+fn checkpoint_hints(c: &CheckpointError) -> Vec<String> {
+    match c {
+        CheckpointError::NotFound { .. } => {
+            vec!["--ckpt takes a run directory (e.g. runs/demo/moe) or one of its step-* directories".into()]
+        }
+        CheckpointError::Corrupt { .. } | CheckpointError::Truncated { .. } | CheckpointError::Format { .. } => {
+            vec!["pass an earlier step-* directory of the run; checkpoints are never modified after they are written".into()]
+        }
+        _ => vec![],
+    }
+}

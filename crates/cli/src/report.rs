@@ -1,0 +1,101 @@
+//! Plain-text tables: validation loss per domain, the domain × expert routing table, and the
+//! demo's whole report.
+
+use std::fmt::Write;
+
+use switchyard_train::trainer::{EvalResult, LayerRouting};
+
+use crate::demo::DemoResult;
+
+/// Width of the first (domain name) column.
+const NAME_WIDTH: usize = 9;
+
+/// Validation loss per domain, one column per labelled result (all from the same data).
+pub fn eval_table(columns: &[(&str, &EvalResult)]) -> String {
+    let mut s = String::new();
+    let _ = write!(s, "{:<NAME_WIDTH$}", "domain");
+    for (label, _) in columns {
+        let _ = write!(s, " {label:>10}");
+    }
+    s.push('\n');
+    let Some((_, first)) = columns.first() else { return s };
+    for (i, d) in first.domains.iter().enumerate() {
+        let _ = write!(s, "{:<NAME_WIDTH$}", d.domain);
+        for (_, r) in columns {
+            let _ = write!(s, " {:>10.4}", r.domains.get(i).map_or(f64::NAN, |d| d.loss));
+        }
+        s.push('\n');
+    }
+    let _ = write!(s, "{:<NAME_WIDTH$}", "overall");
+    for (_, r) in columns {
+        let _ = write!(s, " {:>10.4}", r.loss);
+    }
+    s.push('\n');
+    s
+}
+
+/// One layer's domain × expert table: the percentage of each domain's routing assignments
+/// that went to each expert; each domain's most used expert is marked with `*`.
+pub fn routing_table(layer: &LayerRouting, domains: &[String]) -> String {
+    let shares = layer.shares();
+    let experts = shares.iter().map(Vec::len).max().unwrap_or(0);
+    let mut s = format!("{:<NAME_WIDTH$}", format!("layer {}", layer.layer));
+    for e in 0..experts {
+        let _ = write!(s, " {:>4}", format!("e{e}"));
+    }
+    s.push('\n');
+    for (name, row) in domains.iter().zip(&shares) {
+        let _ = write!(s, "{name:<NAME_WIDTH$}");
+        let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(e, _)| e);
+        for (e, share) in row.iter().enumerate() {
+            let mark = if Some(e) == top { "*" } else { " " };
+            let _ = write!(s, " {:>3.0}{mark}", 100.0 * share);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn millions(n: usize) -> String {
+    format!("{:.2}M", n as f64 / 1e6)
+}
+
+/// Everything `switchyard demo` prints after training.
+pub fn demo_report(r: &DemoResult) -> String {
+    let mut s = String::new();
+    let (moe, dense) = (&r.moe, &r.dense);
+    let _ = writeln!(s, "\n== Validation loss (nats per byte, lower is better) ==");
+    s.push_str(&eval_table(&[("MoE", &moe.eval), ("dense", &dense.eval)]));
+    let diff = moe.eval.loss - dense.eval.loss;
+    let verdict = if diff < 0.0 { "MoE is better" } else { "dense is better" };
+    let _ = writeln!(s, "MoE - dense: {diff:+.4} nats ({verdict})");
+    let _ = writeln!(s, "\n== Parameters ==");
+    for m in [moe, dense] {
+        let _ = writeln!(
+            s,
+            "{:<6} {} total, {} active per token; {} steps in {:.1}s",
+            m.name,
+            millions(m.params_total),
+            millions(m.params_active),
+            m.steps,
+            m.wall_time_s
+        );
+    }
+    let _ = writeln!(s, "\n== Where each domain's tokens go (MoE, % of the domain's assignments per expert) ==");
+    let domains: Vec<String> = moe.eval.domains.iter().map(|d| d.domain.clone()).collect();
+    for layer in &moe.eval.routing {
+        s.push_str(&routing_table(layer, &domains));
+        s.push('\n');
+    }
+    let _ = writeln!(s, "== Files ==");
+    let _ = writeln!(s, "MoE checkpoint:   {}", moe.checkpoint.display());
+    let _ = writeln!(s, "dense checkpoint: {}", dense.checkpoint.display());
+    let _ = writeln!(s, "summary:          {}", r.summary_path.display());
+    let _ = writeln!(s, "total wall time:  {:.1}s", r.wall_time_s);
+    let _ = writeln!(
+        s,
+        "\ntry: switchyard generate --ckpt {} --prompt 'the ' --max-tokens 120",
+        moe.run_dir.display()
+    );
+    s
+}

@@ -1,0 +1,195 @@
+//! The real `switchyard` binary: train → generate → eval on a tiny config, the exit codes,
+//! and the messages a user sees for a corrupted checkpoint or a bad config.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A tiny run: 1-layer MoE LM (d = 16) on a few short documents per domain.
+const TINY_CONFIG: &str = r#"
+seed = 3
+
+[model]
+d_model = 16
+n_layers = 1
+n_heads = 2
+max_seq_len = 32
+
+[model.ffn.sparse]
+experts = { count = 4, kind = "swiglu", hidden = 16 }
+router = { type = "top_k", k = 2 }
+
+[data]
+docs_per_domain = 4
+doc_bytes = 256
+seq_len = 16
+valid_fraction = 0.25
+max_valid_windows = 2
+
+[optim]
+warmup_steps = 2
+
+[train]
+steps = 6
+batch_size = 4
+eval_every = 0
+checkpoint_every = 3
+"#;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("switchyard-cli-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn switchyard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn tiny_run(dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    let config = dir.join("run.toml");
+    std::fs::write(&config, TINY_CONFIG).unwrap();
+    let run_dir = dir.join("run");
+    let mut args = vec!["train", "--config", config.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()];
+    args.extend(extra);
+    (switchyard(&args), run_dir)
+}
+
+#[test]
+fn train_generate_eval_and_resume() {
+    let dir = TempDir::new("flow");
+    let (out, run_dir) = tiny_run(&dir.0, &[]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "train failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("overall") && stdout.contains("step-00000006"), "{stdout}");
+    assert!(run_dir.join("metrics.jsonl").is_file());
+
+    let ckpt = run_dir.to_str().unwrap();
+    let out = switchyard(&["generate", "--ckpt", ckpt, "--prompt", "a+b", "--max-tokens", "8", "--seed", "1"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "generate failed:\n{stderr}");
+    assert!(stdout.starts_with("a+b"), "{stdout}");
+    let again = switchyard(&["generate", "--ckpt", ckpt, "--prompt", "a+b", "--max-tokens", "8", "--seed", "1"]);
+    assert_eq!(again.stdout, out.stdout, "same seed, same text");
+
+    let out = switchyard(&["eval", "--ckpt", ckpt]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "eval failed:\n{stderr}");
+    for domain in ["prose", "arith", "json", "code", "dna", "logs", "cjk", "overall"] {
+        assert!(stdout.contains(domain), "{domain} missing:\n{stdout}");
+    }
+
+    // resume without the config file: the run's own config.json, two more steps
+    let out = switchyard(&["train", "--resume", ckpt, "--steps", "8"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "resume failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("step-00000008"), "{stdout}");
+}
+
+#[test]
+fn a_corrupted_checkpoint_is_rejected_naming_the_file() {
+    let dir = TempDir::new("corrupt");
+    let (out, run_dir) = tiny_run(&dir.0, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let model = run_dir.join("step-00000006/model.safetensors");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0x40;
+    std::fs::write(&model, bytes).unwrap();
+
+    let out = switchyard(&["eval", "--ckpt", run_dir.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("step-00000006/model.safetensors") && stderr.contains("corrupt"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+
+    // the earlier checkpoint still loads
+    let earlier = run_dir.join("step-00000003");
+    let out = switchyard(&["eval", "--ckpt", earlier.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[test]
+fn config_mistakes_exit_with_2_and_a_hint() {
+    let dir = TempDir::new("config");
+    let (out, _) = tiny_run(&dir.0, &["--set", "optim.lrr=1e-3"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown config key `optim.lrr`; did you mean `optim.lr`?"), "{stderr}");
+    assert!(stderr.contains("hint:"), "{stderr}");
+
+    let (out, _) = tiny_run(&dir.0, &["--set", "train.batch_size=-1"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("train.batch_size"), "{stderr}");
+
+    let out = switchyard(&["train", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_nan_loss_exits_with_3_and_leaves_the_last_checkpoint() {
+    let dir = TempDir::new("nan");
+    let (out, run_dir) = tiny_run(&dir.0, &["--set", "fault.nan_loss_at_step=5"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("step 5") && stderr.contains("not finite") && stderr.contains("step-00000003"), "{stderr}");
+    let out = switchyard(&["eval", "--ckpt", run_dir.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("step 3"), "{stdout}");
+}
+
+#[test]
+fn demo_quick_writes_its_summary() {
+    let dir = TempDir::new("demo");
+    let out_dir = dir.0.join("demo");
+    // smaller still than --quick, to keep the suite fast in the dev profile
+    let out = switchyard(&[
+        "demo",
+        "--quick",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "train.steps=4",
+        "--set",
+        "optim.warmup_steps=1",
+        "--set",
+        "data.docs_per_domain=4",
+        "--set",
+        "data.valid_fraction=0.25",
+        "--set",
+        "data.max_valid_windows=1",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    for needle in ["MoE", "dense", "overall", "layer 0", "summary.json"] {
+        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    for model in ["moe", "dense"] {
+        let m = &summary[model];
+        assert!(m["val_loss"].as_f64().unwrap().is_finite());
+        assert_eq!(m["val_loss_by_domain"].as_object().unwrap().len(), 7);
+        assert!(m["params_active_per_token"].as_u64().unwrap() > 0);
+        assert!(m["params_total"].as_u64().unwrap() >= m["params_active_per_token"].as_u64().unwrap());
+    }
+    assert_eq!(summary["routing"].as_array().unwrap().len(), 2, "one table per MoE layer");
+    assert!(summary["wall_time_s"].as_f64().unwrap() > 0.0);
+    assert!(out_dir.join("moe/latest").is_file() && out_dir.join("dense/latest").is_file());
+}

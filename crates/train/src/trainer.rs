@@ -1,0 +1,430 @@
+//! The training loop for [`MoeLm`] language models.
+//!
+//! One step: `grad_accum` micro-batches of `cross_entropy + aux_loss` (gradients averaged) →
+//! non-finite guard → global-norm clipping → loss-spike check → AdamW at the scheduled LR →
+//! `model.after_step()` (aux-loss-free bias update). Around it: evaluation every
+//! `eval_every` steps (per domain and overall), `metrics.jsonl`, a progress bar, `tracing`
+//! logs, an expert-collapse warning, and checkpoints every `checkpoint_every` steps.
+//!
+//! Everything that decides the next update is either a parameter, optimiser state or part of
+//! `state.json` (routing RNG, data cursor, router buffers, spike window), so a resumed run is
+//! bitwise identical to an uninterrupted one with the same thread count.
+//!
+//! ```no_run
+//! use switchyard_train::trainer::{TrainConfig, Trainer};
+//!
+//! let cfg = TrainConfig::from_toml_file("configs/tiny.toml".as_ref(), &["train.steps=50".into()])?;
+//! let summary = Trainer::new(cfg)?.run()?;
+//! println!("val loss {:.3}, checkpoint {}", summary.eval.loss, summary.checkpoint.display());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod config;
+pub mod config_toml;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod guard;
+pub mod metrics;
+pub mod progress;
+pub mod restore;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{backprop::GradStore, DType, Tensor};
+use switchyard_core::ParamStore;
+use switchyard_data::{Cursor, Dataset};
+use switchyard_models::{LmCtx, MoeLm};
+
+use crate::checkpoint::{
+    load_checkpoint, restore_into, restore_optimizer, save_checkpoint_with, CheckpointContents, RngState, SaveOptions,
+    TrainState,
+};
+use crate::{accumulate_grads, clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule};
+pub use config::{DataConfig, FaultConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig};
+pub use error::{ConfigError, RunError, RunResult};
+pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
+use guard::{SpikeGuard, SpikeVerdict};
+use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
+pub use metrics::METRICS_FILE;
+use progress::Progress;
+pub use restore::{build_model, load_model, LoadedModel};
+
+/// Name of the routing-noise stream in `state.json`.
+const ROUTING_RNG: &str = "routing";
+/// Salts deriving the batch-order and routing-noise seeds from `TrainConfig::seed`.
+const BATCH_SEED_SALT: u64 = 1;
+const ROUTING_SEED_SALT: u64 = 2;
+
+/// What a finished run returns.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub steps: u64,
+    /// The evaluation after the last step.
+    pub eval: EvalResult,
+    /// The checkpoint written after the last step.
+    pub checkpoint: PathBuf,
+    pub skipped_steps: u64,
+    pub tokens_seen: u64,
+    /// Wall time of this invocation (training, evaluation and checkpoints).
+    pub wall_time_s: f64,
+}
+
+/// Extra state saved in `state.json`'s `user` field.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UserState {
+    spike: SpikeGuard,
+    tokens_seen: u64,
+}
+
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub model: MoeLm,
+    pub store: ParamStore,
+    pub data: Dataset,
+    opt: AdamW,
+    schedule: LrSchedule,
+    batch_seed: u64,
+    cursor: Cursor,
+    ctx: LmCtx,
+    step: u64,
+    spike: SpikeGuard,
+    tokens_seen: u64,
+    last_checkpoint: Option<PathBuf>,
+    resumed: bool,
+    /// Per MoE layer: whether the collapse warning is currently raised (warn on entering).
+    collapsed: Vec<bool>,
+}
+
+impl Trainer {
+    /// A fresh run: validates `cfg`, builds the data and the model.
+    pub fn new(cfg: TrainConfig) -> RunResult<Self> {
+        cfg.validate()?;
+        let data = data::build_dataset(&cfg)?;
+        let (store, model) = build_model(&cfg)?;
+        let o = &cfg.optim;
+        let opt = AdamW::new(
+            &store,
+            AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay, ..Default::default() },
+        )?;
+        let schedule =
+            LrSchedule { max_lr: o.lr, min_lr: o.min_lr, warmup_steps: o.warmup_steps, total_steps: cfg.train.steps };
+        schedule.validate()?;
+        // fail now, not at the first step, when the batch does not fit the data
+        data.train_batches(cfg.train.batch_size, 0)?;
+        let ctx = LmCtx::new(true, mix_seed(cfg.seed, ROUTING_SEED_SALT));
+        Ok(Self {
+            batch_seed: mix_seed(cfg.seed, BATCH_SEED_SALT),
+            collapsed: vec![false; cfg.model.moe_layers().len()],
+            cfg,
+            model,
+            store,
+            data,
+            opt,
+            schedule,
+            cursor: Cursor::default(),
+            ctx,
+            step: 0,
+            spike: SpikeGuard::default(),
+            tokens_seen: 0,
+            last_checkpoint: None,
+            resumed: false,
+        })
+    }
+
+    /// Continues the run saved at `from` (a step directory or a run directory). `cfg` may
+    /// change the length of the run, evaluation, checkpointing and logging, but not the model,
+    /// the data or the seed, which the saved state depends on.
+    pub fn resume(cfg: TrainConfig, from: &Path) -> RunResult<Self> {
+        let ckpt = load_checkpoint(from)?;
+        let saved = restore::checkpoint_config(&ckpt)?;
+        let resume_err = |reason: String| RunError::Resume { path: ckpt.dir.clone(), reason };
+        for (key, differs) in [
+            ("model", saved.model != cfg.model),
+            ("data", saved.data != cfg.data),
+            ("seed", saved.seed != cfg.seed),
+            ("train.batch_size", saved.train.batch_size != cfg.train.batch_size),
+        ] {
+            if differs {
+                return Err(resume_err(format!(
+                    "`{key}` differs from the checkpoint's config.json; resume with the same `{key}` \
+                     (or start a new run in another run_dir)"
+                )));
+            }
+        }
+        if ckpt.step > cfg.train.steps {
+            return Err(resume_err(format!(
+                "the checkpoint is at step {}, past train.steps = {}; raise train.steps",
+                ckpt.step, cfg.train.steps
+            )));
+        }
+        let mut t = Self::new(cfg)?;
+        if ckpt.state.lr_schedule.is_some_and(|s| s != t.schedule) {
+            tracing::warn!("the learning-rate schedule differs from the checkpoint's; continuing with the new one");
+        }
+        restore_into(&t.store, &ckpt)?;
+        restore_optimizer(&mut t.opt, &ckpt)?;
+        restore::load_router_buffers(&mut t.model, &ckpt.state.buffers, &ckpt.dir)?;
+        let rng = ckpt.state.rngs.get(ROUTING_RNG).ok_or_else(|| resume_err(format!("state.json has no `{ROUTING_RNG}` RNG")))?;
+        t.ctx.rng = rng.to_rng().map_err(|e| resume_err(format!("RNG `{ROUTING_RNG}`: {e}")))?;
+        t.cursor = serde_json::from_value(ckpt.state.data_cursor.clone())
+            .map_err(|e| resume_err(format!("data cursor: {e}")))?;
+        let user: UserState =
+            serde_json::from_value(ckpt.state.user.clone()).map_err(|e| resume_err(format!("trainer state: {e}")))?;
+        t.spike = user.spike;
+        t.tokens_seen = user.tokens_seen;
+        t.step = ckpt.step;
+        t.last_checkpoint = Some(ckpt.dir.clone());
+        t.resumed = true;
+        Ok(t)
+    }
+
+    /// Completed optimiser steps.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
+    /// Trains up to `train.steps`, then evaluates and saves a final checkpoint.
+    pub fn run(&mut self) -> RunResult<TrainSummary> {
+        let started = Instant::now();
+        let total = self.cfg.train.steps;
+        let mut metrics = MetricsWriter::open(&self.cfg.run_dir, self.cfg.log.metrics, self.resumed.then_some(self.step))?;
+        let progress = Progress::new(total, self.step, self.cfg.log.progress);
+        tracing::info!(
+            run_dir = %self.cfg.run_dir.display(),
+            params_total = self.model.num_params_total(),
+            params_active = self.model.num_params_active_per_token(),
+            train_windows = self.data.train.num_windows(),
+            from_step = self.step,
+            "training to step {total}"
+        );
+        let mut last_eval = None;
+        while self.step < total {
+            let record = match self.train_step() {
+                Ok(r) => r,
+                Err(e) => {
+                    progress.abandon();
+                    return Err(e);
+                }
+            };
+            metrics.write(&record)?;
+            progress.update(self.step, record.loss, record.tokens_per_s);
+            self.log_step(&record, &progress);
+            let at = |every: u64| (every > 0 && self.step % every == 0) || self.step == total;
+            if at(self.cfg.train.eval_every) {
+                let result = self.evaluate()?;
+                metrics.write(&EvalRecord::new(self.step, &result))?;
+                progress.suspend(|| log_eval(self.step, &result));
+                last_eval = Some(result);
+            }
+            if at(self.cfg.train.checkpoint_every) {
+                let dir = self.save_checkpoint()?;
+                progress.suspend(|| tracing::info!("step {}: checkpoint {}", self.step, dir.display()));
+            }
+        }
+        progress.finish();
+        let eval = match last_eval {
+            Some(e) => e,
+            None => self.evaluate()?, // resumed at the end: nothing was trained
+        };
+        let checkpoint = match &self.last_checkpoint {
+            Some(dir) => dir.clone(),
+            None => self.save_checkpoint()?,
+        };
+        Ok(TrainSummary {
+            steps: self.step,
+            eval,
+            checkpoint,
+            skipped_steps: self.spike.total_skips,
+            tokens_seen: self.tokens_seen,
+            wall_time_s: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// One optimiser step (or a skipped one). On a non-finite loss or gradient norm nothing
+    /// is updated and [`RunError::NonFinite`] is returned.
+    pub fn train_step(&mut self) -> RunResult<StepRecord> {
+        let started = Instant::now();
+        let step = self.step + 1; // the step being made, 1-based
+        let lr = self.schedule.lr_at(self.step);
+        let accum = self.cfg.train.grad_accum;
+        let mut acc: Option<GradStore> = None;
+        let mut layers = LayerAccumulator::default();
+        let (mut loss_sum, mut ce_sum, mut tokens) = (0.0, 0.0, 0u64);
+        for micro in 0..accum {
+            let batch = self.next_batch()?;
+            let shape = (batch.batch_size, batch.seq_len);
+            let ids = Tensor::from_vec(batch.inputs, shape, &candle_core::Device::Cpu)?;
+            let targets = Tensor::from_vec(batch.targets, shape, &candle_core::Device::Cpu)?;
+            let (ce, out) = self.model.loss(&ids, &targets, &mut self.ctx)?;
+            let mut objective = (&ce + &out.aux_loss)?;
+            if micro == 0 && self.cfg.fault.nan_loss_at_step == Some(step) {
+                objective = (objective + f64::NAN)?;
+            }
+            if micro == 0 && self.cfg.fault.spike_loss_at_step == Some(step) {
+                objective = objective.affine(config::SPIKE_FAULT_SCALE, 0.0)?;
+            }
+            let loss = scalar(&objective)?;
+            if !loss.is_finite() {
+                return Err(self.non_finite(step, "loss", loss));
+            }
+            loss_sum += loss;
+            ce_sum += scalar(&ce)?;
+            tokens += (batch.batch_size * batch.seq_len) as u64;
+            layers.add(&out.layers, batch.batch_size * batch.seq_len);
+            // mean over micro-batches: backward of objective / accum, summed
+            let scaled = if accum > 1 { objective.affine(1.0 / accum as f64, 0.0)? } else { objective };
+            let grads = scaled.backward()?;
+            match &mut acc {
+                None if accum == 1 => acc = Some(grads),
+                slot => accumulate_grads(&self.store, slot.get_or_insert_with(GradStore::default), &grads)?,
+            }
+        }
+        let mut grads = acc.expect("grad_accum >= 1");
+        let clip = self.cfg.optim.clip_grad_norm;
+        let norm = if clip > 0.0 { clip_grad_norm(&self.store, &mut grads, clip)? } else { grad_norm(&self.store, &grads)? };
+        if !norm.is_finite() {
+            return Err(self.non_finite(step, "gradient norm", norm));
+        }
+        let loss = loss_sum / accum as f64;
+        let after_warmup = self.step >= self.cfg.optim.warmup_steps;
+        let verdict = self.spike.judge(loss, self.cfg.train.spike_factor, after_warmup);
+        let skipped = matches!(verdict, SpikeVerdict::Skip { .. });
+        match verdict {
+            SpikeVerdict::Skip { mean } => tracing::warn!(
+                "step {step}: loss {loss:.4} > {} x running mean {mean:.4}; update skipped",
+                self.cfg.train.spike_factor
+            ),
+            SpikeVerdict::Reset { mean } => tracing::warn!(
+                "step {step}: loss {loss:.4} is still above {} x {mean:.4} after {} skipped steps; \
+                 accepting it as the new level",
+                self.cfg.train.spike_factor,
+                guard::MAX_CONSECUTIVE_SKIPS
+            ),
+            SpikeVerdict::Accept => {}
+        }
+        if skipped {
+            self.model.moe_layers().for_each(|m| m.discard_pending_load());
+        } else {
+            self.opt.step(&grads, lr)?;
+            self.model.after_step();
+        }
+        drop(grads);
+        self.step = step;
+        self.tokens_seen += tokens;
+        let layers = layers.finish();
+        self.check_collapse(&layers);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        Ok(StepRecord {
+            event: "step".into(),
+            step,
+            lr,
+            loss,
+            ce: ce_sum / accum as f64,
+            aux: (loss_sum - ce_sum) / accum as f64,
+            grad_norm: norm,
+            tokens_per_s: tokens as f64 / secs,
+            tokens_seen: self.tokens_seen,
+            skipped,
+            layers,
+        })
+    }
+
+    /// Evaluates on the validation set (see [`evaluate`]).
+    pub fn evaluate(&self) -> RunResult<EvalResult> {
+        evaluate(&self.model, &self.data, self.cfg.data.max_valid_windows)
+    }
+
+    /// Saves `run_dir/step-<step>/` and points `latest` at it.
+    pub fn save_checkpoint(&mut self) -> RunResult<PathBuf> {
+        let user = UserState { spike: self.spike.clone(), tokens_seen: self.tokens_seen };
+        let state = TrainState {
+            rngs: [(ROUTING_RNG.to_string(), RngState::capture(&self.ctx.rng))].into_iter().collect(),
+            data_cursor: serde_json::to_value(self.cursor).expect("cursor serialises"),
+            lr_schedule: Some(self.schedule),
+            buffers: restore::router_buffers(&self.model),
+            user: serde_json::to_value(user).expect("trainer state serialises"),
+        };
+        let contents = CheckpointContents {
+            params: &self.store,
+            optimizer: Some(&self.opt),
+            state,
+            config: serde_json::to_value(&self.cfg).expect("config serialises"),
+        };
+        let keep = self.cfg.train.keep_last;
+        let opts = SaveOptions { keep_last: (keep > 0).then_some(keep) };
+        let dir = save_checkpoint_with(&self.cfg.run_dir, self.step, &contents, &opts)?;
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    fn next_batch(&mut self) -> RunResult<switchyard_data::Batch> {
+        let mut it = self.data.train_batches_from(self.cfg.train.batch_size, self.batch_seed, self.cursor)?;
+        let batch = it.next_batch();
+        self.cursor = it.cursor();
+        Ok(batch)
+    }
+
+    fn non_finite(&self, step: u64, what: &'static str, value: f64) -> RunError {
+        RunError::NonFinite { step, what, value, last_checkpoint: self.last_checkpoint.clone() }
+    }
+
+    fn check_collapse(&mut self, layers: &[metrics::LayerMetrics]) {
+        let limit = self.cfg.train.collapse_share;
+        for (flag, m) in self.collapsed.iter_mut().zip(layers) {
+            let collapsed = m.max_expert_share > limit;
+            if collapsed && !*flag {
+                let expert = m.tokens_per_expert.iter().enumerate().max_by_key(|(_, &c)| c).map_or(0, |(e, _)| e);
+                tracing::warn!(
+                    "step {}: expert collapse in layer {}: expert {expert} received {:.0}% of the tokens \
+                     (more than {:.0}%); consider a larger balancing-loss weight or the sigmoid_bias router",
+                    self.step,
+                    m.layer,
+                    100.0 * m.max_expert_share,
+                    100.0 * limit
+                );
+            }
+            *flag = collapsed;
+        }
+    }
+
+    fn log_step(&self, r: &StepRecord, progress: &Progress) {
+        let every = self.cfg.log.every;
+        if every == 0 || (r.step % every != 0 && r.step != 1) || progress.is_visible() {
+            return;
+        }
+        tracing::info!(
+            "step {}/{}: loss {:.4} (ce {:.4}) lr {:.2e} grad_norm {:.3} {:.0} tok/s",
+            r.step,
+            self.cfg.train.steps,
+            r.loss,
+            r.ce,
+            r.lr,
+            r.grad_norm,
+            r.tokens_per_s
+        );
+    }
+}
+
+fn log_eval(step: u64, r: &EvalResult) {
+    let per_domain: Vec<String> = r.domains.iter().map(|d| format!("{} {:.3}", d.domain, d.loss)).collect();
+    tracing::info!("step {step}: val loss {:.4} ({})", r.loss, per_domain.join(", "));
+}
+
+fn scalar(t: &Tensor) -> RunResult<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+/// An independent seed from a parent seed and a salt (SplitMix64's finaliser).
+fn mix_seed(seed: u64, salt: u64) -> u64 {
+    let mut z = seed ^ salt.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    // z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9; z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
