@@ -42,7 +42,7 @@ pub use shapes::LayerShape;
 /// Errors of a benchmark run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
-    #[error("unknown benchmark config `{0}` (known: mixtral8, fine64)")]
+    #[error("unknown benchmark config `{0}` (known: mixtral8, fine64, sweep_e<E>)")]
     UnknownConfig(String),
     #[error("thread count must be at least 1")]
     ZeroThreads,
@@ -149,6 +149,16 @@ pub struct BenchRow {
     /// `(peak − gradients) / kept`: transient memory over what must be kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_mem_ratio: Option<f64>,
+}
+
+/// What `switchyard bench` does: [`run`], then the table as a string, and the JSON rows
+/// written to `json` when given.
+pub fn run_and_report(opts: &BenchOpts, json: Option<&std::path::Path>) -> Result<String> {
+    let rows = run(opts)?;
+    if let Some(path) = json {
+        write_json(path, &rows)?;
+    }
+    Ok(format_table(&rows))
 }
 
 /// Runs the suite and returns one row per measurement.

@@ -46,9 +46,13 @@ impl LayerShape {
     }
 }
 
-/// `mixtral8` (E=8, k=2, h=1024) and `fine64` (E=64, k=8, h=256), d=512.
+/// `mixtral8` (E=8, k=2, h=1024), `fine64` (E=64, k=8, h=256), d=512; or one point of the
+/// sweep, `sweep_e<E>` (see [`sweep`]).
 pub fn named(name: &str, quick: bool) -> Option<LayerShape> {
     let tokens = if quick { QUICK_TOKENS } else { TOKENS };
+    if let Some(e) = name.strip_prefix("sweep_e").and_then(|e| e.parse::<usize>().ok()).filter(|&e| e >= 2) {
+        return Some(sweep_point(e, tokens));
+    }
     let (experts, k, h) = match name {
         "mixtral8" => (8, 2, 1024),
         "fine64" => (64, 8, 256),
@@ -64,12 +68,12 @@ pub fn named(name: &str, quick: bool) -> Option<LayerShape> {
 pub fn sweep(quick: bool) -> Vec<LayerShape> {
     let tokens = if quick { QUICK_TOKENS } else { TOKENS };
     let es: &[usize] = if quick { &QUICK_SWEEP_EXPERTS } else { &SWEEP_EXPERTS };
-    es.iter()
-        .map(|&e| {
-            let k = (e / 4).clamp(2, 8);
-            LayerShape { name: format!("sweep_e{e}"), experts: e, k, d: D_MODEL, h: SWEEP_ACTIVE_HIDDEN / k, tokens }
-        })
-        .collect()
+    es.iter().map(|&e| sweep_point(e, tokens)).collect()
+}
+
+fn sweep_point(e: usize, tokens: usize) -> LayerShape {
+    let k = (e / 4).clamp(2, 8);
+    LayerShape { name: format!("sweep_e{e}"), experts: e, k, d: D_MODEL, h: SWEEP_ACTIVE_HIDDEN / k, tokens }
 }
 
 #[cfg(test)]

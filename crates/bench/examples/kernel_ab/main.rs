@@ -1,0 +1,78 @@
+//! Side-by-side timing of the dispatch kernels alone (no candle, no routing): the current
+//! `switchyard_core::dispatch::kernel` against the pre-rewrite kernel (`kernel_v0.rs` beside this file, copied
+//! from commit 56f44d3), alternating calls on the same plan so both see the same machine load.
+//!
+//! Run with: `cargo run --release -p switchyard-bench --example kernel_ab -- 1`
+//! (the argument is the thread count).
+
+#[allow(dead_code)]
+mod kernel_v0;
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use switchyard_core::dispatch::kernel;
+use switchyard_core::expert::ExpertLayout;
+use switchyard_core::{DispatchPlan, ExpertSpec};
+
+/// Timed calls of each kernel, alternating.
+const REPS: usize = 5;
+const TOKENS: usize = 4096;
+const D_MODEL: usize = 512;
+
+fn main() {
+    let threads: usize = std::env::args().nth(1).map_or(1, |s| s.parse().expect("thread count"));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    for (name, e, k, h) in [("mixtral8", 8, 2, 1024), ("fine64", 64, 8, 256)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let layout = ExpertLayout::new(D_MODEL, &vec![ExpertSpec::swiglu(h); e]);
+        let mut pairs = Vec::new();
+        for t in 0..TOKENS as u32 {
+            let mut chosen: Vec<u32> = Vec::new();
+            while chosen.len() < k {
+                let x = rng.random_range(0..e as u32);
+                if !chosen.contains(&x) {
+                    chosen.push(x);
+                }
+            }
+            pairs.extend(chosen.into_iter().map(|x| (t, x)));
+        }
+        let plan = DispatchPlan::from_assignments(TOKENS, e, &pairs).unwrap();
+        let rand = |n: usize, rng: &mut ChaCha8Rng| (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect::<Vec<_>>();
+        let (x, w, p, gy) = (rand(TOKENS * D_MODEL, &mut rng), rand(plan.len(), &mut rng), rand(layout.total, &mut rng), rand(TOKENS * D_MODEL, &mut rng));
+        let new = || {
+            let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
+            kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+        };
+        let old = || {
+            let (_, s) = kernel_v0::forward(&x, &w, &p, &layout, &plan);
+            kernel_v0::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+        };
+        let (mut tn, mut to) = (Vec::new(), Vec::new());
+        pool.install(|| {
+            new();
+            old();
+            for _ in 0..REPS {
+                let t = Instant::now();
+                new();
+                tn.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                old();
+                to.push(t.elapsed().as_secs_f64());
+            }
+        });
+        tn.sort_by(f64::total_cmp);
+        to.sort_by(f64::total_cmp);
+        let flops = 3.0 * (TOKENS * k * 6 * D_MODEL * h) as f64;
+        let (n, o) = (tn[REPS / 2], to[REPS / 2]);
+        println!(
+            "{name:<9} threads {threads}: kernel fwd+bwd new {:7.1} ms ({:5.1} GFLOP/s), old {:7.1} ms ({:5.1} GFLOP/s), speedup {:.2}x",
+            n * 1e3,
+            flops / n / 1e9,
+            o * 1e3,
+            flops / o / 1e9,
+            o / n
+        );
+    }
+}
