@@ -13,7 +13,8 @@
 //!   can express ([`hf_config::infer_arch`]);
 //! - [`logits()`]: logits, router logits, chosen experts and routing weights on given ids,
 //!   saved in the same format as the parity fixtures;
-//! - [`ckpt`]: imported models as Switchyard checkpoint directories, and loading either kind.
+//! - [`ckpt`]: imported models as Switchyard checkpoint directories, and loading either kind;
+//! - [`commands`]: what `switchyard import | export | logits` do, as library functions.
 //!
 //! ```no_run
 //! use switchyard_interop::{export_imported, import, logits};
@@ -38,6 +39,7 @@
 
 pub mod arch;
 pub mod ckpt;
+pub mod commands;
 pub mod error;
 pub mod export;
 pub mod hf_config;
