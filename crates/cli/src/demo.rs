@@ -16,6 +16,8 @@ use switchyard_models::{FfnConfig, LayerFfn, LmConfig};
 use switchyard_train::trainer::{EvalResult, TrainConfig, Trainer, METRICS_FILE};
 
 pub const SUMMARY_FILE: &str = "summary.json";
+/// Training window (and context) of the demo models, in bytes.
+pub const SEQ_LEN: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -64,19 +66,19 @@ pub struct DemoResult {
 /// The demo's MoE model and training settings. Measured on 2 cores (see README.md): the full
 /// demo beats its dense baseline; `quick` exercises the same path in seconds.
 pub fn demo_config(quick: bool) -> TrainConfig {
-    let (d, layers, heads, experts, hidden, k) = if quick { (64, 2, 4, 4, 64, 2) } else { (128, 4, 4, 8, 128, 2) };
+    let (d, layers, experts, hidden) = if quick { (64, 2, 4, 64) } else { (128, 4, 8, 128) };
     let mut cfg = TrainConfig {
         model: LmConfig {
             d_model: d,
             n_layers: layers,
-            n_heads: heads,
-            max_seq_len: 128,
+            n_heads: 4,
+            max_seq_len: SEQ_LEN,
             ffn: FfnConfig {
                 dense_hidden: 4 * d,
                 sparse: LayerFfn::Moe(MoeConfig {
                     d_model: d,
                     experts: vec![ExpertSpec::swiglu(hidden); experts],
-                    router: RouterConfig::TopK { k },
+                    router: RouterConfig::TopK { k: 2 },
                     ..Default::default()
                 }),
                 moe_every: 1,
@@ -86,27 +88,29 @@ pub fn demo_config(quick: bool) -> TrainConfig {
         },
         ..Default::default()
     };
-    cfg.data.seq_len = 128;
-    cfg.train.batch_size = 16;
+    // 64-byte windows, 32 per batch: the same 2048 tokens per step as 16 × 128, with half
+    // the attention cost; at 300 steps it also reached a lower loss than 16 × 128 here.
+    cfg.data.seq_len = SEQ_LEN;
+    cfg.train.batch_size = 32;
     cfg.optim.lr = 3e-3;
     cfg.optim.min_lr = 3e-4;
+    cfg.train.keep_last = 1;
     if quick {
         cfg.data.docs_per_domain = 16;
-        cfg.data.max_valid_windows = 4;
         cfg.data.valid_fraction = 0.2;
+        cfg.data.max_valid_windows = 8;
         cfg.train.steps = 30;
-        cfg.train.batch_size = 8;
+        cfg.train.batch_size = 16;
         cfg.optim.warmup_steps = 5;
         cfg.train.eval_every = 0;
         cfg.train.checkpoint_every = 0;
     } else {
+        cfg.data.max_valid_windows = 48;
         cfg.train.steps = 300;
         cfg.optim.warmup_steps = 30;
         cfg.train.eval_every = 100;
         cfg.train.checkpoint_every = 100;
-        cfg.data.max_valid_windows = 24;
     }
-    cfg.train.keep_last = 1;
     cfg
 }
 

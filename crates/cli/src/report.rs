@@ -94,7 +94,7 @@ pub fn demo_report(r: &DemoResult) -> String {
     let _ = writeln!(s, "total wall time:  {:.1}s", r.wall_time_s);
     let _ = writeln!(
         s,
-        "\ntry: switchyard generate --ckpt {} --prompt 'the ' --max-tokens 120",
+        "\ntry: switchyard generate --ckpt {} --prompt 'the ' --max-tokens 60",
         moe.run_dir.display()
     );
     s

@@ -318,7 +318,10 @@ impl Trainer {
         self.step = step;
         self.tokens_seen += tokens;
         let layers = layers.finish();
-        self.check_collapse(&layers);
+        if after_warmup {
+            // routing at initialisation is close to arbitrary; judge it once training settles
+            self.check_collapse(&layers);
+        }
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         Ok(StepRecord {
             event: "step".into(),
