@@ -4,13 +4,14 @@ gives the fixture's logits.
 
 Typical round trip (optional, not run in CI):
 
-    cargo run -p switchyard -- import crates/interop/tests/fixtures/mixtral --out /tmp/sy-mixtral
-    cargo run -p switchyard -- export --model /tmp/sy-mixtral --out /tmp/hf-mixtral
+    cargo run --release -- import crates/interop/tests/fixtures/mixtral --out /tmp/sy-mixtral
+    cargo run --release -- export --ckpt /tmp/sy-mixtral --out /tmp/hf-mixtral
     .venv-ref/bin/python scripts/reference/roundtrip_check.py /tmp/hf-mixtral \
         --fixture crates/interop/tests/fixtures/mixtral
 
-(The exact `switchyard` flags are whatever the CLI defines; this script only
-needs the exported directory.)
+For a natively trained model, `switchyard logits --model RUN --ids '[...]'
+--greedy 16 --out REF/expected.safetensors` writes a reference directory to
+pass as --fixture REF.
 
 The script loads EXPORT_DIR with `AutoModelForCausalLM.from_pretrained`
 (float32, eager attention, eager experts), runs the fixture's `input_ids`
