@@ -36,6 +36,9 @@ enum Command {
     /// Train a small MoE LM and its equal-active-compute dense baseline on the built-in
     /// corpus and compare them.
     Demo(DemoArgs),
+    /// Kernels and MoE layers against the machine's dense-GEMM ceiling: a table, and JSON rows
+    /// with --json (switchyard-bench's binary adds peak-memory figures).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -132,6 +135,25 @@ struct DemoArgs {
     print_config: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Small token counts and few repetitions: seconds instead of minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Also write one JSON object per row to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Thread counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Layer configs, comma-separated: mixtral8, fine64, sweep_e<E>.
+    #[arg(long, value_delimiter = ',', default_value = "mixtral8,fine64")]
+    configs: Vec<String>,
+    /// Also sweep the number of experts from 8 to 1024 at equal active FLOPs.
+    #[arg(long)]
+    sweep: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet);
@@ -159,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train(args, cli.quiet),
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
         Command::Demo(args) => {
             let opts = demo::DemoOptions { quick: args.quick, out: args.out, overrides: args.set, progress: !cli.quiet };
             if args.print_config {
@@ -269,5 +292,17 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         println!("checkpoint {} (step {})", loaded.checkpoint.dir.display(), loaded.checkpoint.step);
         print!("{}", report::eval_table(&[("val loss", &result)]));
     }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let opts = switchyard_bench::BenchOpts {
+        quick: args.quick,
+        threads: args.threads,
+        configs: args.configs,
+        sweep: args.sweep,
+        ..Default::default()
+    };
+    print!("{}", switchyard_bench::run_and_report(&opts, args.json.as_deref())?);
     Ok(())
 }
