@@ -34,6 +34,7 @@ impl AnalyzeOptions {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AnalysisSummary {
+    pub domain_names: Vec<String>,
     pub report: PathBuf,
     pub trace: PathBuf,
     pub metrics_json: PathBuf,
@@ -79,7 +80,7 @@ pub fn analyze(
     let report = out.join("report.html");
     let html = render_html(&opts.title, &tr, &layers, &svgs, tok);
     std::fs::write(&report, html).map_err(|e| AnalyzeError::file(&report, e.to_string()))?;
-    Ok(AnalysisSummary { report, trace: trace_path, metrics_json, plots: plot_paths, layers, cross, ablation })
+    Ok(AnalysisSummary { domain_names: domain_names.to_vec(), report, trace: trace_path, metrics_json, plots: plot_paths, layers, cross, ablation })
 }
 
 fn expert_labels(e: usize) -> Vec<String> {
@@ -148,7 +149,8 @@ fn draw_plots(
 }
 
 /// Plain-text tables for the terminal.
-pub fn terminal_tables(s: &AnalysisSummary, domain_names: &[String]) -> String {
+pub fn terminal_tables(s: &AnalysisSummary) -> String {
+    let domain_names = &s.domain_names;
     let mut o = String::new();
     let _ = writeln!(o, "{:>5} {:>8} {:>8} {:>8} {:>8}  dead", "layer", "NMI", "load CV", "entropy", "dropped");
     for m in &s.layers {

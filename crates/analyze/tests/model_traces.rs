@@ -131,6 +131,6 @@ fn analyze_writes_every_output() {
     let html = std::fs::read_to_string(&s.report).unwrap();
     assert!(html.contains("<svg") && html.contains("Token view"));
     assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "report must not fetch anything");
-    let tables = switchyard_analyze::report::terminal_tables(&s, &names);
+    let tables = switchyard_analyze::report::terminal_tables(&s);
     assert!(tables.contains("NMI") && tables.contains("letters"));
 }

@@ -61,6 +61,8 @@ pub struct DemoResult {
     pub dense: ModelRun,
     pub summary_path: PathBuf,
     pub wall_time_s: f64,
+    /// The routing analysis of the MoE model (report, metrics), written to `<out>/analysis`.
+    pub analysis: switchyard_analyze::AnalysisSummary,
 }
 
 /// The demo's MoE model and training settings. Measured on 2 cores (see README.md): the full
@@ -135,6 +137,14 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoResult> {
 
     let moe = train_one("moe", moe_cfg)?;
     let dense = train_one("dense", dense_cfg)?;
+    tracing::info!("demo: analysing the MoE model's routing");
+    let analysis = crate::analyze::run(&crate::analyze::AnalyzeRun {
+        ckpt: moe.checkpoint.clone(),
+        data: None,
+        out: opts.out.join("analysis"),
+        windows_per_domain: if opts.quick { 8 } else { 32 },
+        ablation: true,
+    })?;
     let summary_path = opts.out.join(SUMMARY_FILE);
     let result = DemoResult {
         out: opts.out.clone(),
@@ -142,6 +152,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoResult> {
         dense,
         summary_path,
         wall_time_s: started.elapsed().as_secs_f64(),
+        analysis,
     };
     let summary = serde_json::to_string_pretty(&summary_json(&result, opts.quick))?;
     std::fs::write(&result.summary_path, summary + "\n")
@@ -221,5 +232,11 @@ pub fn summary_json(r: &DemoResult, quick: bool) -> serde_json::Value {
         "moe_minus_dense_val_loss": r.moe.eval.loss - r.dense.eval.loss,
         "domains": domains,
         "routing": routing,
+        "analysis": {
+            "report": r.analysis.report,
+            "trace": r.analysis.trace,
+            "metrics": r.analysis.metrics_json,
+            "nmi_by_layer": r.analysis.layers.iter().map(|m| json!({"layer": m.layer, "nmi": m.nmi, "load_cv": m.load_cv})).collect::<Vec<_>>(),
+        },
     })
 }

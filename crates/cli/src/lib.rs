@@ -6,6 +6,9 @@
 //!   the built-in corpus and returns a [`demo::DemoResult`] (run directories, evaluations,
 //!   the domain → expert routing table, `summary.json`); later steps such as an HTML report
 //!   start from that result;
+//! - [`analyze`]: `switchyard analyze` (routing trace, metrics, plots, HTML report) and trace replay;
+//! - [`interop`]: `switchyard import | export | logits` and HF-tokenizer `generate` / `eval`
+//!   (the work is in `switchyard-interop`);
 //! - [`report`]: the plain-text tables the commands print;
 //! - [`exit_code`] and [`hints`]: how an error reaches the user.
 //!
@@ -20,7 +23,9 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod analyze;
 pub mod demo;
+pub mod interop;
 pub mod report;
 
 use switchyard_train::checkpoint::CheckpointError;

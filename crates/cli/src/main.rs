@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use switchyard_cli::{demo, exit_code, hints, report, EXIT_ERROR};
+use switchyard_cli::{demo, exit_code, hints, interop, report, EXIT_ERROR};
 use switchyard_data::{ByteTokenizer, Tokenizer};
 use switchyard_models::{LmCtx, Sampler};
 use switchyard_train::load_checkpoint;
@@ -39,6 +39,16 @@ enum Command {
     /// Kernels and MoE layers against the machine's dense-GEMM ceiling: a table, and JSON rows
     /// with --json (switchyard-bench's binary adds peak-memory figures).
     Bench(BenchArgs),
+    /// Routing analysis of a trained MoE model: load, entropy, domain×expert NMI, top tokens,
+    /// co-activation, causal ablation; tables, PNG/SVG plots and a self-contained HTML report.
+    Analyze(AnalyzeArgs),
+    /// Convert a HuggingFace MoE checkpoint (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2/V3) into
+    /// a Switchyard run directory.
+    Import(interop::ImportArgs),
+    /// Write a Switchyard checkpoint as a HuggingFace directory that transformers loads.
+    Export(interop::ExportArgs),
+    /// Logits, router logits and chosen experts of every MoE layer for given ids, as safetensors.
+    Logits(interop::LogitsArgs),
 }
 
 #[derive(Args)]
@@ -136,6 +146,29 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
+struct AnalyzeArgs {
+    /// A run directory (its latest checkpoint) or a step-* directory.
+    #[arg(long)]
+    ckpt: PathBuf,
+    /// Analyse on this text file or <domain>/*.txt directory instead of the run's own data.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output directory (default: <ckpt>/analysis).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Validation windows traced per domain.
+    #[arg(long, default_value_t = 32)]
+    windows: usize,
+    /// Skip the causal ablation (one extra pass per expert and layer).
+    #[arg(long)]
+    no_ablation: bool,
+    /// Instead of analysing, force the routing recorded in this trace.safetensors into the
+    /// model and check the logits match a normal forward bit for bit.
+    #[arg(long, value_name = "TRACE")]
+    replay: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Small token counts and few repetitions: seconds instead of minutes.
     #[arg(long)]
@@ -182,6 +215,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate(args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Analyze(args) => analyze_cmd(args),
+        Command::Import(args) => interop::import(args),
+        Command::Export(args) => interop::export(args),
+        Command::Logits(args) => interop::logits(args),
         Command::Demo(args) => {
             let opts = demo::DemoOptions { quick: args.quick, out: args.out, overrides: args.set, progress: !cli.quiet };
             if args.print_config {
@@ -255,6 +292,10 @@ fn toml_string(s: &str) -> String {
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    if interop::uses_hf_tokenizer(&args.ckpt) {
+        let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+        return interop::generate(&args.ckpt, &args.prompt, &mut sampler, args.max_tokens);
+    }
     let loaded = load_model(&args.ckpt)?;
     let tok = ByteTokenizer;
     // Training text follows an EOS (documents are packed EOS-separated), so a prompt starts
@@ -278,6 +319,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    if interop::uses_hf_tokenizer(&args.ckpt) {
+        return interop::eval(&args.ckpt, args.data, args.max_windows, args.json);
+    }
     let loaded = load_model(&args.ckpt)?;
     let mut cfg = loaded.cfg.clone();
     if let Some(path) = args.data {
@@ -304,5 +348,31 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     print!("{}", switchyard_bench::run_and_report(&opts, args.json.as_deref())?);
+    Ok(())
+}
+
+fn analyze_cmd(args: AnalyzeArgs) -> anyhow::Result<()> {
+    if let Some(trace) = &args.replay {
+        let worst = switchyard_cli::analyze::replay(&args.ckpt, trace)?;
+        println!("replayed {}: max |Δ logits| = {worst:e}", trace.display());
+        anyhow::ensure!(
+            worst == 0.0,
+            "replay differs from a normal forward (max |Δ logits| {worst:e}); was the trace recorded with this checkpoint?"
+        );
+        return Ok(());
+    }
+    let out = args.out.clone().unwrap_or_else(|| args.ckpt.join("analysis"));
+    let run = switchyard_cli::analyze::AnalyzeRun {
+        ckpt: args.ckpt,
+        data: args.data,
+        out,
+        windows_per_domain: args.windows,
+        ablation: !args.no_ablation,
+    };
+    let s = switchyard_cli::analyze::run(&run)?;
+    print!("{}", switchyard_analyze::report::terminal_tables(&s));
+    println!("\nreport:  {}", s.report.display());
+    println!("trace:   {}", s.trace.display());
+    println!("metrics: {}", s.metrics_json.display());
     Ok(())
 }

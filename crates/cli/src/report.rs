@@ -87,7 +87,12 @@ pub fn demo_report(r: &DemoResult) -> String {
         s.push_str(&routing_table(layer, &domains));
         s.push('\n');
     }
-    let _ = writeln!(s, "== Files ==");
+    let _ = writeln!(s, "== Routing report (MoE) ==");
+    for m in &r.analysis.layers {
+        let _ = writeln!(s, "layer {}: NMI(domain, expert) {:.3}, load CV {:.3}", m.layer, m.nmi, m.load_cv);
+    }
+    let _ = writeln!(s, "report: {}", r.analysis.report.display());
+    let _ = writeln!(s, "\n== Files ==");
     let _ = writeln!(s, "MoE checkpoint:   {}", moe.checkpoint.display());
     let _ = writeln!(s, "dense checkpoint: {}", dense.checkpoint.display());
     let _ = writeln!(s, "summary:          {}", r.summary_path.display());

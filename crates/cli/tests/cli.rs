@@ -192,4 +192,21 @@ fn demo_quick_writes_its_summary() {
     assert_eq!(summary["routing"].as_array().unwrap().len(), 2, "one table per MoE layer");
     assert!(summary["wall_time_s"].as_f64().unwrap() > 0.0);
     assert!(out_dir.join("moe/latest").is_file() && out_dir.join("dense/latest").is_file());
+    // the demo ends with the routing report, and its trace replays bit-exactly
+    assert!(stdout.contains("NMI(domain, expert)") && stdout.contains("report.html"), "{stdout}");
+    let report = summary["analysis"]["report"].as_str().unwrap();
+    assert!(std::path::Path::new(report).is_file());
+    assert_eq!(summary["analysis"]["nmi_by_layer"].as_array().unwrap().len(), 2);
+    let trace = out_dir.join("analysis/trace.safetensors");
+    let moe = out_dir.join("moe");
+    let out = switchyard(&["analyze", "--ckpt", moe.to_str().unwrap(), "--replay", trace.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "replay failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("max |Δ logits| = 0e0"), "{stdout}");
+    // analyze on its own, without the ablation
+    let an = dir.0.join("an");
+    let out = switchyard(&["analyze", "--ckpt", moe.to_str().unwrap(), "--out", an.to_str().unwrap(), "--no-ablation", "--windows", "2"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "analyze failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("NMI") && an.join("report.html").is_file() && an.join("layer0_domain_expert.png").is_file(), "{stdout}");
 }
