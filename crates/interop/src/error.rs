@@ -63,16 +63,16 @@ pub enum InteropError {
     Tokenizer { path: PathBuf, reason: String },
 
     /// A Switchyard checkpoint directory could not be read or written.
-    #[error("checkpoint: {0}")]
+    #[error(transparent)]
     Checkpoint(#[from] switchyard_train::CheckpointError),
 
-    #[error("model: {0}")]
+    #[error(transparent)]
     Model(#[from] ModelError),
 
-    #[error("MoE layer: {0}")]
+    #[error(transparent)]
     Moe(#[from] MoeError),
 
-    #[error("tensor op failed: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
