@@ -134,3 +134,39 @@ fn logits_file_has_the_fixture_layout() {
     assert_eq!(ours["greedy"].dims(), &[4]);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// A bf16 checkpoint imports as f32 holding exactly the bf16 values.
+#[test]
+fn bf16_checkpoint_imports_as_the_same_values_in_f32() {
+    let name = "olmoe";
+    let d = copy_fixture(name, "bf16");
+    let path = d.join("model.safetensors");
+    let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let bf: std::collections::HashMap<String, Tensor> =
+        t.iter().map(|(k, v)| (k.clone(), v.to_dtype(candle_core::DType::BF16).unwrap())).collect();
+    candle_core::safetensors::save(&bf, &path).unwrap();
+    let (a, b) = (import(fixture(name)).unwrap(), import(&d).unwrap());
+    for ((n, va), (_, vb)) in a.store.all().iter().zip(b.store.all().iter()) {
+        assert_eq!(vb.dtype(), candle_core::DType::F32);
+        let rounded = va.as_tensor().to_dtype(candle_core::DType::BF16).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        assert_eq!(max_abs_diff(&rounded, vb.as_tensor()), 0.0, "`{n}`");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Export shards at a size limit (with an index), and the shards import back exactly.
+#[test]
+fn sharded_export_writes_an_index_and_reimports_exactly() {
+    let name = "deepseek_v2";
+    let m = import(fixture(name)).unwrap();
+    let out = scratch("sharded-export");
+    let opts = switchyard_interop::ExportOptions { max_shard_bytes: 100_000, ..Default::default() };
+    let rep = switchyard_interop::export_with(&m.model, None, &out, &opts).unwrap();
+    let shards = rep.files.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).count();
+    assert!(shards > 1, "{:?}", rep.files);
+    assert!(out.join("model.safetensors.index.json").is_file());
+    let back = import(&out).unwrap();
+    let ids = expected(name).ids;
+    assert_eq!(max_abs_diff(&logits(&m.model, &ids).unwrap().logits, &logits(&back.model, &ids).unwrap().logits), 0.0);
+    std::fs::remove_dir_all(&out).unwrap();
+}
