@@ -87,8 +87,8 @@ impl LogitsReport {
             let mut ids = Vec::with_capacity(l * k);
             let mut ws = Vec::with_capacity(l * k);
             for (c, w) in r.chosen.iter().zip(&r.weights) {
-                ids.extend(c.iter().map(|&e| e as i64).chain(std::iter::repeat(NO_EXPERT).take(k - c.len())));
-                ws.extend(w.iter().copied().chain(std::iter::repeat(0.0).take(k - w.len())));
+                ids.extend(c.iter().map(|&e| e as i64).chain(std::iter::repeat_n(NO_EXPERT, k - c.len())));
+                ws.extend(w.iter().copied().chain(std::iter::repeat_n(0.0, k - w.len())));
             }
             out.insert(format!("chosen_experts.{}", r.layer), Tensor::from_vec(ids, (l, k), &dev)?);
             out.insert(format!("routing_weights.{}", r.layer), Tensor::from_vec(ws, (l, k), &dev)?);

@@ -31,13 +31,15 @@ pub fn copy_fixture(name: &str, tag: &str) -> PathBuf {
     d
 }
 
+/// One MoE layer's expected (router logits `[L, E]`, chosen `[L][k]`, weights `[L][k]`).
+pub type ExpectedLayer = (Tensor, Vec<Vec<i64>>, Vec<Vec<f32>>);
+
 /// `expected.safetensors` of a fixture.
 pub struct Expected {
     pub ids: Vec<u32>,
     /// `[L, V]`
     pub logits: Tensor,
-    /// layer → (router logits `[L, E]`, chosen `[L][k]`, weights `[L][k]`)
-    pub layers: BTreeMap<usize, (Tensor, Vec<Vec<i64>>, Vec<Vec<f32>>)>,
+    pub layers: BTreeMap<usize, ExpectedLayer>,
     pub greedy: Vec<u32>,
 }
 
