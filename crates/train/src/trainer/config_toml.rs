@@ -35,7 +35,14 @@ fn moe_error(input: &Value) -> Option<ConfigError> {
         return None;
     }
     let err = serde_path_to_error::deserialize::<_, MoeConfig>(Value::Table(sparse)).err()?;
-    Some(ConfigError::BadValue { key: format!("{SPARSE_KEY}.{}", err.path()), message: err.into_inner().to_string() })
+    Some(ConfigError::BadValue { key: format!("{SPARSE_KEY}.{}", err.path()), message: value_message(err.into_inner()) })
+}
+
+/// toml's message without its own trailing "in `key`" line (the error names the key).
+fn value_message(e: toml::de::Error) -> String {
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("in `") && !l.trim().is_empty()).collect();
+    lines.join("; ")
 }
 
 /// The config as a TOML tree, every key present.
@@ -120,7 +127,7 @@ impl TrainConfig {
                 }
             }
             let key = if key == "." { "(top level)".to_string() } else { key };
-            ConfigError::BadValue { key, message: e.into_inner().to_string() }
+            ConfigError::BadValue { key, message: value_message(e.into_inner()) }
         })?;
         check_known_keys(&input, &Value::Table(to_table(&cfg)?), "")?;
         Ok(cfg)
