@@ -20,10 +20,16 @@ pub enum AnalyzeError {
 
 impl AnalyzeError {
     pub fn input(what: &'static str, reason: impl Into<String>) -> Self {
-        AnalyzeError::Input { what, reason: reason.into() }
+        AnalyzeError::Input {
+            what,
+            reason: reason.into(),
+        }
     }
     pub fn file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        AnalyzeError::File { path: path.into(), reason: reason.into() }
+        AnalyzeError::File {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -24,4 +24,4 @@ pub mod report;
 pub mod trace;
 
 pub use error::{AnalyzeError, Result};
-pub use report::{analyze, AnalyzeOptions, AnalysisSummary};
+pub use report::{analyze, AnalysisSummary, AnalyzeOptions};

@@ -47,7 +47,14 @@ pub struct CrossLayer {
 pub fn layer_metrics(trace: &RoutingTrace, lt: &LayerTrace) -> LayerMetrics {
     let e = lt.num_experts;
     let n = trace.num_tokens();
-    let d = trace.domain_names.len().max(trace.domains.iter().map(|&x| x as usize + 1).max().unwrap_or(0));
+    let d = trace.domain_names.len().max(
+        trace
+            .domains
+            .iter()
+            .map(|&x| x as usize + 1)
+            .max()
+            .unwrap_or(0),
+    );
     let mut load = vec![0u64; e];
     let mut domain_expert = vec![vec![0u64; e]; d];
     let mut coactivation = vec![vec![0u64; e]; e];
@@ -61,7 +68,13 @@ pub fn layer_metrics(trace: &RoutingTrace, lt: &LayerTrace) -> LayerMetrics {
             *tokens[x].entry(trace.token_ids[i]).or_default() += 1;
             if let Some(p1) = trace.prev(i) {
                 if let Some(p2) = trace.prev(p1) {
-                    *ngrams[x].entry(vec![trace.token_ids[p2], trace.token_ids[p1], trace.token_ids[i]]).or_default() += 1;
+                    *ngrams[x]
+                        .entry(vec![
+                            trace.token_ids[p2],
+                            trace.token_ids[p1],
+                            trace.token_ids[i],
+                        ])
+                        .or_default() += 1;
                 }
             }
             for &y in &chosen {
@@ -112,9 +125,19 @@ pub fn nmi(table: &[Vec<u64>]) -> f64 {
         return 0.0;
     }
     let t = total as f64;
-    let rows: Vec<f64> = table.iter().map(|r| r.iter().sum::<u64>() as f64 / t).collect();
-    let cols: Vec<f64> = (0..table.first().map_or(0, |r| r.len())).map(|j| table.iter().map(|r| r[j]).sum::<u64>() as f64 / t).collect();
-    let h = |p: &[f64]| -p.iter().filter(|&&x| x > 0.0).map(|&x| x * x.ln()).sum::<f64>();
+    let rows: Vec<f64> = table
+        .iter()
+        .map(|r| r.iter().sum::<u64>() as f64 / t)
+        .collect();
+    let cols: Vec<f64> = (0..table.first().map_or(0, |r| r.len()))
+        .map(|j| table.iter().map(|r| r[j]).sum::<u64>() as f64 / t)
+        .collect();
+    let h = |p: &[f64]| {
+        -p.iter()
+            .filter(|&&x| x > 0.0)
+            .map(|&x| x * x.ln())
+            .sum::<f64>()
+    };
     let (hr, hc) = (h(&rows), h(&cols));
     let mut mi = 0.0;
     for (i, r) in table.iter().enumerate() {
@@ -151,12 +174,20 @@ pub fn cross_layer(trace: &RoutingTrace) -> Vec<CrossLayer> {
                     }
                 }
             }
-            CrossLayer { from: a.layer, to: b.layer, counts }
+            CrossLayer {
+                from: a.layer,
+                to: b.layer,
+                counts,
+            }
         })
         .collect()
 }
 
 /// All per-layer metrics.
 pub fn all_layers(trace: &RoutingTrace) -> Vec<LayerMetrics> {
-    trace.layers.iter().map(|lt| layer_metrics(trace, lt)).collect()
+    trace
+        .layers
+        .iter()
+        .map(|lt| layer_metrics(trace, lt))
+        .collect()
 }

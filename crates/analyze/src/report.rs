@@ -28,7 +28,12 @@ pub struct AnalyzeOptions {
 
 impl AnalyzeOptions {
     pub fn new(out_dir: impl Into<PathBuf>) -> Self {
-        Self { out_dir: out_dir.into(), ablation: true, ablation_batches: 4, title: "Switchyard routing report".into() }
+        Self {
+            out_dir: out_dir.into(),
+            ablation: true,
+            ablation_batches: 4,
+            title: "Switchyard routing report".into(),
+        }
     }
 }
 
@@ -54,10 +59,14 @@ pub fn analyze(
     opts: &AnalyzeOptions,
 ) -> Result<AnalysisSummary> {
     let out = &opts.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| AnalyzeError::file(out, format!("cannot create output directory: {e}")))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| AnalyzeError::file(out, format!("cannot create output directory: {e}")))?;
     let tr = trace::record(model, batches, domain_names)?;
     if tr.layers.is_empty() {
-        return Err(AnalyzeError::input("analyze", "the model has no MoE layer: nothing to analyse"));
+        return Err(AnalyzeError::input(
+            "analyze",
+            "the model has no MoE layer: nothing to analyse",
+        ));
     }
     let trace_path = out.join("trace.safetensors");
     trace::save(&tr, &trace_path)?;
@@ -66,21 +75,42 @@ pub fn analyze(
     let ablation = if opts.ablation {
         // evenly spaced batches, so every domain of a domain-ordered batch list is covered
         let n = opts.ablation_batches.min(batches.len()).max(1);
-        let picked: Vec<Batch> = (0..n).map(|i| batches[i * batches.len() / n].clone()).collect();
+        let picked: Vec<Batch> = (0..n)
+            .map(|i| batches[i * batches.len() / n].clone())
+            .collect();
         Some(ablate(model, &picked, domain_names)?)
     } else {
         None
     };
     let mut plot_paths = Vec::new();
-    let svgs = draw_plots(out, &tr, &layers, &cross, ablation.as_ref(), &mut plot_paths)?;
+    let svgs = draw_plots(
+        out,
+        &tr,
+        &layers,
+        &cross,
+        ablation.as_ref(),
+        &mut plot_paths,
+    )?;
     let metrics_json = out.join("metrics.json");
     let json = serde_json::json!({ "layers": layers, "cross_layer": cross, "ablation": ablation });
-    std::fs::write(&metrics_json, serde_json::to_string_pretty(&json).expect("metrics serialise"))
-        .map_err(|e| AnalyzeError::file(&metrics_json, e.to_string()))?;
+    std::fs::write(
+        &metrics_json,
+        serde_json::to_string_pretty(&json).expect("metrics serialise"),
+    )
+    .map_err(|e| AnalyzeError::file(&metrics_json, e.to_string()))?;
     let report = out.join("report.html");
     let html = render_html(&opts.title, &tr, &layers, &svgs, tok);
     std::fs::write(&report, html).map_err(|e| AnalyzeError::file(&report, e.to_string()))?;
-    Ok(AnalysisSummary { domain_names: domain_names.to_vec(), report, trace: trace_path, metrics_json, plots: plot_paths, layers, cross, ablation })
+    Ok(AnalysisSummary {
+        domain_names: domain_names.to_vec(),
+        report,
+        trace: trace_path,
+        metrics_json,
+        plots: plot_paths,
+        layers,
+        cross,
+        ablation,
+    })
 }
 
 fn expert_labels(e: usize) -> Vec<String> {
@@ -116,32 +146,88 @@ fn draw_plots(
                 r.iter().map(|&c| c as f64 / s).collect()
             })
             .collect();
-        let title = format!("Layer {}: domain × expert share (NMI {:.3})", m.layer, m.nmi);
-        let hm = Heatmap { title: &title, rows: &tr.domain_names, cols: &cols, values: &share, scale: Scale::Sequential, annotate: m.num_experts <= 16 };
-        emit(format!("layer{}_domain_expert", m.layer), title.clone(), &hm)?;
+        let title = format!(
+            "Layer {}: domain × expert share (NMI {:.3})",
+            m.layer, m.nmi
+        );
+        let hm = Heatmap {
+            title: &title,
+            rows: &tr.domain_names,
+            cols: &cols,
+            values: &share,
+            scale: Scale::Sequential,
+            annotate: m.num_experts <= 16,
+        };
+        emit(
+            format!("layer{}_domain_expert", m.layer),
+            title.clone(),
+            &hm,
+        )?;
         let load: Vec<f64> = m.load.iter().map(|&c| c as f64).collect();
         let title = format!("Layer {}: load per expert (CV {:.3})", m.layer, m.load_cv);
-        emit(format!("layer{}_load", m.layer), title.clone(), &Bars { title: &title, labels: &cols, values: &load })?;
-        let co: Vec<Vec<f64>> = m.coactivation.iter().map(|r| r.iter().map(|&c| c as f64).collect()).collect();
+        emit(
+            format!("layer{}_load", m.layer),
+            title.clone(),
+            &Bars {
+                title: &title,
+                labels: &cols,
+                values: &load,
+            },
+        )?;
+        let co: Vec<Vec<f64>> = m
+            .coactivation
+            .iter()
+            .map(|r| r.iter().map(|&c| c as f64).collect())
+            .collect();
         let title = format!("Layer {}: co-activation (tokens routed to both)", m.layer);
-        let hm = Heatmap { title: &title, rows: &cols, cols: &cols, values: &co, scale: Scale::Sequential, annotate: m.num_experts <= 12 };
+        let hm = Heatmap {
+            title: &title,
+            rows: &cols,
+            cols: &cols,
+            values: &co,
+            scale: Scale::Sequential,
+            annotate: m.num_experts <= 12,
+        };
         emit(format!("layer{}_coactivation", m.layer), title.clone(), &hm)?;
     }
     for c in cross {
         let rows = expert_labels(c.counts.len());
         let cols = expert_labels(c.counts.first().map_or(0, |r| r.len()));
-        let v: Vec<Vec<f64>> = c.counts.iter().map(|r| r.iter().map(|&x| x as f64).collect()).collect();
+        let v: Vec<Vec<f64>> = c
+            .counts
+            .iter()
+            .map(|r| r.iter().map(|&x| x as f64).collect())
+            .collect();
         let title = format!("Co-activation across layers {} → {}", c.from, c.to);
-        let hm = Heatmap { title: &title, rows: &rows, cols: &cols, values: &v, scale: Scale::Sequential, annotate: cols.len() <= 12 };
+        let hm = Heatmap {
+            title: &title,
+            rows: &rows,
+            cols: &cols,
+            values: &v,
+            scale: Scale::Sequential,
+            annotate: cols.len() <= 12,
+        };
         emit(format!("cross_{}_{}", c.from, c.to), title.clone(), &hm)?;
     }
     if let Some(a) = ablation {
         for l in &a.layers {
             // rows: domains, columns: removed expert
-            let v: Vec<Vec<f64>> = (0..a.domain_names.len()).map(|d| l.delta.iter().map(|row| row[d]).collect()).collect();
+            let v: Vec<Vec<f64>> = (0..a.domain_names.len())
+                .map(|d| l.delta.iter().map(|row| row[d]).collect())
+                .collect();
             let cols = expert_labels(l.delta.len());
-            let title = format!("Layer {}: Δ validation loss per domain with each expert removed", l.layer);
-            let hm = Heatmap { title: &title, rows: &a.domain_names, cols: &cols, values: &v, scale: Scale::Diverging, annotate: cols.len() <= 16 };
+            let title = format!(
+                "Layer {}: Δ validation loss per domain with each expert removed",
+                l.layer
+            );
+            let hm = Heatmap {
+                title: &title,
+                rows: &a.domain_names,
+                cols: &cols,
+                values: &v,
+                scale: Scale::Diverging,
+                annotate: cols.len() <= 16,
+            };
             emit(format!("layer{}_ablation", l.layer), title.clone(), &hm)?;
         }
     }
@@ -152,12 +238,29 @@ fn draw_plots(
 pub fn terminal_tables(s: &AnalysisSummary) -> String {
     let domain_names = &s.domain_names;
     let mut o = String::new();
-    let _ = writeln!(o, "{:>5} {:>8} {:>8} {:>8} {:>8}  dead", "layer", "NMI", "load CV", "entropy", "dropped");
+    let _ = writeln!(
+        o,
+        "{:>5} {:>8} {:>8} {:>8} {:>8}  dead",
+        "layer", "NMI", "load CV", "entropy", "dropped"
+    );
     for m in &s.layers {
-        let _ = writeln!(o, "{:>5} {:>8.3} {:>8.3} {:>8.3} {:>7.1}%  {:?}", m.layer, m.nmi, m.load_cv, m.entropy, 100.0 * m.dropped_fraction, m.dead_experts);
+        let _ = writeln!(
+            o,
+            "{:>5} {:>8.3} {:>8.3} {:>8.3} {:>7.1}%  {:?}",
+            m.layer,
+            m.nmi,
+            m.load_cv,
+            m.entropy,
+            100.0 * m.dropped_fraction,
+            m.dead_experts
+        );
     }
     for m in &s.layers {
-        let _ = writeln!(o, "\nlayer {}: share of each domain's tokens per expert (%)", m.layer);
+        let _ = writeln!(
+            o,
+            "\nlayer {}: share of each domain's tokens per expert (%)",
+            m.layer
+        );
         let _ = write!(o, "{:>8}", "");
         for e in 0..m.num_experts {
             let _ = write!(o, "{:>5}", format!("e{e}"));
@@ -183,14 +286,24 @@ pub fn terminal_tables(s: &AnalysisSummary) -> String {
                     }
                 }
             }
-            let _ = writeln!(o, "  layer {}: removing e{} costs {} {:+.3} nats", l.layer, best.0, a.domain_names.get(best.1).map_or("?", |s| s.as_str()), best.2);
+            let _ = writeln!(
+                o,
+                "  layer {}: removing e{} costs {} {:+.3} nats",
+                l.layer,
+                best.0,
+                a.domain_names.get(best.1).map_or("?", |s| s.as_str()),
+                best.2
+            );
         }
     }
     o
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Token strings for display: ids are grouped until they decode to valid text (a byte-level
@@ -202,7 +315,11 @@ fn display_tokens(tok: &dyn Tokenizer, ids: &[u32]) -> Vec<(usize, String)> {
     for i in 0..ids.len() {
         let text = tok.decode(&ids[start..=i]);
         if !text.contains('\u{FFFD}') || i + 1 - start >= MAX_GROUP {
-            let shown = if text.is_empty() { "⏎".to_string() } else { text };
+            let shown = if text.is_empty() {
+                "⏎".to_string()
+            } else {
+                text
+            };
             out.push((i, shown));
             start = i + 1;
         }
@@ -210,7 +327,13 @@ fn display_tokens(tok: &dyn Tokenizer, ids: &[u32]) -> Vec<(usize, String)> {
     out
 }
 
-fn render_html(title: &str, tr: &RoutingTrace, layers: &[LayerMetrics], svgs: &[(String, String)], tok: &dyn Tokenizer) -> String {
+fn render_html(
+    title: &str,
+    tr: &RoutingTrace,
+    layers: &[LayerMetrics],
+    svgs: &[(String, String)],
+    tok: &dyn Tokenizer,
+) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
@@ -243,14 +366,26 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
     }
     h.push_str("</table>\n<h2>Plots</h2>\n");
     for (title, svg) in svgs {
-        let _ = writeln!(h, "<div class=\"plot\" title=\"{}\">{}</div>", esc(title), svg);
+        let _ = writeln!(
+            h,
+            "<div class=\"plot\" title=\"{}\">{}</div>",
+            esc(title),
+            svg
+        );
     }
     h.push_str("<h2>Top tokens per expert</h2>\n");
     for m in layers {
         let _ = writeln!(h, "<h3>Layer {}</h3><table><tr><th>expert</th><th>load</th><th>top tokens (count)</th><th>top trigrams</th></tr>", m.layer);
         for e in 0..m.num_experts {
-            let toks: Vec<String> = m.top_tokens[e].iter().map(|(t, c)| format!("{} ({c})", esc(&format!("{:?}", tok.decode(&[*t]))))).collect();
-            let grams: Vec<String> = m.top_ngrams[e].iter().take(4).map(|(g, c)| format!("{} ({c})", esc(&format!("{:?}", tok.decode(g))))).collect();
+            let toks: Vec<String> = m.top_tokens[e]
+                .iter()
+                .map(|(t, c)| format!("{} ({c})", esc(&format!("{:?}", tok.decode(&[*t])))))
+                .collect();
+            let grams: Vec<String> = m.top_ngrams[e]
+                .iter()
+                .take(4)
+                .map(|(g, c)| format!("{} ({c})", esc(&format!("{:?}", tok.decode(g)))))
+                .collect();
             let _ = writeln!(h, "<tr><td>e{e}</td><td>{}</td><td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>", m.load[e], toks.join(" "), grams.join(" "));
         }
         h.push_str("</table>\n");
@@ -262,7 +397,17 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
     }
     h.push_str("</div>\n");
     for (d, name) in tr.domain_names.iter().enumerate() {
-        let Some(row_start) = (0..tr.num_tokens() / tr.seq_len).map(|r| r * tr.seq_len).find(|&s| tr.domains[s..s + tr.seq_len].iter().filter(|&&x| x as usize == d).count() * 2 > tr.seq_len) else {
+        let Some(row_start) = (0..tr.num_tokens() / tr.seq_len)
+            .map(|r| r * tr.seq_len)
+            .find(|&s| {
+                tr.domains[s..s + tr.seq_len]
+                    .iter()
+                    .filter(|&&x| x as usize == d)
+                    .count()
+                    * 2
+                    > tr.seq_len
+            })
+        else {
             continue;
         };
         let len = SAMPLE_TOKENS.min(tr.seq_len);
@@ -270,9 +415,24 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
         let _ = write!(h, "<h3>{}</h3><div class=\"tokens\">", esc(name));
         for (i, text) in display_tokens(tok, ids) {
             let n = row_start + i;
-            let experts: Vec<String> = tr.layers.iter().map(|lt| lt.top_expert(n).map_or("-1".into(), |e| e.to_string())).collect();
-            let hover: Vec<String> = tr.layers.iter().zip(&experts).map(|(lt, e)| format!("L{}: e{e}", lt.layer)).collect();
-            let _ = write!(h, "<span class=\"tok\" data-e=\"{}\" title=\"{}\">{}</span>", experts.join(","), hover.join(" "), esc(&text));
+            let experts: Vec<String> = tr
+                .layers
+                .iter()
+                .map(|lt| lt.top_expert(n).map_or("-1".into(), |e| e.to_string()))
+                .collect();
+            let hover: Vec<String> = tr
+                .layers
+                .iter()
+                .zip(&experts)
+                .map(|(lt, e)| format!("L{}: e{e}", lt.layer))
+                .collect();
+            let _ = write!(
+                h,
+                "<span class=\"tok\" data-e=\"{}\" title=\"{}\">{}</span>",
+                experts.join(","),
+                hover.join(" "),
+                esc(&text)
+            );
         }
         h.push_str("</div>\n");
     }

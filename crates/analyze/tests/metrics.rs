@@ -21,7 +21,9 @@ fn known_trace() -> RoutingTrace {
         num_experts: 2,
         k: 2,
         experts: vec![0, 1, 0, -1, 0, -1, 0, 1, 1, -1, 1, -1, -1, -1, 1, -1],
-        weights: vec![0.6, 0.4, 1.0, 0.0, 1.0, 0.0, 0.7, 0.3, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        weights: vec![
+            0.6, 0.4, 1.0, 0.0, 1.0, 0.0, 0.7, 0.3, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0,
+        ],
         entropy: vec![0.0; 8],
         dropped: vec![false, false, false, false, false, false, true, false],
     };
@@ -86,7 +88,10 @@ fn top_tokens_and_trigrams() {
     let m = layer_metrics(&t, &t.layers[0]);
     assert_eq!(m.top_tokens[0], vec![(10, 2), (11, 1), (12, 1)]);
     // trigrams need two previous tokens in the same sequence
-    assert_eq!(m.top_ngrams[0], vec![(vec![10, 11, 10], 1), (vec![11, 10, 12], 1)]);
+    assert_eq!(
+        m.top_ngrams[0],
+        vec![(vec![10, 11, 10], 1), (vec![11, 10, 12], 1)]
+    );
     assert_eq!(m.top_ngrams[2], vec![(vec![21, 20, 22], 1)]);
 }
 

@@ -17,8 +17,12 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_1024");
     g.sample_size(20);
     g.throughput(Throughput::Elements(2 * (N * N * N) as u64));
-    g.bench_function("gemm", |bch| bch.iter(|| matmul(N, N, N, &mut out, &a, &b, true)));
-    g.bench_function("gemm_avx2", |bch| bch.iter(|| with_isa(GemmIsa::Avx2, || matmul(N, N, N, &mut out, &a, &b, true))));
+    g.bench_function("gemm", |bch| {
+        bch.iter(|| matmul(N, N, N, &mut out, &a, &b, true))
+    });
+    g.bench_function("gemm_avx2", |bch| {
+        bch.iter(|| with_isa(GemmIsa::Avx2, || matmul(N, N, N, &mut out, &a, &b, true)))
+    });
     let ta = Tensor::from_vec(a.clone(), (N, N), &Device::Cpu).unwrap();
     let tb = Tensor::from_vec(b.clone(), (N, N), &Device::Cpu).unwrap();
     g.bench_function("candle_matmul", |bch| bch.iter(|| ta.matmul(&tb).unwrap()));

@@ -12,7 +12,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_bench::shapes::{named, LayerShape};
 use switchyard_core::dispatch::dispatch;
-use switchyard_core::{ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, ParamBuilder, ParamStore, RouterConfig};
+use switchyard_core::{
+    ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, ParamBuilder, ParamStore,
+    RouterConfig,
+};
 
 /// Tokens per batch: a quarter of the suite's 4096, so a criterion run stays in minutes.
 const TOKENS: usize = 1024;
@@ -29,7 +32,10 @@ fn layer(s: &LayerShape) -> (MoeLayer, Var) {
     let pb = ParamBuilder::new(&store, 3, DType::F32, &Device::Cpu);
     let layer = MoeLayer::new(&pb.pp("moe"), &cfg).unwrap();
     let xs = pb.sample(s.tokens * s.d, Init::Normal(1.0));
-    let x = Tensor::from_vec(xs, (s.tokens, s.d), &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let x = Tensor::from_vec(xs, (s.tokens, s.d), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     (layer, Var::from_tensor(&x).unwrap())
 }
 
@@ -37,23 +43,42 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("moe_layer");
     g.sample_size(10);
     for name in CONFIGS {
-        let s = LayerShape { tokens: TOKENS, ..named(name, false).unwrap() };
+        let s = LayerShape {
+            tokens: TOKENS,
+            ..named(name, false).unwrap()
+        };
         let (layer, x) = layer(&s);
         g.throughput(Throughput::Elements(s.fwd_bwd_flops() as u64));
         g.bench_function(format!("{name}/fwd_bwd"), |b| {
             b.iter(|| {
                 let mut rng = ChaCha8Rng::seed_from_u64(0);
-                let out = layer.forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut rng)).unwrap();
-                (out.y.sum_all().unwrap() + out.aux_loss).unwrap().backward().unwrap()
+                let out = layer
+                    .forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
+                    .unwrap();
+                (out.y.sum_all().unwrap() + out.aux_loss)
+                    .unwrap()
+                    .backward()
+                    .unwrap()
             })
         });
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let routing = layer.forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut rng)).unwrap().routing.unwrap();
+        let routing = layer
+            .forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
+            .unwrap()
+            .routing
+            .unwrap();
         let w = Var::from_tensor(&routing.weights.detach()).unwrap();
         let layout = Arc::new(layer.experts.layout.clone());
         g.bench_function(format!("{name}/dispatch_fwd_bwd"), |b| {
             b.iter(|| {
-                let y = dispatch(x.as_tensor(), w.as_tensor(), layer.experts.packed.as_tensor(), &layout, &routing.plan).unwrap();
+                let y = dispatch(
+                    x.as_tensor(),
+                    w.as_tensor(),
+                    layer.experts.packed.as_tensor(),
+                    &layout,
+                    &routing.plan,
+                )
+                .unwrap();
                 y.sum_all().unwrap().backward().unwrap()
             })
         });

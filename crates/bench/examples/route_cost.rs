@@ -4,43 +4,135 @@
 //! Run with: `RAYON_NUM_THREADS=1 cargo run --release -p switchyard-bench --example route_cost -- 64`
 //! (the argument is the number of experts; k=8, h=256, d=512, T=4096).
 
-use std::sync::Arc;
-use std::time::Instant;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+use std::time::Instant;
 use switchyard_core::dispatch::dispatch;
 use switchyard_core::router::RouterInput;
 use switchyard_core::*;
 
 fn med(mut f: impl FnMut()) -> f64 {
     f();
-    let mut v: Vec<f64> = (0..7).map(|_| { let t = Instant::now(); f(); t.elapsed().as_secs_f64() * 1e3 }).collect();
+    let mut v: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
     v.sort_by(f64::total_cmp);
     v[3]
 }
 
 fn main() {
-    let e: usize = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(64);
+    let e: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(64);
     let (k, h, d, t) = (8, 256, 512, 4096);
-    let cfg = MoeConfig { d_model: d, experts: vec![ExpertSpec::swiglu(h); e], router: RouterConfig::TopK { k }, ..Default::default() };
+    let cfg = MoeConfig {
+        d_model: d,
+        experts: vec![ExpertSpec::swiglu(h); e],
+        router: RouterConfig::TopK { k },
+        ..Default::default()
+    };
     let store = ParamStore::new();
     let pb = ParamBuilder::new(&store, 1, DType::F32, &Device::Cpu);
     let layer = MoeLayer::new(&pb.pp("moe"), &cfg).unwrap();
     let x = Var::from_tensor(&Tensor::randn(0f32, 1., (t, d), &Device::Cpu).unwrap()).unwrap();
-    let fwd = || { let mut r = ChaCha8Rng::seed_from_u64(0); layer.forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut r)).unwrap() };
+    let fwd = || {
+        let mut r = ChaCha8Rng::seed_from_u64(0);
+        layer
+            .forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut r))
+            .unwrap()
+    };
     let out = fwd();
     let routing = out.routing.clone().unwrap();
     let w = Var::from_tensor(&routing.weights.detach()).unwrap();
     let layout = Arc::new(layer.experts.layout.clone());
     let gate = layer.gate.as_ref().unwrap();
     let logits = gate.forward(x.as_tensor(), None).unwrap();
-    println!("layer fwd          {:8.2} ms", med(|| { fwd(); }));
-    println!("layer fwd+bwd      {:8.2} ms", med(|| { let o = fwd(); (o.y.sum_all().unwrap() + o.aux_loss).unwrap().backward().unwrap(); }));
-    println!("dispatch fwd       {:8.2} ms", med(|| { dispatch(x.as_tensor(), w.as_tensor(), layer.experts.packed.as_tensor(), &layout, &routing.plan).unwrap(); }));
-    println!("dispatch fwd+bwd   {:8.2} ms", med(|| { dispatch(x.as_tensor(), w.as_tensor(), layer.experts.packed.as_tensor(), &layout, &routing.plan).unwrap().sum_all().unwrap().backward().unwrap(); }));
-    println!("gate fwd           {:8.2} ms", med(|| { gate.forward(x.as_tensor(), None).unwrap(); }));
-    println!("router.route       {:8.2} ms", med(|| { let mut r = ChaCha8Rng::seed_from_u64(0); layer.router.route(RouterInput { gate_out: &logits, token_ids: None, available: None, train: true, rng: &mut r }).unwrap(); }));
-    println!("stats              {:8.2} ms", med(|| { RoutingStats::compute(&routing.plan, &routing.probs, routing.logits.as_ref()).unwrap(); }));
-    println!("losses             {:8.2} ms", med(|| { losses::switch_balance(&routing.probs, &routing.plan.tokens_per_expert(), k).unwrap(); losses::z_loss(routing.logits.as_ref().unwrap()).unwrap(); }));
+    println!(
+        "layer fwd          {:8.2} ms",
+        med(|| {
+            fwd();
+        })
+    );
+    println!(
+        "layer fwd+bwd      {:8.2} ms",
+        med(|| {
+            let o = fwd();
+            (o.y.sum_all().unwrap() + o.aux_loss)
+                .unwrap()
+                .backward()
+                .unwrap();
+        })
+    );
+    println!(
+        "dispatch fwd       {:8.2} ms",
+        med(|| {
+            dispatch(
+                x.as_tensor(),
+                w.as_tensor(),
+                layer.experts.packed.as_tensor(),
+                &layout,
+                &routing.plan,
+            )
+            .unwrap();
+        })
+    );
+    println!(
+        "dispatch fwd+bwd   {:8.2} ms",
+        med(|| {
+            dispatch(
+                x.as_tensor(),
+                w.as_tensor(),
+                layer.experts.packed.as_tensor(),
+                &layout,
+                &routing.plan,
+            )
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        })
+    );
+    println!(
+        "gate fwd           {:8.2} ms",
+        med(|| {
+            gate.forward(x.as_tensor(), None).unwrap();
+        })
+    );
+    println!(
+        "router.route       {:8.2} ms",
+        med(|| {
+            let mut r = ChaCha8Rng::seed_from_u64(0);
+            layer
+                .router
+                .route(RouterInput {
+                    gate_out: &logits,
+                    token_ids: None,
+                    available: None,
+                    train: true,
+                    rng: &mut r,
+                })
+                .unwrap();
+        })
+    );
+    println!(
+        "stats              {:8.2} ms",
+        med(|| {
+            RoutingStats::compute(&routing.plan, &routing.probs, routing.logits.as_ref()).unwrap();
+        })
+    );
+    println!(
+        "losses             {:8.2} ms",
+        med(|| {
+            losses::switch_balance(&routing.probs, &routing.plan.tokens_per_expert(), k).unwrap();
+            losses::z_loss(routing.logits.as_ref().unwrap()).unwrap();
+        })
+    );
 }

@@ -15,24 +15,55 @@ pub const SQUARE: usize = 1024;
 /// Row-major `C[m,n] (+)= A·B` where `A` is read with strides `(a_rs, a_cs)` and `B` with
 /// `(b_rs, b_cs)`, parallel inside `gemm` over the current rayon pool.
 #[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, k: usize, c: &mut [f32], acc: bool, a: &[f32], (a_rs, a_cs): (usize, usize), b: &[f32], (b_rs, b_cs): (usize, usize)) {
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f32],
+    acc: bool,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+) {
     assert!(c.len() >= m * n);
     assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs);
     assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     // SAFETY: the asserts keep every access inside the slices; c is row-major [m, n].
     unsafe {
         gemm(
-            m, n, k, c.as_mut_ptr(), 1, n as isize, acc,
-            a.as_ptr(), a_cs as isize, a_rs as isize,
-            b.as_ptr(), b_cs as isize, b_rs as isize,
-            1.0, 1.0, false, false, false, Parallelism::Rayon(0),
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
         )
     }
 }
 
 fn filled(n: usize, seed: u32) -> Vec<f32> {
     // cheap deterministic values in [-0.5, 0.5): GEMM speed does not depend on them
-    (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5).collect()
+    (0..n)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32
+                / (1u32 << 24) as f32
+                - 0.5
+        })
+        .collect()
 }
 
 /// The dense ceiling of a layer shape: a dense SwiGLU FFN of width `k·h` plus the gate on
@@ -74,7 +105,16 @@ impl DenseCeiling {
             dl: filled(t * e, 6),
             dh: filled(t * 2 * kh, 7),
             dy: filled(t * d, 8),
-            out: [z(t * e), z(t * 2 * kh), z(t * d), z(t * d), z(d * e), z(d * 2 * kh), z(kh * d), z(t * kh)],
+            out: [
+                z(t * e),
+                z(t * 2 * kh),
+                z(t * d),
+                z(t * d),
+                z(d * e),
+                z(d * 2 * kh),
+                z(kh * d),
+                z(t * kh),
+            ],
         }
     }
 
@@ -82,7 +122,17 @@ impl DenseCeiling {
         let (t, d, e, kh) = (self.t, self.d, self.e, self.kh);
         let [l, h, y, ..] = &mut self.out;
         mm(t, e, d, l, false, &self.x, (d, 1), &self.wg, (e, 1));
-        mm(t, 2 * kh, d, h, false, &self.x, (d, 1), &self.w13, (2 * kh, 1));
+        mm(
+            t,
+            2 * kh,
+            d,
+            h,
+            false,
+            &self.x,
+            (d, 1),
+            &self.w13,
+            (2 * kh, 1),
+        );
         mm(t, d, kh, y, false, &self.a, (kh, 1), &self.w2, (d, 1));
     }
 
@@ -91,11 +141,31 @@ impl DenseCeiling {
         let (t, d, e, kh) = (self.t, self.d, self.e, self.kh);
         let [_, _, _, dx, dwg, dw13, dw2, da] = &mut self.out;
         mm(t, d, e, dx, false, &self.dl, (e, 1), &self.wg, (1, e));
-        mm(t, d, 2 * kh, dx, true, &self.dh, (2 * kh, 1), &self.w13, (1, 2 * kh));
+        mm(
+            t,
+            d,
+            2 * kh,
+            dx,
+            true,
+            &self.dh,
+            (2 * kh, 1),
+            &self.w13,
+            (1, 2 * kh),
+        );
         mm(d, e, t, dwg, false, &self.x, (1, d), &self.dl, (e, 1));
         mm(t, kh, d, da, false, &self.dy, (d, 1), &self.w2, (1, d));
         mm(kh, d, t, dw2, false, &self.a, (1, kh), &self.dy, (d, 1));
-        mm(d, 2 * kh, t, dw13, false, &self.x, (1, d), &self.dh, (2 * kh, 1));
+        mm(
+            d,
+            2 * kh,
+            t,
+            dw13,
+            false,
+            &self.x,
+            (1, d),
+            &self.dh,
+            (2 * kh, 1),
+        );
     }
 }
 
@@ -132,10 +202,15 @@ pub fn matmul_1024_rows(threads: usize, reps: usize) -> Result<Vec<BenchRow>> {
         Ok(())
     })?;
     let avx2 = median_secs::<BenchError>(reps, || {
-        sy_gemm::with_isa(sy_gemm::GemmIsa::Avx2, || sy_gemm::matmul(n, n, n, &mut c, &a, &b, true));
+        sy_gemm::with_isa(sy_gemm::GemmIsa::Avx2, || {
+            sy_gemm::matmul(n, n, n, &mut c, &a, &b, true)
+        });
         Ok(())
     })?;
-    let candle_err = |source| BenchError::Candle { what: "candle_matmul_1024".into(), source };
+    let candle_err = |source| BenchError::Candle {
+        what: "candle_matmul_1024".into(),
+        source,
+    };
     let ta = Tensor::from_vec(a.clone(), (n, n), &Device::Cpu).map_err(candle_err)?;
     let tb = Tensor::from_vec(b.clone(), (n, n), &Device::Cpu).map_err(candle_err)?;
     let candle = median_secs(reps, || ta.matmul(&tb).map(drop)).map_err(candle_err)?;
@@ -154,5 +229,9 @@ pub fn matmul_1024_rows(threads: usize, reps: usize) -> Result<Vec<BenchRow>> {
         ns_per_token: secs * 1e9 / n as f64,
         ..Default::default()
     };
-    Ok(vec![row("gemm_1024", direct), row("candle_matmul_1024", candle), row("gemm_1024_avx2", avx2)])
+    Ok(vec![
+        row("gemm_1024", direct),
+        row("candle_matmul_1024", candle),
+        row("gemm_1024_avx2", avx2),
+    ])
 }

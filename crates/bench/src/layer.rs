@@ -7,7 +7,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_core::dispatch::{self, kernel, profile};
-use switchyard_core::{ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, MoeOutput, ParamBuilder, ParamStore, RouterConfig};
+use switchyard_core::{
+    ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, MoeOutput, ParamBuilder,
+    ParamStore, RouterConfig,
+};
 
 use crate::ceiling::{ceiling_row, DenseCeiling};
 use crate::shapes::LayerShape;
@@ -35,13 +38,16 @@ impl LayerBench {
         let pb = ParamBuilder::new(&store, SEED, DType::F32, &Device::Cpu);
         let layer = MoeLayer::new(&pb.pp("moe"), &cfg)?;
         let xs = pb.sample(s.tokens * s.d, Init::Normal(1.0));
-        let x = Var::from_tensor(&Tensor::from_vec(xs, (s.tokens, s.d), &Device::Cpu)?.to_dtype(DType::F32)?)?;
+        let x = Var::from_tensor(
+            &Tensor::from_vec(xs, (s.tokens, s.d), &Device::Cpu)?.to_dtype(DType::F32)?,
+        )?;
         Ok(Self { store, layer, x })
     }
 
     fn forward(&self) -> switchyard_core::Result<MoeOutput> {
         let mut rng = ChaCha8Rng::seed_from_u64(SEED);
-        self.layer.forward(self.x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
+        self.layer
+            .forward(self.x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
     }
 
     /// Forward, then the backward of `sum(y) + aux_loss`; returns the gradient bytes.
@@ -49,13 +55,19 @@ impl LayerBench {
         let out = self.forward()?;
         let loss = (out.y.sum_all()? + &out.aux_loss)?;
         let grads = loss.backward()?;
-        let vars = std::iter::once(self.x.clone()).chain(self.store.all().into_iter().map(|(_, v)| v));
-        Ok(vars.filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4)).sum())
+        let vars =
+            std::iter::once(self.x.clone()).chain(self.store.all().into_iter().map(|(_, v)| v));
+        Ok(vars
+            .filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4))
+            .sum())
     }
 }
 
 fn moe_err(s: &LayerShape) -> impl Fn(switchyard_core::MoeError) -> BenchError + '_ {
-    move |source| BenchError::Moe { what: s.name.clone(), source }
+    move |source| BenchError::Moe {
+        what: s.name.clone(),
+        source,
+    }
 }
 
 /// Ceiling and layer rows (`fwd`, `fwd_bwd`) of `s`, each layer timing interleaved with its
@@ -131,7 +143,11 @@ pub fn measure(
 
 /// Peak memory of one fwd+bwd from a cold kernel pool. `kept`: bytes alive after the forward
 /// minus what the pool holds idle (only what the backward needs, and the output).
-fn memory(lb: &LayerBench, probe: &dyn MemProbe, row: &mut BenchRow) -> switchyard_core::Result<()> {
+fn memory(
+    lb: &LayerBench,
+    probe: &dyn MemProbe,
+    row: &mut BenchRow,
+) -> switchyard_core::Result<()> {
     kernel::clear_pool();
     let base = probe.live_bytes();
     probe.reset_peak();
@@ -141,7 +157,9 @@ fn memory(lb: &LayerBench, probe: &dyn MemProbe, row: &mut BenchRow) -> switchya
     let grads = loss.backward()?;
     let peak = probe.peak_bytes().saturating_sub(base);
     let vars = std::iter::once(lb.x.clone()).chain(lb.store.all().into_iter().map(|(_, v)| v));
-    let grad_bytes: usize = vars.filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4)).sum();
+    let grad_bytes: usize = vars
+        .filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4))
+        .sum();
     row.kept_bytes = Some(kept);
     row.peak_bytes = Some(peak);
     row.grad_bytes = Some(grad_bytes);
@@ -153,12 +171,21 @@ fn memory(lb: &LayerBench, probe: &dyn MemProbe, row: &mut BenchRow) -> switchya
 /// routing (timed alternately), and the share of the kernels' thread time spent gathering and
 /// scattering rows.
 fn dispatch_only(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, f64, f64)> {
-    let routing = lb.forward()?.routing.expect("routed layers report their routing");
+    let routing = lb
+        .forward()?
+        .routing
+        .expect("routed layers report their routing");
     let w = Var::from_tensor(&routing.weights.detach())?;
     let layout = Arc::new(lb.layer.experts.layout.clone());
     let packed = lb.layer.experts.packed.as_tensor();
     let once = || -> switchyard_core::Result<()> {
-        let y = dispatch::dispatch(lb.x.as_tensor(), w.as_tensor(), packed, &layout, &routing.plan)?;
+        let y = dispatch::dispatch(
+            lb.x.as_tensor(),
+            w.as_tensor(),
+            packed,
+            &layout,
+            &routing.plan,
+        )?;
         y.sum_all()?.backward()?;
         Ok(())
     };

@@ -47,13 +47,25 @@ pub enum BenchError {
     #[error("thread count must be at least 1")]
     ZeroThreads,
     #[error("building a rayon pool of {threads} threads: {source}")]
-    Pool { threads: usize, source: rayon::ThreadPoolBuildError },
+    Pool {
+        threads: usize,
+        source: rayon::ThreadPoolBuildError,
+    },
     #[error("benchmark `{what}`: {source}")]
-    Moe { what: String, source: switchyard_core::MoeError },
+    Moe {
+        what: String,
+        source: switchyard_core::MoeError,
+    },
     #[error("benchmark `{what}`: {source}")]
-    Candle { what: String, source: candle_core::Error },
+    Candle {
+        what: String,
+        source: candle_core::Error,
+    },
     #[error("writing {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, BenchError>;
@@ -165,7 +177,10 @@ pub fn run_and_report(opts: &BenchOpts, json: Option<&std::path::Path>) -> Resul
 pub fn run(opts: &BenchOpts) -> Result<Vec<BenchRow>> {
     let mut shapes = Vec::new();
     for name in &opts.configs {
-        shapes.push(shapes::named(name, opts.quick).ok_or_else(|| BenchError::UnknownConfig(name.clone()))?);
+        shapes.push(
+            shapes::named(name, opts.quick)
+                .ok_or_else(|| BenchError::UnknownConfig(name.clone()))?,
+        );
     }
     if opts.threads.contains(&0) {
         return Err(BenchError::ZeroThreads);
@@ -178,11 +193,25 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<BenchRow>> {
             rows.extend(ceiling::matmul_1024_rows(threads, reps)?);
             for s in &shapes {
                 let mem = if ti == 0 { opts.mem } else { None };
-                rows.extend(layer::measure(s, threads, reps, mem, true, &["fwd", "fwd_bwd"])?);
+                rows.extend(layer::measure(
+                    s,
+                    threads,
+                    reps,
+                    mem,
+                    true,
+                    &["fwd", "fwd_bwd"],
+                )?);
             }
             if opts.sweep && threads == max_threads {
                 for s in shapes::sweep(opts.quick) {
-                    rows.extend(layer::measure(&s, threads, reps, None, false, &["fwd_bwd"])?);
+                    rows.extend(layer::measure(
+                        &s,
+                        threads,
+                        reps,
+                        None,
+                        false,
+                        &["fwd_bwd"],
+                    )?);
                 }
             }
             Ok(())

@@ -62,21 +62,30 @@ impl MemProbe for Counting {
         self.peak.load(Ordering::Relaxed)
     }
     fn reset_peak(&self) {
-        self.peak.store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.peak
+            .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
 #[global_allocator]
-static ALLOC: Counting = Counting { live: AtomicUsize::new(0), peak: AtomicUsize::new(0) };
+static ALLOC: Counting = Counting {
+    live: AtomicUsize::new(0),
+    peak: AtomicUsize::new(0),
+};
 
 const USAGE: &str = "usage: switchyard-bench [--quick] [--json PATH] [--threads 1,2] [--configs mixtral8,fine64] [--sweep] [--reps N]";
 
 fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
-    v.split(',').map(|x| x.trim().parse().map_err(|_| format!("bad {what} `{x}`"))).collect()
+    v.split(',')
+        .map(|x| x.trim().parse().map_err(|_| format!("bad {what} `{x}`")))
+        .collect()
 }
 
 fn parse(args: &[String]) -> Result<(BenchOpts, Option<PathBuf>), String> {
-    let mut opts = BenchOpts { mem: Some(&ALLOC), ..Default::default() };
+    let mut opts = BenchOpts {
+        mem: Some(&ALLOC),
+        ..Default::default()
+    };
     let mut json = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -87,7 +96,13 @@ fn parse(args: &[String]) -> Result<(BenchOpts, Option<PathBuf>), String> {
             "--json" => json = Some(PathBuf::from(val("--json")?)),
             "--threads" => opts.threads = list(&val("--threads")?, "thread count")?,
             "--configs" => opts.configs = list(&val("--configs")?, "config")?,
-            "--reps" => opts.reps = Some(val("--reps")?.parse().map_err(|_| "bad --reps".to_string())?),
+            "--reps" => {
+                opts.reps = Some(
+                    val("--reps")?
+                        .parse()
+                        .map_err(|_| "bad --reps".to_string())?,
+                )
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }

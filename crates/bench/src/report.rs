@@ -16,10 +16,25 @@ pub fn format_table(rows: &[BenchRow]) -> String {
     let _ = writeln!(
         s,
         "{:<26} {:<8} {:>3} {:>5} {:>2} {:>4} {:>5} {:>5} {:>10} {:>8} {:>8} {:>7} {:>8} {:>6}",
-        "config", "mode", "thr", "E", "k", "d", "h", "T", "ms", "GFLOP/s", "ceiling", "ratio", "routing", "mem"
+        "config",
+        "mode",
+        "thr",
+        "E",
+        "k",
+        "d",
+        "h",
+        "T",
+        "ms",
+        "GFLOP/s",
+        "ceiling",
+        "ratio",
+        "routing",
+        "mem"
     );
     for r in rows {
-        let mem = r.peak_mem_ratio.map_or_else(|| "-".into(), |m| format!("{m:.2}x"));
+        let mem = r
+            .peak_mem_ratio
+            .map_or_else(|| "-".into(), |m| format!("{m:.2}x"));
         let _ = writeln!(
             s,
             "{:<26} {:<8} {:>3} {:>5} {:>2} {:>4} {:>5} {:>5} {:>10.2} {:>8.1} {:>8.1} {:>7.3} {:>8} {:>6}",
@@ -44,9 +59,14 @@ pub fn format_table(rows: &[BenchRow]) -> String {
 
 /// One JSON object per row, one row per line.
 pub fn to_json_lines(rows: &[BenchRow]) -> String {
-    rows.iter().map(|r| serde_json::to_string(r).expect("rows serialise") + "\n").collect()
+    rows.iter()
+        .map(|r| serde_json::to_string(r).expect("rows serialise") + "\n")
+        .collect()
 }
 
 pub fn write_json(path: &Path, rows: &[BenchRow]) -> Result<()> {
-    std::fs::write(path, to_json_lines(rows)).map_err(|source| BenchError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, to_json_lines(rows)).map_err(|source| BenchError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -28,7 +28,13 @@ impl LayerShape {
     /// Active FLOPs of one forward: the experts' three matmuls per assignment,
     /// `T·k·3·2·d·h`, plus the gate `T·d·E·2`.
     pub fn fwd_flops(&self) -> f64 {
-        let (t, k, d, h, e) = (self.tokens as f64, self.k as f64, self.d as f64, self.h as f64, self.experts as f64);
+        let (t, k, d, h, e) = (
+            self.tokens as f64,
+            self.k as f64,
+            self.d as f64,
+            self.h as f64,
+            self.experts as f64,
+        );
         t * k * 3.0 * 2.0 * d * h + t * d * e * 2.0
     }
 
@@ -50,7 +56,11 @@ impl LayerShape {
 /// sweep, `sweep_e<E>` (see [`sweep`]).
 pub fn named(name: &str, quick: bool) -> Option<LayerShape> {
     let tokens = if quick { QUICK_TOKENS } else { TOKENS };
-    if let Some(e) = name.strip_prefix("sweep_e").and_then(|e| e.parse::<usize>().ok()).filter(|&e| e >= 2) {
+    if let Some(e) = name
+        .strip_prefix("sweep_e")
+        .and_then(|e| e.parse::<usize>().ok())
+        .filter(|&e| e >= 2)
+    {
         return Some(sweep_point(e, tokens));
     }
     let (experts, k, h) = match name {
@@ -58,7 +68,14 @@ pub fn named(name: &str, quick: bool) -> Option<LayerShape> {
         "fine64" => (64, 8, 256),
         _ => return None,
     };
-    Some(LayerShape { name: name.into(), experts, k, d: D_MODEL, h, tokens })
+    Some(LayerShape {
+        name: name.into(),
+        experts,
+        k,
+        d: D_MODEL,
+        h,
+        tokens,
+    })
 }
 
 /// The E sweep at equal active FLOPs: `k = clamp(E/4, 2, 8)`, `h = 2048 / k`, so `k·h` stays
@@ -67,13 +84,24 @@ pub fn named(name: &str, quick: bool) -> Option<LayerShape> {
 /// counted in the active FLOPs.
 pub fn sweep(quick: bool) -> Vec<LayerShape> {
     let tokens = if quick { QUICK_TOKENS } else { TOKENS };
-    let es: &[usize] = if quick { &QUICK_SWEEP_EXPERTS } else { &SWEEP_EXPERTS };
+    let es: &[usize] = if quick {
+        &QUICK_SWEEP_EXPERTS
+    } else {
+        &SWEEP_EXPERTS
+    };
     es.iter().map(|&e| sweep_point(e, tokens)).collect()
 }
 
 fn sweep_point(e: usize, tokens: usize) -> LayerShape {
     let k = (e / 4).clamp(2, 8);
-    LayerShape { name: format!("sweep_e{e}"), experts: e, k, d: D_MODEL, h: SWEEP_ACTIVE_HIDDEN / k, tokens }
+    LayerShape {
+        name: format!("sweep_e{e}"),
+        experts: e,
+        k,
+        d: D_MODEL,
+        h: SWEEP_ACTIVE_HIDDEN / k,
+        tokens,
+    }
 }
 
 #[cfg(test)]
@@ -88,7 +116,11 @@ mod tests {
             x.name.clear();
             x
         };
-        assert!(s.iter().any(|x| strip(x.clone()) == strip(named("mixtral8", false).unwrap())));
-        assert!(s.iter().any(|x| strip(x.clone()) == strip(named("fine64", false).unwrap())));
+        assert!(s
+            .iter()
+            .any(|x| strip(x.clone()) == strip(named("mixtral8", false).unwrap())));
+        assert!(s
+            .iter()
+            .any(|x| strip(x.clone()) == strip(named("fine64", false).unwrap())));
     }
 }

@@ -6,7 +6,10 @@ use crate::{BenchError, Result};
 
 /// Runs `f` once to warm up (caches, workspaces, page faults), then `reps` timed times;
 /// returns the median wall time in seconds.
-pub fn median_secs<E>(reps: usize, mut f: impl FnMut() -> std::result::Result<(), E>) -> std::result::Result<f64, E> {
+pub fn median_secs<E>(
+    reps: usize,
+    mut f: impl FnMut() -> std::result::Result<(), E>,
+) -> std::result::Result<f64, E> {
     f()?;
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {

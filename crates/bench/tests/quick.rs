@@ -4,13 +4,33 @@ use switchyard_bench::{run, to_json_lines, BenchOpts};
 
 #[test]
 fn quick_run_writes_the_documented_json_fields() {
-    let opts = BenchOpts { quick: true, threads: vec![1, 2], reps: Some(1), ..Default::default() };
+    let opts = BenchOpts {
+        quick: true,
+        threads: vec![1, 2],
+        reps: Some(1),
+        ..Default::default()
+    };
     let rows = run(&opts).expect("quick bench runs");
     let json = to_json_lines(&rows);
-    let objs: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let objs: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
     assert_eq!(objs.len(), rows.len());
     for o in &objs {
-        for field in ["config", "mode", "threads", "experts", "gflops", "ratio_to_ceiling", "seconds", "k", "d", "h", "tokens"] {
+        for field in [
+            "config",
+            "mode",
+            "threads",
+            "experts",
+            "gflops",
+            "ratio_to_ceiling",
+            "seconds",
+            "k",
+            "d",
+            "h",
+            "tokens",
+        ] {
             assert!(o.get(field).is_some(), "row {o} lacks `{field}`");
         }
         assert!(o["gflops"].as_f64().unwrap() > 0.0);
@@ -18,11 +38,17 @@ fn quick_run_writes_the_documented_json_fields() {
     for config in ["mixtral8", "fine64"] {
         for mode in ["fwd", "fwd_bwd"] {
             for threads in [1, 2] {
-                let row = objs.iter().find(|o| o["config"] == config && o["mode"] == mode && o["threads"] == threads);
-                let row = row.unwrap_or_else(|| panic!("no {config} {mode} row at {threads} threads"));
+                let row = objs.iter().find(|o| {
+                    o["config"] == config && o["mode"] == mode && o["threads"] == threads
+                });
+                let row =
+                    row.unwrap_or_else(|| panic!("no {config} {mode} row at {threads} threads"));
                 assert!(row["ratio_to_ceiling"].as_f64().unwrap() > 0.0);
                 if mode == "fwd_bwd" {
-                    assert!(row.get("routing_share").is_some(), "{config} fwd_bwd lacks the routing share");
+                    assert!(
+                        row.get("routing_share").is_some(),
+                        "{config} fwd_bwd lacks the routing share"
+                    );
                 }
             }
         }

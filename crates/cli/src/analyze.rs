@@ -17,7 +17,12 @@ pub const TRACE_BATCH: usize = 4;
 /// fewer when some domain has fewer windows than that.
 pub fn validation_batches(data: &Dataset, per_domain: usize) -> Vec<Batch> {
     let all: Vec<Batch> = data.valid_batches().map(|(_, b)| b).collect();
-    let fewest = all.iter().map(|b| b.batch_size.min(per_domain)).filter(|&n| n > 0).min().unwrap_or(0);
+    let fewest = all
+        .iter()
+        .map(|b| b.batch_size.min(per_domain))
+        .filter(|&n| n > 0)
+        .min()
+        .unwrap_or(0);
     let rows = TRACE_BATCH.min(fewest);
     let mut out = Vec::new();
     for b in all.iter().filter(|_| rows > 0) {
@@ -64,8 +69,12 @@ pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
     opts.ablation = a.ablation;
     // one batch per domain keeps the ablation to Σ E passes over a few thousand tokens
     opts.ablation_batches = names.len();
-    opts.title = format!("Switchyard routing report: {}", loaded.checkpoint.dir.display());
-    switchyard_analyze::analyze(&loaded.model, &batches, &names, &ByteTokenizer, &opts).context("analysing the routing")
+    opts.title = format!(
+        "Switchyard routing report: {}",
+        loaded.checkpoint.dir.display()
+    );
+    switchyard_analyze::analyze(&loaded.model, &batches, &names, &ByteTokenizer, &opts)
+        .context("analysing the routing")
 }
 
 /// Replays `trace_path` through the checkpoint's model and compares with a plain forward.
@@ -77,8 +86,15 @@ pub fn replay(ckpt: &Path, trace_path: &Path) -> anyhow::Result<f32> {
     let (b, l) = (tr.batch_size, tr.seq_len);
     let mut worst = 0f32;
     for (bi, r) in replayed.iter().enumerate() {
-        let ids = candle_core::Tensor::from_slice(&tr.token_ids[bi * b * l..(bi + 1) * b * l], (b, l), &candle_core::Device::Cpu)?;
-        let fresh = loaded.model.forward(&ids, &mut switchyard_models::LmCtx::new(false, 0))?.logits;
+        let ids = candle_core::Tensor::from_slice(
+            &tr.token_ids[bi * b * l..(bi + 1) * b * l],
+            (b, l),
+            &candle_core::Device::Cpu,
+        )?;
+        let fresh = loaded
+            .model
+            .forward(&ids, &mut switchyard_models::LmCtx::new(false, 0))?
+            .logits;
         let d = (fresh - r)?.abs()?.max_all()?.to_scalar::<f32>()?;
         worst = worst.max(d);
     }

@@ -34,7 +34,12 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        Self { quick: false, out: PathBuf::from("runs/demo"), overrides: Vec::new(), progress: true }
+        Self {
+            quick: false,
+            out: PathBuf::from("runs/demo"),
+            overrides: Vec::new(),
+            progress: true,
+        }
     }
 }
 
@@ -68,7 +73,11 @@ pub struct DemoResult {
 /// The demo's MoE model and training settings. Measured on 2 cores (see README.md): the full
 /// demo beats its dense baseline; `quick` exercises the same path in seconds.
 pub fn demo_config(quick: bool) -> TrainConfig {
-    let (d, layers, experts, hidden) = if quick { (64, 2, 4, 64) } else { (128, 4, 8, 128) };
+    let (d, layers, experts, hidden) = if quick {
+        (64, 2, 4, 64)
+    } else {
+        (128, 4, 8, 128)
+    };
     let mut cfg = TrainConfig {
         model: LmConfig {
             d_model: d,
@@ -118,7 +127,10 @@ pub fn demo_config(quick: bool) -> TrainConfig {
 
 /// The MoE run's config: [`demo_config`] with the options applied.
 pub fn moe_config(opts: &DemoOptions) -> anyhow::Result<TrainConfig> {
-    let mut overrides = vec![format!("run_dir={}", toml::Value::String(opts.out.join("moe").display().to_string()))];
+    let mut overrides = vec![format!(
+        "run_dir={}",
+        toml::Value::String(opts.out.join("moe").display().to_string())
+    )];
     overrides.extend(opts.overrides.iter().cloned());
     if !opts.progress {
         overrides.push("log.progress=false".into());
@@ -162,15 +174,21 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoResult> {
 
 fn train_one(name: &str, cfg: TrainConfig) -> anyhow::Result<ModelRun> {
     clear_old_run(&cfg.run_dir)?;
-    let mut trainer = Trainer::new(cfg.clone()).with_context(|| format!("setting up the {name} run"))?;
-    let (params_total, params_active) = (trainer.model.num_params_total(), trainer.model.num_params_active_per_token());
+    let mut trainer =
+        Trainer::new(cfg.clone()).with_context(|| format!("setting up the {name} run"))?;
+    let (params_total, params_active) = (
+        trainer.model.num_params_total(),
+        trainer.model.num_params_active_per_token(),
+    );
     tracing::info!(
         "demo: training the {name} model ({:.2}M parameters, {:.2}M active per token) in {}",
         params_total as f64 / 1e6,
         params_active as f64 / 1e6,
         cfg.run_dir.display()
     );
-    let summary = trainer.run().with_context(|| format!("training the {name} model"))?;
+    let summary = trainer
+        .run()
+        .with_context(|| format!("training the {name} model"))?;
     Ok(ModelRun {
         name: name.to_string(),
         run_dir: cfg.run_dir.clone(),
@@ -189,7 +207,8 @@ fn train_one(name: &str, cfg: TrainConfig) -> anyhow::Result<ModelRun> {
 fn clear_old_run(dir: &Path) -> anyhow::Result<()> {
     let looks_like_run = dir.join("latest").is_file() || dir.join(METRICS_FILE).is_file();
     if looks_like_run {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing the previous demo run {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the previous demo run {}", dir.display()))?;
     }
     Ok(())
 }
@@ -211,7 +230,13 @@ fn model_json(m: &ModelRun) -> serde_json::Value {
 
 /// `summary.json`: both models' losses and sizes, and the MoE's domain → expert table.
 pub fn summary_json(r: &DemoResult, quick: bool) -> serde_json::Value {
-    let domains: Vec<&str> = r.moe.eval.domains.iter().map(|d| d.domain.as_str()).collect();
+    let domains: Vec<&str> = r
+        .moe
+        .eval
+        .domains
+        .iter()
+        .map(|d| d.domain.as_str())
+        .collect();
     let routing: Vec<serde_json::Value> = r
         .moe
         .eval

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use switchyard_data::{Dataset, DatasetConfig, Tokenizer};
-use switchyard_interop::commands::{export_model_dir, import_to_checkpoint, logits_to_file, parse_ids_arg};
+use switchyard_interop::commands::{
+    export_model_dir, import_to_checkpoint, logits_to_file, parse_ids_arg,
+};
 use switchyard_interop::{load_model_dir, HfArch};
 use switchyard_models::{LmCtx, Sampler};
 use switchyard_train::trainer::{self, TrainConfig};
@@ -61,7 +63,11 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         s.arch,
         s.params,
         s.moe_layers,
-        if s.tokenizer { ", with tokenizer.json" } else { "" },
+        if s.tokenizer {
+            ", with tokenizer.json"
+        } else {
+            ""
+        },
         s.step_dir.display()
     );
     Ok(())
@@ -70,7 +76,12 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
 pub fn export(args: ExportArgs) -> anyhow::Result<()> {
     let r = export_model_dir(&args.ckpt, &args.out, args.arch)
         .with_context(|| format!("exporting {}", args.ckpt.display()))?;
-    println!("exported as {} ({} tensors) to {}", r.arch, r.tensors, r.dir.display());
+    println!(
+        "exported as {} ({} tensors) to {}",
+        r.arch,
+        r.tensors,
+        r.dir.display()
+    );
     Ok(())
 }
 
@@ -90,19 +101,39 @@ pub fn logits(args: LogitsArgs) -> anyhow::Result<()> {
 /// Whether `dir` is a model `generate` / `eval` should run with its HF tokenizer.
 pub fn uses_hf_tokenizer(dir: &std::path::Path) -> bool {
     switchyard_interop::ckpt::is_hf_dir(dir)
-        || [Some(dir), dir.parent()].into_iter().flatten().any(|d| d.join("tokenizer.json").is_file())
+        || [Some(dir), dir.parent()]
+            .into_iter()
+            .flatten()
+            .any(|d| d.join("tokenizer.json").is_file())
 }
 
 /// `generate` with the model's HF tokenizer: the prompt gets its BOS, generation stops at EOS.
-pub fn generate(ckpt: &std::path::Path, prompt: &str, sampler: &mut Sampler, max_tokens: usize) -> anyhow::Result<()> {
+pub fn generate(
+    ckpt: &std::path::Path,
+    prompt: &str,
+    sampler: &mut Sampler,
+    max_tokens: usize,
+) -> anyhow::Result<()> {
     let m = load_model_dir(ckpt)?;
-    let tok = m.tokenizer.as_ref().context("no tokenizer.json next to the model")?;
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .context("no tokenizer.json next to the model")?;
     let ids = tok.try_encode(prompt, true)?;
-    anyhow::ensure!(!ids.is_empty(), "the prompt encodes to no tokens; give some text");
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "the prompt encodes to no tokens; give some text"
+    );
     let max_len = m.model.cfg.max_seq_len;
-    anyhow::ensure!(ids.len() < max_len, "the prompt is {} tokens, but the model sees at most {max_len}", ids.len());
+    anyhow::ensure!(
+        ids.len() < max_len,
+        "the prompt is {} tokens, but the model sees at most {max_len}",
+        ids.len()
+    );
     let max_new = max_tokens.min(max_len - ids.len());
-    let mut out = m.model.generate(&ids, max_new, sampler, &mut LmCtx::new(false, sampler.seed))?;
+    let mut out = m
+        .model
+        .generate(&ids, max_new, sampler, &mut LmCtx::new(false, sampler.seed))?;
     if let Some(end) = out.iter().position(|&t| Some(t) == tok.eos) {
         out.truncate(end);
     }
@@ -112,9 +143,17 @@ pub fn generate(ckpt: &std::path::Path, prompt: &str, sampler: &mut Sampler, max
 
 /// `eval` with the model's HF tokenizer on `data` (default: the built-in corpus); prints the
 /// loss per domain.
-pub fn eval(ckpt: &std::path::Path, data: Option<PathBuf>, max_windows: Option<usize>, json: bool) -> anyhow::Result<()> {
+pub fn eval(
+    ckpt: &std::path::Path,
+    data: Option<PathBuf>,
+    max_windows: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
     let m = load_model_dir(ckpt)?;
-    let tok = m.tokenizer.as_ref().context("no tokenizer.json next to the model")?;
+    let tok = m
+        .tokenizer
+        .as_ref()
+        .context("no tokenizer.json next to the model")?;
     let mut cfg = TrainConfig::default();
     cfg.data.path = data;
     cfg.data.seq_len = cfg.data.seq_len.min(m.model.cfg.max_seq_len);
@@ -125,7 +164,11 @@ pub fn eval(ckpt: &std::path::Path, data: Option<PathBuf>, max_windows: Option<u
         split_seed: cfg.data.split_seed,
     };
     let dataset = Dataset::build(&docs, tok, &dcfg)?;
-    let result = trainer::evaluate(&m.model, &dataset, max_windows.unwrap_or(cfg.data.max_valid_windows))?;
+    let result = trainer::evaluate(
+        &m.model,
+        &dataset,
+        max_windows.unwrap_or(cfg.data.max_valid_windows),
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

@@ -88,7 +88,9 @@ fn config_hints(c: &ConfigError) -> Vec<String> {
         ConfigError::UnknownKey { .. } | ConfigError::BadValue { .. } => {
             vec!["`switchyard train --print-config` prints every key with its default".into()]
         }
-        ConfigError::Override { .. } => vec!["write overrides as --set section.key=value, e.g. --set optim.lr=1e-3".into()],
+        ConfigError::Override { .. } => {
+            vec!["write overrides as --set section.key=value, e.g. --set optim.lr=1e-3".into()]
+        }
         _ => vec![],
     }
 }
@@ -98,7 +100,9 @@ fn checkpoint_hints(c: &CheckpointError) -> Vec<String> {
         CheckpointError::NotFound { .. } => {
             vec!["--ckpt takes a run directory (e.g. runs/demo/moe) or one of its step-* directories".into()]
         }
-        CheckpointError::Corrupt { .. } | CheckpointError::Truncated { .. } | CheckpointError::Format { .. } => {
+        CheckpointError::Corrupt { .. }
+        | CheckpointError::Truncated { .. }
+        | CheckpointError::Format { .. } => {
             vec!["pass an earlier step-* directory of the run; checkpoints are never modified after they are written".into()]
         }
         _ => vec![],

@@ -16,7 +16,11 @@ use switchyard_train::load_checkpoint;
 use switchyard_train::trainer::{self, load_model, TrainConfig, Trainer};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "Mixture-of-Experts language models on the CPU")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Mixture-of-Experts language models on the CPU"
+)]
 struct Cli {
     /// Only warnings and errors; no progress bar.
     #[arg(short, long, global = true)]
@@ -206,7 +210,11 @@ fn init_logging(quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -220,7 +228,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => interop::export(args),
         Command::Logits(args) => interop::logits(args),
         Command::Demo(args) => {
-            let opts = demo::DemoOptions { quick: args.quick, out: args.out, overrides: args.set, progress: !cli.quiet };
+            let opts = demo::DemoOptions {
+                quick: args.quick,
+                out: args.out,
+                overrides: args.set,
+                progress: !cli.quiet,
+            };
             if args.print_config {
                 print!("{}", demo::moe_config(&opts)?.to_toml_string());
                 return Ok(());
@@ -238,11 +251,20 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
     flag("train.steps", args.steps.map(|v| v.to_string()));
     flag("optim.lr", args.lr.map(|v| format!("{v:e}")));
     flag("train.batch_size", args.batch_size.map(|v| v.to_string()));
-    flag("run_dir", args.run_dir.map(|p| toml_string(&p.display().to_string())));
+    flag(
+        "run_dir",
+        args.run_dir.map(|p| toml_string(&p.display().to_string())),
+    );
     flag("seed", args.seed.map(|v| v.to_string()));
     flag("train.eval_every", args.eval_every.map(|v| v.to_string()));
-    flag("train.checkpoint_every", args.checkpoint_every.map(|v| v.to_string()));
-    flag("data.path", args.data.map(|p| toml_string(&p.display().to_string())));
+    flag(
+        "train.checkpoint_every",
+        args.checkpoint_every.map(|v| v.to_string()),
+    );
+    flag(
+        "data.path",
+        args.data.map(|p| toml_string(&p.display().to_string())),
+    );
     if quiet {
         overrides.push("log.progress=false".into());
     }
@@ -251,7 +273,8 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         // Resuming without a config file: start from the run's own config.json.
         (None, Some(from)) => {
             let from = from.clone().unwrap_or_else(|| run_dir_of(&overrides));
-            let ckpt = load_checkpoint(&from).with_context(|| format!("resuming from {}", from.display()))?;
+            let ckpt = load_checkpoint(&from)
+                .with_context(|| format!("resuming from {}", from.display()))?;
             let saved = trainer::restore::checkpoint_config(&ckpt)?;
             TrainConfig::from_toml_str(&saved.to_toml_string(), None, &overrides)?
         }
@@ -265,7 +288,8 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         None => Trainer::new(cfg)?,
         Some(from) => {
             let from = from.unwrap_or_else(|| cfg.run_dir.clone());
-            Trainer::resume(cfg, &from).with_context(|| format!("resuming from {}", from.display()))?
+            Trainer::resume(cfg, &from)
+                .with_context(|| format!("resuming from {}", from.display()))?
         }
     };
     let summary = trainer.run()?;
@@ -283,7 +307,9 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
 
 /// The run directory the overrides name, else the default one.
 fn run_dir_of(overrides: &[String]) -> PathBuf {
-    TrainConfig::from_overrides(overrides).map(|c| c.run_dir).unwrap_or_else(|_| TrainConfig::default().run_dir)
+    TrainConfig::from_overrides(overrides)
+        .map(|c| c.run_dir)
+        .unwrap_or_else(|_| TrainConfig::default().run_dir)
 }
 
 /// A TOML string literal, so paths with odd characters survive `--set`.
@@ -302,7 +328,9 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     // where a document would.
     let mut prompt = vec![tok.eos()];
     prompt.extend(tok.encode(&args.prompt));
-    let max_new = args.max_tokens.min(loaded.cfg.model.max_seq_len.saturating_sub(prompt.len()));
+    let max_new = args
+        .max_tokens
+        .min(loaded.cfg.model.max_seq_len.saturating_sub(prompt.len()));
     anyhow::ensure!(
         prompt.len() < loaded.cfg.model.max_seq_len,
         "the prompt is {} bytes, but the model sees at most {} tokens; shorten it",
@@ -310,7 +338,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         loaded.cfg.model.max_seq_len - 1
     );
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
-    let mut ids = loaded.model.generate(&prompt, max_new, &mut sampler, &mut LmCtx::new(false, args.seed))?;
+    let mut ids = loaded.model.generate(
+        &prompt,
+        max_new,
+        &mut sampler,
+        &mut LmCtx::new(false, args.seed),
+    )?;
     if let Some(end) = ids.iter().position(|&t| t == tok.eos()) {
         ids.truncate(end);
     }
@@ -333,7 +366,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!("checkpoint {} (step {})", loaded.checkpoint.dir.display(), loaded.checkpoint.step);
+        println!(
+            "checkpoint {} (step {})",
+            loaded.checkpoint.dir.display(),
+            loaded.checkpoint.step
+        );
         print!("{}", report::eval_table(&[("val loss", &result)]));
     }
     Ok(())
@@ -347,7 +384,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         sweep: args.sweep,
         ..Default::default()
     };
-    print!("{}", switchyard_bench::run_and_report(&opts, args.json.as_deref())?);
+    print!(
+        "{}",
+        switchyard_bench::run_and_report(&opts, args.json.as_deref())?
+    );
     Ok(())
 }
 
@@ -361,7 +401,10 @@ fn analyze_cmd(args: AnalyzeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let out = args.out.clone().unwrap_or_else(|| args.ckpt.join("analysis"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.ckpt.join("analysis"));
     let run = switchyard_cli::analyze::AnalyzeRun {
         ckpt: args.ckpt,
         data: args.data,

@@ -18,11 +18,17 @@ pub fn eval_table(columns: &[(&str, &EvalResult)]) -> String {
         let _ = write!(s, " {label:>10}");
     }
     s.push('\n');
-    let Some((_, first)) = columns.first() else { return s };
+    let Some((_, first)) = columns.first() else {
+        return s;
+    };
     for (i, d) in first.domains.iter().enumerate() {
         let _ = write!(s, "{:<NAME_WIDTH$}", d.domain);
         for (_, r) in columns {
-            let _ = write!(s, " {:>10.4}", r.domains.get(i).map_or(f64::NAN, |d| d.loss));
+            let _ = write!(
+                s,
+                " {:>10.4}",
+                r.domains.get(i).map_or(f64::NAN, |d| d.loss)
+            );
         }
         s.push('\n');
     }
@@ -46,7 +52,11 @@ pub fn routing_table(layer: &LayerRouting, domains: &[String]) -> String {
     s.push('\n');
     for (name, row) in domains.iter().zip(&shares) {
         let _ = write!(s, "{name:<NAME_WIDTH$}");
-        let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(e, _)| e);
+        let top = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(e, _)| e);
         for (e, share) in row.iter().enumerate() {
             let mark = if Some(e) == top { "*" } else { " " };
             let _ = write!(s, " {:>3.0}{mark}", 100.0 * share);
@@ -64,10 +74,17 @@ fn millions(n: usize) -> String {
 pub fn demo_report(r: &DemoResult) -> String {
     let mut s = String::new();
     let (moe, dense) = (&r.moe, &r.dense);
-    let _ = writeln!(s, "\n== Validation loss (nats per byte, lower is better) ==");
+    let _ = writeln!(
+        s,
+        "\n== Validation loss (nats per byte, lower is better) =="
+    );
     s.push_str(&eval_table(&[("MoE", &moe.eval), ("dense", &dense.eval)]));
     let diff = moe.eval.loss - dense.eval.loss;
-    let verdict = if diff < 0.0 { "MoE is better" } else { "dense is better" };
+    let verdict = if diff < 0.0 {
+        "MoE is better"
+    } else {
+        "dense is better"
+    };
     let _ = writeln!(s, "MoE - dense: {diff:+.4} nats ({verdict})");
     let _ = writeln!(s, "\n== Parameters ==");
     for m in [moe, dense] {
@@ -81,7 +98,10 @@ pub fn demo_report(r: &DemoResult) -> String {
             m.wall_time_s
         );
     }
-    let _ = writeln!(s, "\n== Where each domain's tokens go (MoE, % of the domain's assignments per expert) ==");
+    let _ = writeln!(
+        s,
+        "\n== Where each domain's tokens go (MoE, % of the domain's assignments per expert) =="
+    );
     let domains: Vec<String> = moe.eval.domains.iter().map(|d| d.domain.clone()).collect();
     for layer in &moe.eval.routing {
         s.push_str(&routing_table(layer, &domains));
@@ -89,7 +109,11 @@ pub fn demo_report(r: &DemoResult) -> String {
     }
     let _ = writeln!(s, "== Routing report (MoE) ==");
     for m in &r.analysis.layers {
-        let _ = writeln!(s, "layer {}: NMI(domain, expert) {:.3}, load CV {:.3}", m.layer, m.nmi, m.load_cv);
+        let _ = writeln!(
+            s,
+            "layer {}: NMI(domain, expert) {:.3}, load CV {:.3}",
+            m.layer, m.nmi, m.load_cv
+        );
     }
     let _ = writeln!(s, "report: {}", r.analysis.report.display());
     let _ = writeln!(s, "\n== Files ==");

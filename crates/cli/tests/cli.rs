@@ -39,8 +39,14 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!("switchyard-cli-{tag}-{}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-cli-{tag}-{}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -53,18 +59,31 @@ impl Drop for TempDir {
 }
 
 fn switchyard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).env("RUST_LOG", "warn").output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn tiny_run(dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
     let config = dir.join("run.toml");
     std::fs::write(&config, TINY_CONFIG).unwrap();
     let run_dir = dir.join("run");
-    let mut args = vec!["train", "--config", config.to_str().unwrap(), "--run-dir", run_dir.to_str().unwrap()];
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ];
     args.extend(extra);
     (switchyard(&args), run_dir)
 }
@@ -75,21 +94,46 @@ fn train_generate_eval_and_resume() {
     let (out, run_dir) = tiny_run(&dir.0, &[]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "train failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("overall") && stdout.contains("step-00000006"), "{stdout}");
+    assert!(
+        stdout.contains("overall") && stdout.contains("step-00000006"),
+        "{stdout}"
+    );
     assert!(run_dir.join("metrics.jsonl").is_file());
 
     let ckpt = run_dir.to_str().unwrap();
-    let out = switchyard(&["generate", "--ckpt", ckpt, "--prompt", "a+b", "--max-tokens", "8", "--seed", "1"]);
+    let out = switchyard(&[
+        "generate",
+        "--ckpt",
+        ckpt,
+        "--prompt",
+        "a+b",
+        "--max-tokens",
+        "8",
+        "--seed",
+        "1",
+    ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "generate failed:\n{stderr}");
     assert!(stdout.starts_with("a+b"), "{stdout}");
-    let again = switchyard(&["generate", "--ckpt", ckpt, "--prompt", "a+b", "--max-tokens", "8", "--seed", "1"]);
+    let again = switchyard(&[
+        "generate",
+        "--ckpt",
+        ckpt,
+        "--prompt",
+        "a+b",
+        "--max-tokens",
+        "8",
+        "--seed",
+        "1",
+    ]);
     assert_eq!(again.stdout, out.stdout, "same seed, same text");
 
     let out = switchyard(&["eval", "--ckpt", ckpt]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "eval failed:\n{stderr}");
-    for domain in ["prose", "arith", "json", "code", "dna", "logs", "cjk", "overall"] {
+    for domain in [
+        "prose", "arith", "json", "code", "dna", "logs", "cjk", "overall",
+    ] {
         assert!(stdout.contains(domain), "{domain} missing:\n{stdout}");
     }
 
@@ -114,7 +158,10 @@ fn a_corrupted_checkpoint_is_rejected_naming_the_file() {
     let out = switchyard(&["eval", "--ckpt", run_dir.to_str().unwrap()]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("step-00000006/model.safetensors") && stderr.contains("corrupt"), "{stderr}");
+    assert!(
+        stderr.contains("step-00000006/model.safetensors") && stderr.contains("corrupt"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint:"), "{stderr}");
 
     // the earlier checkpoint still loads
@@ -129,7 +176,10 @@ fn config_mistakes_exit_with_2_and_a_hint() {
     let (out, _) = tiny_run(&dir.0, &["--set", "optim.lrr=1e-3"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("unknown config key `optim.lrr`; did you mean `optim.lr`?"), "{stderr}");
+    assert!(
+        stderr.contains("unknown config key `optim.lrr`; did you mean `optim.lr`?"),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint:"), "{stderr}");
 
     let (out, _) = tiny_run(&dir.0, &["--set", "train.batch_size=-1"]);
@@ -147,7 +197,12 @@ fn a_nan_loss_exits_with_3_and_leaves_the_last_checkpoint() {
     let (out, run_dir) = tiny_run(&dir.0, &["--set", "fault.nan_loss_at_step=5"]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains("step 5") && stderr.contains("not finite") && stderr.contains("step-00000003"), "{stderr}");
+    assert!(
+        stderr.contains("step 5")
+            && stderr.contains("not finite")
+            && stderr.contains("step-00000003"),
+        "{stderr}"
+    );
     let out = switchyard(&["eval", "--ckpt", run_dir.to_str().unwrap()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -181,32 +236,68 @@ fn demo_quick_writes_its_summary() {
         assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
     }
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
     for model in ["moe", "dense"] {
         let m = &summary[model];
         assert!(m["val_loss"].as_f64().unwrap().is_finite());
         assert_eq!(m["val_loss_by_domain"].as_object().unwrap().len(), 7);
         assert!(m["params_active_per_token"].as_u64().unwrap() > 0);
-        assert!(m["params_total"].as_u64().unwrap() >= m["params_active_per_token"].as_u64().unwrap());
+        assert!(
+            m["params_total"].as_u64().unwrap() >= m["params_active_per_token"].as_u64().unwrap()
+        );
     }
-    assert_eq!(summary["routing"].as_array().unwrap().len(), 2, "one table per MoE layer");
+    assert_eq!(
+        summary["routing"].as_array().unwrap().len(),
+        2,
+        "one table per MoE layer"
+    );
     assert!(summary["wall_time_s"].as_f64().unwrap() > 0.0);
     assert!(out_dir.join("moe/latest").is_file() && out_dir.join("dense/latest").is_file());
     // the demo ends with the routing report, and its trace replays bit-exactly
-    assert!(stdout.contains("NMI(domain, expert)") && stdout.contains("report.html"), "{stdout}");
+    assert!(
+        stdout.contains("NMI(domain, expert)") && stdout.contains("report.html"),
+        "{stdout}"
+    );
     let report = summary["analysis"]["report"].as_str().unwrap();
     assert!(std::path::Path::new(report).is_file());
-    assert_eq!(summary["analysis"]["nmi_by_layer"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        summary["analysis"]["nmi_by_layer"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let trace = out_dir.join("analysis/trace.safetensors");
     let moe = out_dir.join("moe");
-    let out = switchyard(&["analyze", "--ckpt", moe.to_str().unwrap(), "--replay", trace.to_str().unwrap()]);
+    let out = switchyard(&[
+        "analyze",
+        "--ckpt",
+        moe.to_str().unwrap(),
+        "--replay",
+        trace.to_str().unwrap(),
+    ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "replay failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("max |Δ logits| = 0e0"), "{stdout}");
     // analyze on its own, without the ablation
     let an = dir.0.join("an");
-    let out = switchyard(&["analyze", "--ckpt", moe.to_str().unwrap(), "--out", an.to_str().unwrap(), "--no-ablation", "--windows", "2"]);
+    let out = switchyard(&[
+        "analyze",
+        "--ckpt",
+        moe.to_str().unwrap(),
+        "--out",
+        an.to_str().unwrap(),
+        "--no-ablation",
+        "--windows",
+        "2",
+    ]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "analyze failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("NMI") && an.join("report.html").is_file() && an.join("layer0_domain_expert.png").is_file(), "{stdout}");
+    assert!(
+        stdout.contains("NMI")
+            && an.join("report.html").is_file()
+            && an.join("layer0_domain_expert.png").is_file(),
+        "{stdout}"
+    );
 }

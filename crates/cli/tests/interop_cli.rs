@@ -5,23 +5,35 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../interop/tests/fixtures")
+        .join(name)
 }
 
 fn scratch(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("switchyard-cli-interop-{tag}-{}", std::process::id()));
+    let d = std::env::temp_dir().join(format!(
+        "switchyard-cli-interop-{tag}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
 
 fn switchyard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard")).args(args).output().expect("run switchyard")
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .output()
+        .expect("run switchyard")
 }
 
 fn ok(args: &[&str]) -> String {
     let out = switchyard(args);
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -34,16 +46,49 @@ fn logits_of(path: &Path) -> Vec<f32> {
 fn import_logits_export_round_trip() {
     let d = scratch("roundtrip");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let (run, hf, a, b) = (d.join("run"), d.join("hf"), d.join("a.safetensors"), d.join("b.safetensors"));
+    let (run, hf, a, b) = (
+        d.join("run"),
+        d.join("hf"),
+        d.join("a.safetensors"),
+        d.join("b.safetensors"),
+    );
     let out = ok(&["import", &s(&fixture("qwen2_moe")), "--out", &s(&run)]);
     assert!(out.contains("qwen2_moe"), "{out}");
-    ok(&["logits", "--model", &s(&run), "--ids", "[1, 40, 41, 42]", "--out", &s(&a), "--greedy", "3"]);
+    ok(&[
+        "logits",
+        "--model",
+        &s(&run),
+        "--ids",
+        "[1, 40, 41, 42]",
+        "--out",
+        &s(&a),
+        "--greedy",
+        "3",
+    ]);
     let out = ok(&["export", "--ckpt", &s(&run), "--out", &s(&hf)]);
     assert!(out.contains("exported as qwen2_moe"), "{out}");
-    ok(&["logits", "--model", &s(&hf), "--ids", "[1, 40, 41, 42]", "--out", &s(&b)]);
+    ok(&[
+        "logits",
+        "--model",
+        &s(&hf),
+        "--ids",
+        "[1, 40, 41, 42]",
+        "--out",
+        &s(&b),
+    ]);
     assert_eq!(logits_of(&a), logits_of(&b));
 
-    let text = ok(&["generate", "--ckpt", &s(&run), "--prompt", "The quick", "--temperature", "0", "--max-tokens", "4"]);
+    let text = ok(&[
+        "generate",
+        "--ckpt",
+        &s(&run),
+        "--prompt",
+        "The quick",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "4",
+    ]);
     assert!(text.starts_with("The quick"), "{text}");
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -51,10 +96,23 @@ fn import_logits_export_round_trip() {
 #[test]
 fn unknown_architecture_fails_with_the_supported_list() {
     let d = scratch("unknown");
-    std::fs::write(d.join("config.json"), r#"{"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"]}"#).unwrap();
-    let out = switchyard(&["import", d.to_str().unwrap(), "--out", d.join("run").to_str().unwrap()]);
+    std::fs::write(
+        d.join("config.json"),
+        r#"{"model_type": "gpt_oss", "architectures": ["GptOssForCausalLM"]}"#,
+    )
+    .unwrap();
+    let out = switchyard(&[
+        "import",
+        d.to_str().unwrap(),
+        "--out",
+        d.join("run").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("gpt_oss") && err.contains("mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3"), "{err}");
+    assert!(
+        err.contains("gpt_oss")
+            && err.contains("mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -35,10 +35,16 @@ pub struct ExpertSpec {
 
 impl ExpertSpec {
     pub fn swiglu(hidden: usize) -> Self {
-        Self { kind: ExpertKind::SwiGlu, hidden }
+        Self {
+            kind: ExpertKind::SwiGlu,
+            hidden,
+        }
     }
     pub fn ffn(activation: Activation, hidden: usize) -> Self {
-        Self { kind: ExpertKind::Ffn { activation }, hidden }
+        Self {
+            kind: ExpertKind::Ffn { activation },
+            hidden,
+        }
     }
     /// Multiply-adds per token, used for FLOP counts and "equal active compute" baselines.
     pub fn params(&self, d_model: usize) -> usize {
@@ -81,12 +87,29 @@ pub enum ScoreFn {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RouterConfig {
-    TopK { k: usize },
-    NoisyTopK { k: usize },
-    Switch { k: usize, capacity_factor: f64, eval_capacity_factor: Option<f64>, drop_policy: DropPolicy },
-    ExpertChoice { capacity_factor: f64 },
-    Hash { seed: u64 },
-    SigmoidBias { k: usize, bias_update_rate: f64, scaling: f64 },
+    TopK {
+        k: usize,
+    },
+    NoisyTopK {
+        k: usize,
+    },
+    Switch {
+        k: usize,
+        capacity_factor: f64,
+        eval_capacity_factor: Option<f64>,
+        drop_policy: DropPolicy,
+    },
+    ExpertChoice {
+        capacity_factor: f64,
+    },
+    Hash {
+        seed: u64,
+    },
+    SigmoidBias {
+        k: usize,
+        bias_update_rate: f64,
+        scaling: f64,
+    },
     GroupLimited {
         k: usize,
         groups: usize,
@@ -96,8 +119,15 @@ pub enum RouterConfig {
         bias_update_rate: f64,
         scaling: f64,
     },
-    Hierarchical { groups: usize, k_groups: usize, k_inner: usize },
-    Sinkhorn { k: usize, iterations: usize },
+    Hierarchical {
+        groups: usize,
+        k_groups: usize,
+        k_inner: usize,
+    },
+    Sinkhorn {
+        k: usize,
+        iterations: usize,
+    },
 }
 
 impl Default for RouterConfig {
@@ -130,9 +160,13 @@ impl RouterConfig {
             | RouterConfig::SigmoidBias { k, .. }
             | RouterConfig::GroupLimited { k, .. }
             | RouterConfig::Sinkhorn { k, .. } => k,
-            RouterConfig::ExpertChoice { capacity_factor } => capacity_factor.ceil().max(1.0) as usize,
+            RouterConfig::ExpertChoice { capacity_factor } => {
+                capacity_factor.ceil().max(1.0) as usize
+            }
             RouterConfig::Hash { .. } => 1,
-            RouterConfig::Hierarchical { k_groups, k_inner, .. } => k_groups * k_inner,
+            RouterConfig::Hierarchical {
+                k_groups, k_inner, ..
+            } => k_groups * k_inner,
         }
     }
 
@@ -145,7 +179,9 @@ impl RouterConfig {
             if k > experts {
                 return Err(MoeError::config(
                     field("k"),
-                    format!("k = {k} exceeds the number of experts ({experts}); lower k or add experts"),
+                    format!(
+                        "k = {k} exceeds the number of experts ({experts}); lower k or add experts"
+                    ),
                 ));
             }
             Ok(())
@@ -161,13 +197,21 @@ impl RouterConfig {
         };
         let check_rate = |r: f64| -> Result<()> {
             if !(r.is_finite() && r >= 0.0) {
-                return Err(MoeError::config(field("bias_update_rate"), format!("must be finite and >= 0, got {r}")));
+                return Err(MoeError::config(
+                    field("bias_update_rate"),
+                    format!("must be finite and >= 0, got {r}"),
+                ));
             }
             Ok(())
         };
         match *self {
             RouterConfig::TopK { k } | RouterConfig::NoisyTopK { k } => check_k(k),
-            RouterConfig::Switch { k, capacity_factor, eval_capacity_factor, .. } => {
+            RouterConfig::Switch {
+                k,
+                capacity_factor,
+                eval_capacity_factor,
+                ..
+            } => {
                 check_k(k)?;
                 check_cf(capacity_factor, "capacity_factor")?;
                 if let Some(cf) = eval_capacity_factor {
@@ -175,20 +219,34 @@ impl RouterConfig {
                 }
                 Ok(())
             }
-            RouterConfig::ExpertChoice { capacity_factor } => check_cf(capacity_factor, "capacity_factor"),
+            RouterConfig::ExpertChoice { capacity_factor } => {
+                check_cf(capacity_factor, "capacity_factor")
+            }
             RouterConfig::Hash { .. } => Ok(()),
-            RouterConfig::SigmoidBias { k, bias_update_rate, .. } => {
+            RouterConfig::SigmoidBias {
+                k,
+                bias_update_rate,
+                ..
+            } => {
                 check_k(k)?;
                 check_rate(bias_update_rate)
             }
-            RouterConfig::GroupLimited { k, groups, topk_groups, bias_update_rate, .. } => {
+            RouterConfig::GroupLimited {
+                k,
+                groups,
+                topk_groups,
+                bias_update_rate,
+                ..
+            } => {
                 check_k(k)?;
                 check_rate(bias_update_rate)?;
                 check_groups(groups, experts)?;
                 if topk_groups == 0 || topk_groups > groups {
                     return Err(MoeError::config(
                         field("topk_groups"),
-                        format!("must be in 1..={groups} (the number of groups), got {topk_groups}"),
+                        format!(
+                            "must be in 1..={groups} (the number of groups), got {topk_groups}"
+                        ),
                     ));
                 }
                 let reachable = topk_groups * (experts / groups);
@@ -200,10 +258,17 @@ impl RouterConfig {
                 }
                 Ok(())
             }
-            RouterConfig::Hierarchical { groups, k_groups, k_inner } => {
+            RouterConfig::Hierarchical {
+                groups,
+                k_groups,
+                k_inner,
+            } => {
                 check_groups(groups, experts)?;
                 if k_groups == 0 || k_groups > groups {
-                    return Err(MoeError::config(field("k_groups"), format!("must be in 1..={groups}, got {k_groups}")));
+                    return Err(MoeError::config(
+                        field("k_groups"),
+                        format!("must be in 1..={groups}, got {k_groups}"),
+                    ));
                 }
                 let per = experts / groups;
                 if k_inner == 0 || k_inner > per {
@@ -217,7 +282,10 @@ impl RouterConfig {
             RouterConfig::Sinkhorn { k, iterations } => {
                 check_k(k)?;
                 if iterations == 0 {
-                    return Err(MoeError::config(field("iterations"), "Sinkhorn needs at least 1 iteration"));
+                    return Err(MoeError::config(
+                        field("iterations"),
+                        "Sinkhorn needs at least 1 iteration",
+                    ));
                 }
                 Ok(())
             }
@@ -239,8 +307,14 @@ fn check_groups(groups: usize, experts: usize) -> Result<()> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GateConfig {
-    Linear { context: bool },
-    Mlp { hidden: usize, activation: Activation, context: bool },
+    Linear {
+        context: bool,
+    },
+    Mlp {
+        hidden: usize,
+        activation: Activation,
+        context: bool,
+    },
 }
 
 impl Default for GateConfig {
@@ -269,7 +343,12 @@ pub struct LossWeights {
 
 impl Default for LossWeights {
     fn default() -> Self {
-        Self { switch_balance: 0.01, importance: 0.0, load: 0.0, z: 0.001 }
+        Self {
+            switch_balance: 0.01,
+            importance: 0.0,
+            load: 0.0,
+            z: 0.001,
+        }
     }
 }
 
@@ -321,7 +400,10 @@ impl MoeConfig {
             return Err(MoeError::config("d_model", "must be at least 1"));
         }
         if self.experts.is_empty() {
-            return Err(MoeError::config("experts", "a layer needs at least one routed expert"));
+            return Err(MoeError::config(
+                "experts",
+                "a layer needs at least one routed expert",
+            ));
         }
         for (i, e) in self.experts.iter().chain(&self.shared_experts).enumerate() {
             if e.hidden == 0 {
@@ -330,15 +412,24 @@ impl MoeConfig {
                 } else {
                     format!("shared_experts[{}].hidden", i - self.experts.len())
                 };
-                return Err(MoeError::config(which, "an expert's hidden width must be at least 1"));
+                return Err(MoeError::config(
+                    which,
+                    "an expert's hidden width must be at least 1",
+                ));
             }
         }
         if self.shared_gate && self.shared_experts.is_empty() {
-            return Err(MoeError::config("shared_gate", "a shared-expert gate needs at least one shared expert"));
+            return Err(MoeError::config(
+                "shared_gate",
+                "a shared-expert gate needs at least one shared expert",
+            ));
         }
         self.router.validate(self.experts.len())?;
         if let GateConfig::Mlp { hidden: 0, .. } = self.gate {
-            return Err(MoeError::config("gate.hidden", "an MLP gate needs a hidden width of at least 1"));
+            return Err(MoeError::config(
+                "gate.hidden",
+                "an MLP gate needs a hidden width of at least 1",
+            ));
         }
         for (name, w) in [
             ("losses.switch_balance", self.losses.switch_balance),
@@ -347,7 +438,10 @@ impl MoeConfig {
             ("losses.z", self.losses.z),
         ] {
             if !(w.is_finite() && w >= 0.0) {
-                return Err(MoeError::config(name, format!("loss weights must be finite and >= 0, got {w}")));
+                return Err(MoeError::config(
+                    name,
+                    format!("loss weights must be finite and >= 0, got {w}"),
+                ));
             }
         }
         if self.losses.load > 0.0 && !matches!(self.router, RouterConfig::NoisyTopK { .. }) {
@@ -357,10 +451,16 @@ impl MoeConfig {
             ));
         }
         if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {
-            return Err(MoeError::config("jitter", format!("must be in [0, 1), got {}", self.jitter)));
+            return Err(MoeError::config(
+                "jitter",
+                format!("must be in [0, 1), got {}", self.jitter),
+            ));
         }
         if !(self.expert_dropout.is_finite() && (0.0..1.0).contains(&self.expert_dropout)) {
-            return Err(MoeError::config("expert_dropout", format!("must be in [0, 1), got {}", self.expert_dropout)));
+            return Err(MoeError::config(
+                "expert_dropout",
+                format!("must be in [0, 1), got {}", self.expert_dropout),
+            ));
         }
         Ok(())
     }

@@ -18,10 +18,16 @@ pub enum MoeError {
 
 impl MoeError {
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        MoeError::Config { field: field.into(), reason: reason.into() }
+        MoeError::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
     pub fn input(op: &'static str, reason: impl Into<String>) -> Self {
-        MoeError::Input { op, reason: reason.into() }
+        MoeError::Input {
+            op,
+            reason: reason.into(),
+        }
     }
 }
 

@@ -50,10 +50,21 @@ impl ExpertLayout {
                 let w2t = take(h * d);
                 let b1 = (!glu).then(|| take(h));
                 let b2 = (!glu).then(|| take(d));
-                ExpertSlot { spec, w1, w3, w2t, b1, b2 }
+                ExpertSlot {
+                    spec,
+                    w1,
+                    w3,
+                    w2t,
+                    b1,
+                    b2,
+                }
             })
             .collect();
-        Self { d_model, slots, total: at }
+        Self {
+            d_model,
+            slots,
+            total: at,
+        }
     }
 
     pub fn num_experts(&self) -> usize {
@@ -70,7 +81,9 @@ impl ExpertLayout {
         let d = self.d_model;
         for s in &self.slots {
             let h = s.spec.hidden;
-            let mut put = |at: usize, n: usize, init: Init| v[at..at + n].copy_from_slice(&pb.sample(n, init));
+            let mut put = |at: usize, n: usize, init: Init| {
+                v[at..at + n].copy_from_slice(&pb.sample(n, init))
+            };
             put(s.w1, h * d, Init::Uniform(1.0 / (d as f64).sqrt()));
             if let Some(w3) = s.w3 {
                 put(w3, h * d, Init::Uniform(1.0 / (d as f64).sqrt()));
@@ -122,7 +135,10 @@ impl ExpertBank {
         let p = self.packed.as_tensor();
         Ok(match which {
             ExpertTensor::W1 => Some(p.narrow(0, s.w1, h * d)?.reshape((h, d))?),
-            ExpertTensor::W3 => s.w3.map(|o| p.narrow(0, o, h * d)?.reshape((h, d))).transpose()?,
+            ExpertTensor::W3 => {
+                s.w3.map(|o| p.narrow(0, o, h * d)?.reshape((h, d)))
+                    .transpose()?
+            }
             ExpertTensor::W2T => Some(p.narrow(0, s.w2t, h * d)?.reshape((h, d))?),
             ExpertTensor::B1 => s.b1.map(|o| p.narrow(0, o, h)).transpose()?,
             ExpertTensor::B2 => s.b2.map(|o| p.narrow(0, o, d)).transpose()?,
@@ -137,7 +153,12 @@ impl ExpertBank {
 }
 
 /// Reference expert forward over any flat parameter tensor (used by the reference dispatch).
-pub fn expert_forward_with(layout: &ExpertLayout, packed: &Tensor, e: usize, x: &Tensor) -> Result<Tensor> {
+pub fn expert_forward_with(
+    layout: &ExpertLayout,
+    packed: &Tensor,
+    e: usize,
+    x: &Tensor,
+) -> Result<Tensor> {
     let s = &layout.slots[e];
     let (h, d) = (s.spec.hidden, layout.d_model);
     let mat = |o: usize| -> Result<Tensor> { Ok(packed.narrow(0, o, h * d)?.reshape((h, d))?) };

@@ -19,13 +19,25 @@ pub struct Gate {
 }
 
 impl Gate {
-    pub fn new(pb: &ParamBuilder, cfg: &GateConfig, d_model: usize, outputs: usize) -> Result<Self> {
-        let d_in = if cfg.uses_context() { 2 * d_model } else { d_model };
+    pub fn new(
+        pb: &ParamBuilder,
+        cfg: &GateConfig,
+        d_model: usize,
+        outputs: usize,
+    ) -> Result<Self> {
+        let d_in = if cfg.uses_context() {
+            2 * d_model
+        } else {
+            d_model
+        };
         let bound = |fan_in: usize| Init::Uniform(1.0 / (fan_in as f64).sqrt());
         Ok(match *cfg {
-            GateConfig::Linear { .. } => {
-                Self { cfg: cfg.clone(), w1: pb.var("weight", &[outputs, d_in], bound(d_in))?, b1: None, w2: None }
-            }
+            GateConfig::Linear { .. } => Self {
+                cfg: cfg.clone(),
+                w1: pb.var("weight", &[outputs, d_in], bound(d_in))?,
+                b1: None,
+                w2: None,
+            },
             GateConfig::Mlp { hidden, .. } => Self {
                 cfg: cfg.clone(),
                 w1: pb.var("w1", &[hidden, d_in], bound(d_in))?,
@@ -39,7 +51,11 @@ impl Gate {
     /// `x [T, d]` → `[T, outputs]`. With a context gate, `seq_len` must divide `T`: tokens are
     /// `[B, L]` flattened, and each token also sees its sequence's mean.
     pub fn forward(&self, x: &Tensor, seq_len: Option<usize>) -> Result<Tensor> {
-        let input = if self.cfg.uses_context() { with_context(x, seq_len)? } else { x.clone() };
+        let input = if self.cfg.uses_context() {
+            with_context(x, seq_len)?
+        } else {
+            x.clone()
+        };
         let h = input.matmul(&self.w1.as_tensor().t()?)?;
         match (&self.cfg, &self.b1, &self.w2) {
             (GateConfig::Mlp { activation, .. }, Some(b1), Some(w2)) => {
@@ -55,12 +71,22 @@ impl Gate {
 fn with_context(x: &Tensor, seq_len: Option<usize>) -> Result<Tensor> {
     let (t, d) = x.dims2()?;
     let l = seq_len.ok_or_else(|| {
-        MoeError::input("gate", "a context gate needs the sequence length; set ForwardCtx::seq_len")
+        MoeError::input(
+            "gate",
+            "a context gate needs the sequence length; set ForwardCtx::seq_len",
+        )
     })?;
     if l == 0 || t % l != 0 {
-        return Err(MoeError::input("gate", format!("sequence length {l} does not divide the {t} tokens")));
+        return Err(MoeError::input(
+            "gate",
+            format!("sequence length {l} does not divide the {t} tokens"),
+        ));
     }
     let b = t / l;
-    let ctx = x.reshape((b, l, d))?.mean_keepdim(1)?.broadcast_as((b, l, d))?.reshape((t, d))?;
+    let ctx = x
+        .reshape((b, l, d))?
+        .mean_keepdim(1)?
+        .broadcast_as((b, l, d))?
+        .reshape((t, d))?;
     Ok(Tensor::cat(&[x, &ctx], 1)?)
 }

@@ -37,7 +37,15 @@ pub struct ForwardCtx<'a> {
 
 impl<'a> ForwardCtx<'a> {
     pub fn new(train: bool, rng: &'a mut ChaCha8Rng) -> Self {
-        Self { train, rng, token_ids: None, seq_len: None, dispatch: DispatchImpl::Kernel, forced: None, available: None }
+        Self {
+            train,
+            rng,
+            token_ids: None,
+            seq_len: None,
+            dispatch: DispatchImpl::Kernel,
+            forced: None,
+            available: None,
+        }
     }
 }
 
@@ -106,11 +114,18 @@ impl MoeLayer {
         let shared = if cfg.shared_experts.is_empty() {
             None
         } else {
-            Some(ExpertBank::new(&pb.pp("shared_experts"), cfg.d_model, &cfg.shared_experts)?)
+            Some(ExpertBank::new(
+                &pb.pp("shared_experts"),
+                cfg.d_model,
+                &cfg.shared_experts,
+            )?)
         };
         let shared_gate = if cfg.shared_gate {
             let bound = Init::Uniform(1.0 / (cfg.d_model as f64).sqrt());
-            Some(pb.pp("shared_expert_gate").var("weight", &[1, cfg.d_model], bound)?)
+            Some(
+                pb.pp("shared_expert_gate")
+                    .var("weight", &[1, cfg.d_model], bound)?,
+            )
         } else {
             None
         };
@@ -134,7 +149,10 @@ impl MoeLayer {
     /// Applies the router's non-gradient update (aux-loss-free bias) with the load seen since
     /// the previous call. Call once per optimiser step.
     pub fn after_step(&mut self) {
-        let load = std::mem::replace(&mut *self.pending_load.lock().expect("load poisoned"), vec![0; self.num_experts()]);
+        let load = std::mem::replace(
+            &mut *self.pending_load.lock().expect("load poisoned"),
+            vec![0; self.num_experts()],
+        );
         self.router.after_step(&load);
     }
 
@@ -142,7 +160,11 @@ impl MoeLayer {
     /// for forwards that must not steer the balancing rule (evaluation between steps, a
     /// training step that was skipped).
     pub fn discard_pending_load(&self) {
-        self.pending_load.lock().expect("load poisoned").iter_mut().for_each(|c| *c = 0);
+        self.pending_load
+            .lock()
+            .expect("load poisoned")
+            .iter_mut()
+            .for_each(|c| *c = 0);
     }
 
     /// Experts unavailable for this batch (expert dropout). At least `k` stay available; when
@@ -155,7 +177,9 @@ impl MoeLayer {
         if !ctx.train || p == 0.0 {
             return None;
         }
-        let mut a: Vec<bool> = (0..self.num_experts()).map(|_| ctx.rng.random::<f64>() >= p).collect();
+        let mut a: Vec<bool> = (0..self.num_experts())
+            .map(|_| ctx.rng.random::<f64>() >= p)
+            .collect();
         let need = self.cfg.router.k().min(self.num_experts());
         let mut have = a.iter().filter(|&&x| x).count();
         for x in a.iter_mut() {
@@ -176,14 +200,19 @@ impl MoeLayer {
         if !ctx.train || eps == 0.0 {
             return Ok(x.clone());
         }
-        let noise: Vec<f64> = (0..x.elem_count()).map(|_| ctx.rng.random_range(1.0 - eps..=1.0 + eps)).collect();
+        let noise: Vec<f64> = (0..x.elem_count())
+            .map(|_| ctx.rng.random_range(1.0 - eps..=1.0 + eps))
+            .collect();
         Ok((x * Tensor::from_vec(noise, x.shape(), x.device())?.to_dtype(x.dtype())?)?)
     }
 
     /// Router logits `[T, gate_outputs]` for flattened `x [T, d]` (no noise, no dropout):
     /// the deterministic part of routing, for analysis.
     pub fn gate_logits(&self, x: &Tensor, seq_len: Option<usize>) -> Result<Option<Tensor>> {
-        self.gate.as_ref().map(|g| g.forward(x, seq_len)).transpose()
+        self.gate
+            .as_ref()
+            .map(|g| g.forward(x, seq_len))
+            .transpose()
     }
 
     /// One weight per assignment of the shared experts' dense plan: every shared expert of
@@ -191,12 +220,18 @@ impl MoeLayer {
     /// torch (Qwen2-MoE): `F.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)`
     fn shared_gate_weights(&self, x2: &Tensor, gate: &Var, plan: &DispatchPlan) -> Result<Tensor> {
         let g = candle_nn::ops::sigmoid(&x2.matmul(&gate.as_tensor().t()?)?)?; // [T, 1]
-        let dense = g.broadcast_as((plan.num_tokens, plan.num_experts))?.flatten_all()?;
+        let dense = g
+            .broadcast_as((plan.num_tokens, plan.num_experts))?
+            .flatten_all()?;
         let idx = Tensor::from_vec(plan.flat_indices(), plan.len(), x2.device())?;
         Ok(dense.index_select(&idx, 0)?)
     }
 
-    fn route(&self, x2: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Routing, Tensor, Option<Tensor>)> {
+    fn route(
+        &self,
+        x2: &Tensor,
+        ctx: &mut ForwardCtx<'_>,
+    ) -> Result<(Routing, Tensor, Option<Tensor>)> {
         let t = x2.dims()[0];
         let gate_in = self.jitter(x2, ctx)?;
         let gate_out = match &self.gate {
@@ -219,13 +254,26 @@ impl MoeLayer {
             train: ctx.train,
             rng: ctx.rng,
         })?;
-        let dense = if self.cfg.renormalize { safe_row_normalize(&out.dense)? } else { out.dense.clone() };
+        let dense = if self.cfg.renormalize {
+            safe_row_normalize(&out.dense)?
+        } else {
+            out.dense.clone()
+        };
         let scale = self.router.weight_scale();
-        let dense = if scale != 1.0 { (dense * scale)? } else { dense };
+        let dense = if scale != 1.0 {
+            (dense * scale)?
+        } else {
+            dense
+        };
         let plan = Arc::new(out.plan);
         let idx = Tensor::from_vec(plan.flat_indices(), plan.len(), x2.device())?;
         let weights = dense.flatten_all()?.index_select(&idx, 0)?;
-        let routing = Routing { plan, weights, logits: out.logits, probs: out.probs };
+        let routing = Routing {
+            plan,
+            weights,
+            logits: out.logits,
+            probs: out.probs,
+        };
         Ok((routing, dense, out.load_loss))
     }
 }
@@ -237,7 +285,13 @@ impl MoeBlock for MoeLayer {
         let d = self.cfg.d_model;
         let shape = x.shape().clone();
         if x.dims().last() != Some(&d) {
-            return Err(MoeError::input("MoeLayer::forward", format!("input has shape {:?}, last dim must be d_model = {d}", x.dims())));
+            return Err(MoeError::input(
+                "MoeLayer::forward",
+                format!(
+                    "input has shape {:?}, last dim must be d_model = {d}",
+                    x.dims()
+                ),
+            ));
         }
         let x2 = x.reshape(((), d))?;
         let t = x2.dims()[0];
@@ -246,21 +300,42 @@ impl MoeBlock for MoeLayer {
             Some(f) => {
                 f.plan.check()?;
                 if f.plan.num_tokens != t || f.plan.num_experts != self.num_experts() {
-                    return Err(MoeError::input("MoeLayer::forward", "forced plan does not match this batch or layer"));
+                    return Err(MoeError::input(
+                        "MoeLayer::forward",
+                        "forced plan does not match this batch or layer",
+                    ));
                 }
-                Routing { plan: f.plan, weights: f.weights, ..routing }
+                Routing {
+                    plan: f.plan,
+                    weights: f.weights,
+                    ..routing
+                }
             }
             None => routing,
         };
         let plan = &routing.plan;
-        let mut y = dispatch::run(ctx.dispatch, &x2, &routing.weights, self.experts.packed.as_tensor(), &self.layout, plan)?;
+        let mut y = dispatch::run(
+            ctx.dispatch,
+            &x2,
+            &routing.weights,
+            self.experts.packed.as_tensor(),
+            &self.layout,
+            plan,
+        )?;
         if let (Some(shared), Some(layout)) = (&self.shared, &self.shared_layout) {
             let dense_plan = Arc::new(DispatchPlan::dense(t, shared.num_experts()));
             let w = match &self.shared_gate {
                 Some(g) => self.shared_gate_weights(&x2, g, &dense_plan)?,
                 None => Tensor::ones(dense_plan.len(), x2.dtype(), x2.device())?,
             };
-            y = (y + dispatch::run(ctx.dispatch, &x2, &w, shared.packed.as_tensor(), layout, &dense_plan)?)?;
+            y = (y + dispatch::run(
+                ctx.dispatch,
+                &x2,
+                &w,
+                shared.packed.as_tensor(),
+                layout,
+                &dense_plan,
+            )?)?;
         }
 
         // auxiliary losses: all computed and reported, the enabled ones summed
@@ -289,7 +364,13 @@ impl MoeBlock for MoeLayer {
             let mut pending = self.pending_load.lock().expect("load poisoned");
             pending.iter_mut().zip(&counts).for_each(|(p, c)| *p += c);
         }
-        Ok(MoeOutput { y: y.reshape(shape)?, aux_loss: aux, losses: values, stats: Some(stats), routing: Some(routing) })
+        Ok(MoeOutput {
+            y: y.reshape(shape)?,
+            aux_loss: aux,
+            losses: values,
+            stats: Some(stats),
+            routing: Some(routing),
+        })
     }
 }
 

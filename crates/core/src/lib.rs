@@ -44,7 +44,10 @@ pub mod soft_moe;
 pub mod stats;
 pub mod testing;
 
-pub use config::{Activation, DropPolicy, ExpertKind, ExpertSpec, GateConfig, GroupScore, LossWeights, MoeConfig, RouterConfig, ScoreFn};
+pub use config::{
+    Activation, DropPolicy, ExpertKind, ExpertSpec, GateConfig, GroupScore, LossWeights, MoeConfig,
+    RouterConfig, ScoreFn,
+};
 pub use dispatch::DispatchImpl;
 pub use error::{MoeError, Result};
 pub use layer::{ForcedRouting, ForwardCtx, MoeBlock, MoeLayer, MoeOutput, Routing};

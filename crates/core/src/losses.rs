@@ -15,7 +15,10 @@ use crate::{MoeError, Result};
 pub fn switch_balance(probs: &Tensor, counts: &[usize], k: usize) -> Result<Tensor> {
     let (t, e) = probs.dims2()?;
     if counts.len() != e {
-        return Err(MoeError::input("switch_balance", format!("{} counts for {e} experts", counts.len())));
+        return Err(MoeError::input(
+            "switch_balance",
+            format!("{} counts for {e} experts", counts.len()),
+        ));
     }
     let denom = (t * k.max(1)).max(1) as f64;
     let f: Vec<f64> = counts.iter().map(|&c| c as f64 / denom).collect();
@@ -67,7 +70,11 @@ pub fn load(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<Te
         return Ok(Tensor::zeros((), clean.dtype(), clean.device())?);
     }
     let (vals, _) = host(noisy)?;
-    let (mut idx_in, mut idx_out, mut is_in) = (Vec::with_capacity(t), Vec::with_capacity(t), vec![0f64; t * e]);
+    let (mut idx_in, mut idx_out, mut is_in) = (
+        Vec::with_capacity(t),
+        Vec::with_capacity(t),
+        vec![0f64; t * e],
+    );
     for tok in 0..t {
         let row = &vals[tok * e..(tok + 1) * e];
         let top = top_k(row, k + 1, 0..e);

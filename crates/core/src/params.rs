@@ -44,11 +44,18 @@ impl ParamStore {
     }
 
     pub fn get(&self, name: &str) -> Option<Var> {
-        self.vars.lock().expect("param store poisoned").get(name).cloned()
+        self.vars
+            .lock()
+            .expect("param store poisoned")
+            .get(name)
+            .cloned()
     }
 
     pub fn insert(&self, name: &str, var: Var) {
-        self.vars.lock().expect("param store poisoned").insert(name.to_string(), var);
+        self.vars
+            .lock()
+            .expect("param store poisoned")
+            .insert(name.to_string(), var);
     }
 
     pub fn num_params(&self) -> usize {
@@ -79,9 +86,15 @@ impl ParamBuilder {
 
     /// A builder whose names are prefixed by `name.`.
     pub fn pp(&self, name: impl std::fmt::Display) -> Self {
-        let prefix =
-            if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) };
-        Self { prefix, ..self.clone() }
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
     }
 
     pub fn store(&self) -> &ParamStore {

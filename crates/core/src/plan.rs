@@ -24,7 +24,11 @@ pub struct DispatchPlan {
 impl DispatchPlan {
     /// Builds a plan from `(token, expert)` pairs by a counting sort on the expert, then on
     /// the token. Duplicate pairs are an error: each kept assignment must appear once.
-    pub fn from_assignments(num_tokens: usize, num_experts: usize, pairs: &[(u32, u32)]) -> Result<Self> {
+    pub fn from_assignments(
+        num_tokens: usize,
+        num_experts: usize,
+        pairs: &[(u32, u32)],
+    ) -> Result<Self> {
         let mut counts = vec![0u32; num_experts + 1];
         for &(t, e) in pairs {
             if t as usize >= num_tokens || e as usize >= num_experts {
@@ -66,13 +70,21 @@ impl DispatchPlan {
         for &t in &token {
             dropped[t as usize] = false;
         }
-        Ok(Self { num_tokens, num_experts, offsets, token, expert, dropped })
+        Ok(Self {
+            num_tokens,
+            num_experts,
+            offsets,
+            token,
+            expert,
+            dropped,
+        })
     }
 
     /// Every token to every one of `num_experts` experts (shared experts, dense baselines).
     pub fn dense(num_tokens: usize, num_experts: usize) -> Self {
-        let pairs: Vec<(u32, u32)> =
-            (0..num_experts as u32).flat_map(|e| (0..num_tokens as u32).map(move |t| (t, e))).collect();
+        let pairs: Vec<(u32, u32)> = (0..num_experts as u32)
+            .flat_map(|e| (0..num_tokens as u32).map(move |t| (t, e)))
+            .collect();
         Self::from_assignments(num_tokens, num_experts, &pairs).expect("dense plan is valid")
     }
 
@@ -96,7 +108,11 @@ impl DispatchPlan {
     /// Index of each assignment in a row-major `[T, E]` matrix (`t·E + e`), for gathering
     /// per-assignment weights out of a dense weight matrix.
     pub fn flat_indices(&self) -> Vec<u32> {
-        self.token.iter().zip(&self.expert).map(|(&t, &e)| t * self.num_experts as u32 + e).collect()
+        self.token
+            .iter()
+            .zip(&self.expert)
+            .map(|(&t, &e)| t * self.num_experts as u32 + e)
+            .collect()
     }
 
     /// The inverse index: for each token, its assignments in plan order (CSR by token).
@@ -122,21 +138,30 @@ impl DispatchPlan {
     pub fn check(&self) -> Result<()> {
         let bad = |why: String| Err(MoeError::input("DispatchPlan::check", why));
         if self.offsets.len() != self.num_experts + 1 || self.offsets[0] != 0 {
-            return bad(format!("offsets must have E+1 = {} entries starting at 0", self.num_experts + 1));
+            return bad(format!(
+                "offsets must have E+1 = {} entries starting at 0",
+                self.num_experts + 1
+            ));
         }
         if self.offsets.windows(2).any(|w| w[0] > w[1]) {
             return bad("offsets are not monotone".into());
         }
-        if *self.offsets.last().unwrap() as usize != self.token.len() || self.expert.len() != self.token.len() {
+        if *self.offsets.last().unwrap() as usize != self.token.len()
+            || self.expert.len() != self.token.len()
+        {
             return bad("offsets[E] must equal the number of assignments".into());
         }
         for e in 0..self.num_experts {
             let r = self.range(e);
             if self.expert[r.clone()].iter().any(|&x| x as usize != e) {
-                return bad(format!("expert ids inside expert {e}'s range disagree with offsets"));
+                return bad(format!(
+                    "expert ids inside expert {e}'s range disagree with offsets"
+                ));
             }
             if self.token[r].windows(2).any(|w| w[0] >= w[1]) {
-                return bad(format!("tokens of expert {e} are not strictly ascending (duplicate or unsorted)"));
+                return bad(format!(
+                    "tokens of expert {e} are not strictly ascending (duplicate or unsorted)"
+                ));
             }
         }
         if self.token.iter().any(|&t| t as usize >= self.num_tokens) {

@@ -27,23 +27,43 @@ pub struct SoftMoeLayer {
 }
 
 impl SoftMoeLayer {
-    pub fn new(pb: &ParamBuilder, d_model: usize, experts: &[ExpertSpec], slots_per_expert: usize) -> Result<Self> {
+    pub fn new(
+        pb: &ParamBuilder,
+        d_model: usize,
+        experts: &[ExpertSpec],
+        slots_per_expert: usize,
+    ) -> Result<Self> {
         if d_model == 0 {
             return Err(MoeError::config("d_model", "must be at least 1"));
         }
         if experts.is_empty() {
-            return Err(MoeError::config("experts", "Soft MoE needs at least one expert"));
+            return Err(MoeError::config(
+                "experts",
+                "Soft MoE needs at least one expert",
+            ));
         }
         if slots_per_expert == 0 {
             return Err(MoeError::config("slots_per_expert", "must be at least 1"));
         }
         if let Some(i) = experts.iter().position(|e| e.hidden == 0) {
-            return Err(MoeError::config(format!("experts[{i}].hidden"), "an expert's hidden width must be at least 1"));
+            return Err(MoeError::config(
+                format!("experts[{i}].hidden"),
+                "an expert's hidden width must be at least 1",
+            ));
         }
         let n = experts.len() * slots_per_expert;
-        let phi = pb.var("phi", &[d_model, n], Init::Normal(1.0 / (d_model as f64).sqrt()))?;
+        let phi = pb.var(
+            "phi",
+            &[d_model, n],
+            Init::Normal(1.0 / (d_model as f64).sqrt()),
+        )?;
         let experts = ExpertBank::new(&pb.pp("experts"), d_model, experts)?;
-        Ok(Self { d_model, slots_per_expert, phi, experts })
+        Ok(Self {
+            d_model,
+            slots_per_expert,
+            phi,
+            experts,
+        })
     }
 }
 
@@ -53,14 +73,20 @@ impl MoeBlock for SoftMoeLayer {
     fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<MoeOutput> {
         let d = self.d_model;
         if x.dims().last() != Some(&d) {
-            return Err(MoeError::input("SoftMoeLayer::forward", format!("input has shape {:?}, last dim must be {d}", x.dims())));
+            return Err(MoeError::input(
+                "SoftMoeLayer::forward",
+                format!("input has shape {:?}, last dim must be {d}", x.dims()),
+            ));
         }
         let shape = x.shape().clone();
         let x2 = x.reshape(((), d))?;
         let t = x2.dims()[0];
         let l = ctx.seq_len.unwrap_or(t);
         if l == 0 || t % l != 0 {
-            return Err(MoeError::input("SoftMoeLayer::forward", format!("sequence length {l} does not divide {t} tokens")));
+            return Err(MoeError::input(
+                "SoftMoeLayer::forward",
+                format!("sequence length {l} does not divide {t} tokens"),
+            ));
         }
         let b = t / l;
         let (e, s) = (self.experts.num_experts(), self.slots_per_expert);
@@ -77,6 +103,12 @@ impl MoeBlock for SoftMoeLayer {
         let ys = Tensor::cat(&outs, 1)?; // [B, E·S, d]
         let y = combine.matmul(&ys)?.reshape(shape)?;
         let aux_loss = Tensor::zeros((), x.dtype(), x.device())?;
-        Ok(MoeOutput { y, aux_loss, losses: LossValues::default(), stats: None, routing: None })
+        Ok(MoeOutput {
+            y,
+            aux_loss,
+            losses: LossValues::default(),
+            stats: None,
+            routing: None,
+        })
     }
 }

@@ -24,13 +24,36 @@ impl RoutingStats {
         let tokens_per_expert = plan.tokens_per_expert();
         let t = plan.num_tokens.max(1) as f64;
         let dropped_fraction = plan.dropped.iter().filter(|&&d| d).count() as f64 / t;
-        let p = probs.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        let entropy = -p.iter().filter(|&&x| x > 0.0).map(|&x| x * x.ln()).sum::<f64>() / t;
+        let p = probs
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let entropy = -p
+            .iter()
+            .filter(|&&x| x > 0.0)
+            .map(|&x| x * x.ln())
+            .sum::<f64>()
+            / t;
         let max_logit = match logits {
-            Some(l) if l.elem_count() > 0 => l.to_dtype(DType::F64)?.flatten_all()?.max(0)?.to_scalar::<f64>()?,
+            Some(l) if l.elem_count() > 0 => l
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f64>()?,
             _ => 0.0,
         };
-        let dead_experts = tokens_per_expert.iter().enumerate().filter(|(_, &c)| c == 0).map(|(e, _)| e).collect();
-        Ok(Self { tokens_per_expert, dropped_fraction, entropy, max_logit, dead_experts })
+        let dead_experts = tokens_per_expert
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == 0)
+            .map(|(e, _)| e)
+            .collect();
+        Ok(Self {
+            tokens_per_expert,
+            dropped_fraction,
+            entropy,
+            max_logit,
+            dead_experts,
+        })
     }
 }

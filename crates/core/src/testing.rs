@@ -27,10 +27,19 @@ impl GradReport {
 /// Compares the gradients of `f` (a scalar) w.r.t. every element of `vars` (f64) with
 /// central differences `(f(x+ε) − f(x−ε)) / 2ε`. An entry passes when
 /// `|a − n| ≤ atol + rtol·|n|` (numpy's `allclose`).
-pub fn gradcheck(vars: &[Var], f: impl Fn() -> Result<Tensor>, eps: f64, atol: f64, rtol: f64) -> Result<GradReport> {
+pub fn gradcheck(
+    vars: &[Var],
+    f: impl Fn() -> Result<Tensor>,
+    eps: f64,
+    atol: f64,
+    rtol: f64,
+) -> Result<GradReport> {
     for v in vars {
         if v.dtype() != DType::F64 {
-            return Err(MoeError::input("gradcheck", "gradcheck needs f64 variables"));
+            return Err(MoeError::input(
+                "gradcheck",
+                "gradcheck needs f64 variables",
+            ));
         }
     }
     let loss = f()?;

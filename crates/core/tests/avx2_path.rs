@@ -19,7 +19,10 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 /// Output and the gradients of x, w, p (fast kernel when `fast`, else the reference).
@@ -27,25 +30,50 @@ fn run(fast: bool) -> Vec<Tensor> {
     // several row tiles per expert and mixed kinds, so every kernel loop runs
     const TOKENS: usize = 300;
     const D_MODEL: usize = 40;
-    let specs = [ExpertSpec::swiglu(48), ExpertSpec::ffn(Activation::Silu, 35), ExpertSpec::swiglu(20)];
+    let specs = [
+        ExpertSpec::swiglu(48),
+        ExpertSpec::ffn(Activation::Silu, 35),
+        ExpertSpec::swiglu(20),
+    ];
     let dev = Device::Cpu;
     let pb = ParamBuilder::new(&ParamStore::new(), 8, DType::F32, &dev);
     let layout = Arc::new(ExpertLayout::new(D_MODEL, &specs));
-    let pairs: Vec<(u32, u32)> = (0..TOKENS as u32).flat_map(|t| [(t, t % 3), (t, (t + 1 + t / 7 % 2) % 3)]).collect();
+    let pairs: Vec<(u32, u32)> = (0..TOKENS as u32)
+        .flat_map(|t| [(t, t % 3), (t, (t + 1 + t / 7 % 2) % 3)])
+        .collect();
     let plan = Arc::new(DispatchPlan::from_assignments(TOKENS, specs.len(), &pairs).unwrap());
     let mk = |n: usize, shape: &[usize]| {
-        Var::from_tensor(&Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev).unwrap().to_dtype(DType::F32).unwrap()).unwrap()
+        Var::from_tensor(
+            &Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap(),
+        )
+        .unwrap()
     };
-    let (x, w, p) = (mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]), mk(plan.len(), &[plan.len()]), mk(layout.total, &[layout.total]));
+    let (x, w, p) = (
+        mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]),
+        mk(plan.len(), &[plan.len()]),
+        mk(layout.total, &[layout.total]),
+    );
     let proj = mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]);
     let y = if fast {
         dispatch(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap()
     } else {
         dispatch_reference(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap()
     };
-    let g = (y.clone() * proj.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = (y.clone() * proj.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     let mut out = vec![y];
-    out.extend([&x, &w, &p].iter().map(|v| g.get(v.as_tensor()).unwrap().clone()));
+    out.extend(
+        [&x, &w, &p]
+            .iter()
+            .map(|v| g.get(v.as_tensor()).unwrap().clone()),
+    );
     out
 }
 
@@ -54,7 +82,10 @@ fn avx2_path_matches_reference_and_default_path() {
     let reference = run(false);
     let default = run(true);
     set_isa(GemmIsa::Avx2);
-    assert!(!uses_avx512(), "the switch must take the kernels off AVX-512");
+    assert!(
+        !uses_avx512(),
+        "the switch must take the kernels off AVX-512"
+    );
     let avx2 = run(true);
     set_isa(GemmIsa::Auto);
     for (i, name) in ["y", "dx", "dw", "dp"].iter().enumerate() {

@@ -10,7 +10,13 @@ use switchyard_core::router::{self, top_k, RouterInput};
 use switchyard_core::{DispatchImpl, DropPolicy, MoeConfig, RouterConfig};
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 fn run_f32(cfg: &MoeConfig, seed: u64) -> (Vec<u32>, Vec<Vec<u32>>) {
@@ -18,13 +24,21 @@ fn run_f32(cfg: &MoeConfig, seed: u64) -> (Vec<u32>, Vec<Vec<u32>>) {
     let out = f.run(true, DispatchImpl::Kernel, 11);
     let loss = ((out.y.clone() * &f.proj).unwrap().sum_all().unwrap() + out.aux_loss).unwrap();
     let grads = loss.backward().unwrap();
-    let g = f.vars().iter().map(|(_, v)| bits(grads.get(v.as_tensor()).unwrap())).collect();
+    let g = f
+        .vars()
+        .iter()
+        .map(|(_, v)| bits(grads.get(v.as_tensor()).unwrap()))
+        .collect();
     (bits(&out.y), g)
 }
 
 #[test]
 fn same_seed_same_bits_for_forward_and_backward() {
-    let cfg = MoeConfig { jitter: 0.1, expert_dropout: 0.2, ..small_cfg(RouterConfig::NoisyTopK { k: 2 }, swiglu(6)) };
+    let cfg = MoeConfig {
+        jitter: 0.1,
+        expert_dropout: 0.2,
+        ..small_cfg(RouterConfig::NoisyTopK { k: 2 }, swiglu(6))
+    };
     let a = run_f32(&cfg, 5);
     let b = run_f32(&cfg, 5);
     assert_eq!(a, b);
@@ -35,8 +49,16 @@ fn same_seed_same_bits_for_forward_and_backward() {
 #[test]
 fn thread_count_does_not_change_bits() {
     let cfg = small_cfg(RouterConfig::TopK { k: 2 }, swiglu(6));
-    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| run_f32(&cfg, 9));
-    let four = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap().install(|| run_f32(&cfg, 9));
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| run_f32(&cfg, 9));
+    let four = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap()
+        .install(|| run_f32(&cfg, 9));
     assert_eq!(one, four);
 }
 
@@ -54,19 +76,58 @@ fn routers_break_ties_to_lower_expert_and_token() {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for cfg in [
         RouterConfig::TopK { k: 2 },
-        RouterConfig::SigmoidBias { k: 2, bias_update_rate: 0.0, scaling: 1.0 },
-        RouterConfig::Switch { k: 1, capacity_factor: 4.0, eval_capacity_factor: None, drop_policy: DropPolicy::Probability },
+        RouterConfig::SigmoidBias {
+            k: 2,
+            bias_update_rate: 0.0,
+            scaling: 1.0,
+        },
+        RouterConfig::Switch {
+            k: 1,
+            capacity_factor: 4.0,
+            eval_capacity_factor: None,
+            drop_policy: DropPolicy::Probability,
+        },
     ] {
         let r = router::build(&cfg, 4).unwrap();
-        let out = r.route(RouterInput { gate_out: &logits, token_ids: None, available: None, train: false, rng: &mut rng }).unwrap();
+        let out = r
+            .route(RouterInput {
+                gate_out: &logits,
+                token_ids: None,
+                available: None,
+                train: false,
+                rng: &mut rng,
+            })
+            .unwrap();
         for tok in 0..4u32 {
-            let chosen: Vec<u32> = (0..out.plan.len()).filter(|&a| out.plan.token[a] == tok).map(|a| out.plan.expert[a]).collect();
-            assert_eq!(chosen, (0..cfg.k() as u32).collect::<Vec<_>>(), "{}", cfg.name());
+            let chosen: Vec<u32> = (0..out.plan.len())
+                .filter(|&a| out.plan.token[a] == tok)
+                .map(|a| out.plan.expert[a])
+                .collect();
+            assert_eq!(
+                chosen,
+                (0..cfg.k() as u32).collect::<Vec<_>>(),
+                "{}",
+                cfg.name()
+            );
         }
     }
     // expert choice with equal scores: each expert takes the lowest token indices
-    let r = router::build(&RouterConfig::ExpertChoice { capacity_factor: 1.0 }, 4).unwrap();
-    let out = r.route(RouterInput { gate_out: &logits, token_ids: None, available: None, train: false, rng: &mut rng }).unwrap();
+    let r = router::build(
+        &RouterConfig::ExpertChoice {
+            capacity_factor: 1.0,
+        },
+        4,
+    )
+    .unwrap();
+    let out = r
+        .route(RouterInput {
+            gate_out: &logits,
+            token_ids: None,
+            available: None,
+            train: false,
+            rng: &mut rng,
+        })
+        .unwrap();
     assert!(out.plan.token.iter().all(|&t| t == 0));
 }
 
@@ -92,33 +153,60 @@ fn big_dispatch_bits(threads: usize) -> Vec<Vec<u32>> {
     let dev = Device::Cpu;
     let pb = ParamBuilder::new(&ParamStore::new(), 4, DType::F32, &dev);
     let layout = Arc::new(ExpertLayout::new(D_MODEL, &specs));
-    let pairs: Vec<(u32, u32)> =
-        (0..TOKENS as u32).flat_map(|t| (0..K as u32).map(move |j| (t, (t * 7 + j * 2 + t / 5) % 6))).collect();
+    let pairs: Vec<(u32, u32)> = (0..TOKENS as u32)
+        .flat_map(|t| (0..K as u32).map(move |j| (t, (t * 7 + j * 2 + t / 5) % 6)))
+        .collect();
     let mut pairs = pairs;
     pairs.sort();
     pairs.dedup();
     let plan = Arc::new(DispatchPlan::from_assignments(TOKENS, specs.len(), &pairs).unwrap());
-    assert!((0..6).any(|e| plan.range(e).len() > 256), "the plan must need several row tiles");
+    assert!(
+        (0..6).any(|e| plan.range(e).len() > 256),
+        "the plan must need several row tiles"
+    );
     let mk = |n: usize, shape: &[usize]| {
-        let t = Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev).unwrap().to_dtype(DType::F32).unwrap();
+        let t = Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
         candle_core::Var::from_tensor(&t).unwrap()
     };
-    let (x, w, p) = (mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]), mk(plan.len(), &[plan.len()]), mk(layout.total, &[layout.total]));
+    let (x, w, p) = (
+        mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]),
+        mk(plan.len(), &[plan.len()]),
+        mk(layout.total, &[layout.total]),
+    );
     let proj = mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]);
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
-        let y = dispatch(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
-        let g = (y.clone() * proj.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let mut out = vec![bits(&y)];
-        out.extend([&x, &w, &p].iter().map(|v| bits(g.get(v.as_tensor()).unwrap())));
-        out
-    })
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| {
+            let y = dispatch(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
+            let g = (y.clone() * proj.as_tensor())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut out = vec![bits(&y)];
+            out.extend(
+                [&x, &w, &p]
+                    .iter()
+                    .map(|v| bits(g.get(v.as_tensor()).unwrap())),
+            );
+            out
+        })
 }
 
 #[test]
 fn thread_count_does_not_change_bits_on_a_large_plan() {
     let one = big_dispatch_bits(1);
     for threads in [2, 3, 4] {
-        assert!(one == big_dispatch_bits(threads), "{threads} threads changed the bits");
+        assert!(
+            one == big_dispatch_bits(threads),
+            "{threads} threads changed the bits"
+        );
     }
 }
 
@@ -130,15 +218,31 @@ fn top_k_without_sorting_matches_a_full_sort() {
         let e = rng.random_range(1..80);
         // few distinct values so ties are common; a NaN now and then
         let vals: Vec<f64> = (0..e)
-            .map(|_| if rng.random_range(0..20) == 0 { f64::NAN } else { rng.random_range(0..6) as f64 })
+            .map(|_| {
+                if rng.random_range(0..20) == 0 {
+                    f64::NAN
+                } else {
+                    rng.random_range(0..6) as f64
+                }
+            })
             .collect();
         let k = rng.random_range(0..=e.min(40));
-        let key = |i: usize| if vals[i].is_nan() { f64::NEG_INFINITY } else { vals[i] };
+        let key = |i: usize| {
+            if vals[i].is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                vals[i]
+            }
+        };
         let mut expect: Vec<usize> = (0..e).collect();
         expect.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
         expect.truncate(k);
         assert_eq!(top_k(&vals, k, 0..e), expect, "trial {trial}: e={e} k={k}");
         // candidates in any order give the same answer
-        assert_eq!(top_k(&vals, k, (0..e).rev()), expect, "trial {trial} (reversed candidates)");
+        assert_eq!(
+            top_k(&vals, k, (0..e).rev()),
+            expect,
+            "trial {trial} (reversed candidates)"
+        );
     }
 }

@@ -17,7 +17,10 @@ fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
     let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 fn random_plan(t: usize, e: usize, k: usize, rng: &mut ChaCha8Rng) -> DispatchPlan {
@@ -43,7 +46,17 @@ fn compare(specs: &[ExpertSpec], t: usize, d: usize, k: usize, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let plan = Arc::new(random_plan(t, specs.len(), k, &mut rng));
     let mk = |n: usize, shape: &[usize]| {
-        Var::from_tensor(&Tensor::from_vec(pb.sample(n, switchyard_core::Init::Normal(0.5)), shape, &dev).unwrap().to_dtype(DType::F32).unwrap()).unwrap()
+        Var::from_tensor(
+            &Tensor::from_vec(
+                pb.sample(n, switchyard_core::Init::Normal(0.5)),
+                shape,
+                &dev,
+            )
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
+        )
+        .unwrap()
     };
     let x = mk(t * d, &[t, d]);
     let w = mk(plan.len(), &[plan.len()]);
@@ -51,12 +64,30 @@ fn compare(specs: &[ExpertSpec], t: usize, d: usize, k: usize, seed: u64) {
     let p = mk(layout.total, &[layout.total]);
     let proj = mk(t * d, &[t, d]);
     let y_fast = dispatch(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
-    let y_ref = dispatch_reference(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
-    assert!(rel_err(&y_fast, &y_ref) < 1e-5, "forward: {}", rel_err(&y_fast, &y_ref));
-    let g_fast = (y_fast * proj.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-    let g_ref = (y_ref * proj.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let y_ref =
+        dispatch_reference(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
+    assert!(
+        rel_err(&y_fast, &y_ref) < 1e-5,
+        "forward: {}",
+        rel_err(&y_fast, &y_ref)
+    );
+    let g_fast = (y_fast * proj.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g_ref = (y_ref * proj.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for (name, v) in [("x", &x), ("weights", &w), ("experts", &p)] {
-        let (a, b) = (g_fast.get(v.as_tensor()).unwrap(), g_ref.get(v.as_tensor()).unwrap());
+        let (a, b) = (
+            g_fast.get(v.as_tensor()).unwrap(),
+            g_ref.get(v.as_tensor()).unwrap(),
+        );
         let err = rel_err(a, b);
         assert!(err < 1e-5, "grad {name}: rel err {err}");
     }
@@ -96,7 +127,17 @@ fn empty_plan_gives_zero_output_and_zero_grads() {
     let y = dispatch(x.as_tensor(), w.as_tensor(), p.as_tensor(), &layout, &plan).unwrap();
     assert_eq!(y.sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     let g = y.sum_all().unwrap().backward().unwrap();
-    assert_eq!(g.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        g.get(x.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
 }
 
 #[test]
@@ -107,6 +148,11 @@ fn mismatched_shapes_are_errors_not_panics() {
     let x = Tensor::ones((3, 5), DType::F32, &dev).unwrap();
     let w = Tensor::ones(1, DType::F32, &dev).unwrap();
     let p = Tensor::ones(layout.total, DType::F32, &dev).unwrap();
-    let err = dispatch(&x, &w, &p, &layout, &plan).unwrap_err().to_string();
-    assert!(err.contains("[3, 5]") && err.contains("expected [3, 4]"), "{err}");
+    let err = dispatch(&x, &w, &p, &layout, &plan)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[3, 5]") && err.contains("expected [3, 4]"),
+        "{err}"
+    );
 }

@@ -8,7 +8,15 @@ mod piecewise;
 #[test]
 fn moe_learns_the_regimes_and_beats_dense() {
     let r = piecewise::run(3000, 0);
-    println!("purity {:?}, MoE {:.4}, dense {:.4}", r.purity, r.moe_loss, r.dense_loss);
+    println!(
+        "purity {:?}, MoE {:.4}, dense {:.4}",
+        r.purity, r.moe_loss, r.dense_loss
+    );
     assert!(r.purity.iter().all(|&p| p > 0.9), "purity {:?}", r.purity);
-    assert!(r.moe_loss < r.dense_loss, "MoE {} vs dense {}", r.moe_loss, r.dense_loss);
+    assert!(
+        r.moe_loss < r.dense_loss,
+        "MoE {} vs dense {}",
+        r.moe_loss,
+        r.dense_loss
+    );
 }

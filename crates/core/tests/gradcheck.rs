@@ -8,7 +8,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use switchyard_core::testing::gradcheck;
 use switchyard_core::{
-    losses, Activation, DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig, ScoreFn,
+    losses, Activation, DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig,
+    ScoreFn,
 };
 
 const EPS: f64 = 1e-6;
@@ -20,12 +21,25 @@ fn check_layer(cfg: MoeConfig, train: bool) {
     for which in [DispatchImpl::Kernel, DispatchImpl::Reference] {
         let vars: Vec<Var> = f.vars().into_iter().map(|(_, v)| v).collect();
         let names: Vec<String> = f.vars().into_iter().map(|(n, _)| n).collect();
-        assert!(names.iter().any(|n| n.contains("gate")) || cfg.router == (RouterConfig::Hash { seed: 1 }));
+        assert!(
+            names.iter().any(|n| n.contains("gate"))
+                || cfg.router == (RouterConfig::Hash { seed: 1 })
+        );
         assert!(names.iter().any(|n| n.contains("experts.packed")));
         let rep = gradcheck(&vars, || f.objective(train, which), EPS, ATOL, RTOL).unwrap();
-        println!("{:<14} {:?}: max |Δ| = {:.3e} over {} entries", cfg.router.name(), which, rep.max_abs, rep.checked);
+        println!(
+            "{:<14} {:?}: max |Δ| = {:.3e} over {} entries",
+            cfg.router.name(),
+            which,
+            rep.max_abs,
+            rep.checked
+        );
         if let Some((vi, i, a, n)) = rep.worst {
-            panic!("{} {which:?}: d/d{}[{i}] analytic {a} vs numeric {n}", cfg.router.name(), names[vi]);
+            panic!(
+                "{} {which:?}: d/d{}[{i}] analytic {a} vs numeric {n}",
+                cfg.router.name(),
+                names[vi]
+            );
         }
     }
 }
@@ -37,7 +51,13 @@ fn top_k_router() {
 
 #[test]
 fn top_k_router_without_renormalisation() {
-    check_layer(MoeConfig { renormalize: false, ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(4)) }, true);
+    check_layer(
+        MoeConfig {
+            renormalize: false,
+            ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(4))
+        },
+        true,
+    );
 }
 
 #[test]
@@ -48,14 +68,33 @@ fn noisy_top_k_router_in_training() {
 #[test]
 fn switch_router_with_capacity() {
     for policy in [DropPolicy::Position, DropPolicy::Probability] {
-        let r = RouterConfig::Switch { k: 1, capacity_factor: 1.0, eval_capacity_factor: None, drop_policy: policy };
-        check_layer(MoeConfig { renormalize: false, ..small_cfg(r, swiglu(4)) }, true);
+        let r = RouterConfig::Switch {
+            k: 1,
+            capacity_factor: 1.0,
+            eval_capacity_factor: None,
+            drop_policy: policy,
+        };
+        check_layer(
+            MoeConfig {
+                renormalize: false,
+                ..small_cfg(r, swiglu(4))
+            },
+            true,
+        );
     }
 }
 
 #[test]
 fn expert_choice_router() {
-    check_layer(small_cfg(RouterConfig::ExpertChoice { capacity_factor: 2.0 }, swiglu(4)), true);
+    check_layer(
+        small_cfg(
+            RouterConfig::ExpertChoice {
+                capacity_factor: 2.0,
+            },
+            swiglu(4),
+        ),
+        true,
+    );
 }
 
 #[test]
@@ -65,13 +104,20 @@ fn hash_router() {
 
 #[test]
 fn sigmoid_bias_router() {
-    let r = RouterConfig::SigmoidBias { k: 2, bias_update_rate: 0.01, scaling: 2.5 };
+    let r = RouterConfig::SigmoidBias {
+        k: 2,
+        bias_update_rate: 0.01,
+        scaling: 2.5,
+    };
     check_layer(small_cfg(r, swiglu(4)), true);
 }
 
 #[test]
 fn group_limited_router() {
-    for (score, gs) in [(ScoreFn::Softmax, GroupScore::Max), (ScoreFn::Sigmoid, GroupScore::Top2Sum)] {
+    for (score, gs) in [
+        (ScoreFn::Softmax, GroupScore::Max),
+        (ScoreFn::Sigmoid, GroupScore::Top2Sum),
+    ] {
         let r = RouterConfig::GroupLimited {
             k: 2,
             groups: 2,
@@ -87,12 +133,31 @@ fn group_limited_router() {
 
 #[test]
 fn hierarchical_router() {
-    check_layer(small_cfg(RouterConfig::Hierarchical { groups: 2, k_groups: 1, k_inner: 2 }, swiglu(4)), true);
+    check_layer(
+        small_cfg(
+            RouterConfig::Hierarchical {
+                groups: 2,
+                k_groups: 1,
+                k_inner: 2,
+            },
+            swiglu(4),
+        ),
+        true,
+    );
 }
 
 #[test]
 fn sinkhorn_router() {
-    check_layer(small_cfg(RouterConfig::Sinkhorn { k: 2, iterations: 50 }, swiglu(4)), true);
+    check_layer(
+        small_cfg(
+            RouterConfig::Sinkhorn {
+                k: 2,
+                iterations: 50,
+            },
+            swiglu(4),
+        ),
+        true,
+    );
 }
 
 #[test]
@@ -110,7 +175,11 @@ fn every_expert_kind_in_one_heterogeneous_layer() {
 fn shared_experts_mlp_gate_with_context() {
     let cfg = MoeConfig {
         shared_experts: vec![ExpertSpec::swiglu(2)],
-        gate: switchyard_core::GateConfig::Mlp { hidden: 3, activation: Activation::Gelu, context: true },
+        gate: switchyard_core::GateConfig::Mlp {
+            hidden: 3,
+            activation: Activation::Gelu,
+            context: true,
+        },
         ..small_cfg(RouterConfig::TopK { k: 1 }, swiglu(4))
     };
     check_layer(cfg, true);
@@ -122,10 +191,28 @@ fn soft_moe_layer() {
     use switchyard_core::{ForwardCtx, MoeBlock, ParamBuilder, ParamStore, SoftMoeLayer};
     let store = ParamStore::new();
     let pb = ParamBuilder::new(&store, 3, DType::F64, &Device::Cpu);
-    let layer = SoftMoeLayer::new(&pb.pp("soft"), D, &[ExpertSpec::swiglu(3), ExpertSpec::ffn(Activation::Gelu, 2)], 2)
-        .unwrap();
-    let x = Var::from_tensor(&Tensor::from_vec(pb.sample(T * D, switchyard_core::Init::Normal(1.0)), (T, D), &Device::Cpu).unwrap()).unwrap();
-    let proj = Tensor::from_vec(pb.sample(T * D, switchyard_core::Init::Normal(1.0)), (T, D), &Device::Cpu).unwrap();
+    let layer = SoftMoeLayer::new(
+        &pb.pp("soft"),
+        D,
+        &[ExpertSpec::swiglu(3), ExpertSpec::ffn(Activation::Gelu, 2)],
+        2,
+    )
+    .unwrap();
+    let x = Var::from_tensor(
+        &Tensor::from_vec(
+            pb.sample(T * D, switchyard_core::Init::Normal(1.0)),
+            (T, D),
+            &Device::Cpu,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let proj = Tensor::from_vec(
+        pb.sample(T * D, switchyard_core::Init::Normal(1.0)),
+        (T, D),
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut vars = vec![x.clone()];
     vars.extend(store.all().into_iter().map(|(_, v)| v));
     let rep = gradcheck(
@@ -150,23 +237,53 @@ fn soft_moe_layer() {
 #[test]
 fn losses_alone() {
     let dev = Device::Cpu;
-    let vals = |seed: u64| -> Vec<f64> { (0..T * 4).map(|i| ((i as f64 + seed as f64) * 1.37).sin() * 2.0).collect() };
+    let vals = |seed: u64| -> Vec<f64> {
+        (0..T * 4)
+            .map(|i| ((i as f64 + seed as f64) * 1.37).sin() * 2.0)
+            .collect()
+    };
     let logits = Var::from_tensor(&Tensor::from_vec(vals(0), (T, 4), &dev).unwrap()).unwrap();
     let noise = Var::from_tensor(&Tensor::from_vec(vals(5), (T, 4), &dev).unwrap()).unwrap();
-    let std = Var::from_tensor(&(Tensor::from_vec(vals(9), (T, 4), &dev).unwrap().abs().unwrap() + 0.5).unwrap()).unwrap();
+    let std = Var::from_tensor(
+        &(Tensor::from_vec(vals(9), (T, 4), &dev)
+            .unwrap()
+            .abs()
+            .unwrap()
+            + 0.5)
+            .unwrap(),
+    )
+    .unwrap();
     let counts = [5, 3, 6, 2];
     type LossFn<'a> = Box<dyn Fn() -> switchyard_core::Result<Tensor> + 'a>;
     let cases: Vec<(&str, LossFn)> = vec![
-        ("switch_balance", Box::new(|| losses::switch_balance(&candle_nn::ops::softmax(logits.as_tensor(), 1)?, &counts, 2))),
+        (
+            "switch_balance",
+            Box::new(|| {
+                losses::switch_balance(&candle_nn::ops::softmax(logits.as_tensor(), 1)?, &counts, 2)
+            }),
+        ),
         ("z", Box::new(|| losses::z_loss(logits.as_tensor()))),
-        ("importance", Box::new(|| losses::importance(&candle_nn::ops::softmax(logits.as_tensor(), 1)?))),
-        ("load", Box::new(|| {
-            let noisy = (logits.as_tensor() + (noise.as_tensor() * std.as_tensor())?)?;
-            losses::load(logits.as_tensor(), &noisy, std.as_tensor(), 2)
-        })),
+        (
+            "importance",
+            Box::new(|| losses::importance(&candle_nn::ops::softmax(logits.as_tensor(), 1)?)),
+        ),
+        (
+            "load",
+            Box::new(|| {
+                let noisy = (logits.as_tensor() + (noise.as_tensor() * std.as_tensor())?)?;
+                losses::load(logits.as_tensor(), &noisy, std.as_tensor(), 2)
+            }),
+        ),
     ];
     for (name, f) in cases {
-        let rep = gradcheck(&[logits.clone(), noise.clone(), std.clone()], f, EPS, ATOL, RTOL).unwrap();
+        let rep = gradcheck(
+            &[logits.clone(), noise.clone(), std.clone()],
+            f,
+            EPS,
+            ATOL,
+            RTOL,
+        )
+        .unwrap();
         println!("loss {name}: max |Δ| = {:.3e}", rep.max_abs);
         assert!(rep.ok(), "{name}: {:?}", rep.worst);
     }

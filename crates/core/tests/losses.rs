@@ -11,7 +11,10 @@ const TOL: f64 = 1e-10;
 fn mat(v: &Value) -> (Vec<f64>, usize, usize) {
     let rows = v.as_array().unwrap();
     let cols = rows[0].as_array().unwrap().len();
-    let flat = rows.iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect();
+    let flat = rows
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        .collect();
     (flat, rows.len(), cols)
 }
 
@@ -24,13 +27,19 @@ fn close(name: &str, got: &Tensor, want: &Value) {
     let got = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
     let (want, _, _) = mat(want);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        assert!((g - w).abs() <= TOL * (1.0 + w.abs()), "{name}[{i}]: {g} vs torch {w}");
+        assert!(
+            (g - w).abs() <= TOL * (1.0 + w.abs()),
+            "{name}[{i}]: {g} vs torch {w}"
+        );
     }
 }
 
 #[test]
 fn losses_match_pytorch() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/reference/losses.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/reference/losses.json"
+    );
     let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases = json["cases"].as_array().unwrap();
     assert!(cases.len() >= 3);
@@ -65,20 +74,51 @@ fn losses_match_pytorch() {
         let gates = ex.broadcast_div(&ex.sum_keepdim(1).unwrap()).unwrap();
         let imp = losses::importance(&gates).unwrap();
         let load = losses::load(logits.as_tensor(), noisy.as_tensor(), std.as_tensor(), k).unwrap();
-        for (what, got) in [("switch_lb", &lb), ("z_loss", &z), ("importance", &imp), ("load", &load)] {
+        for (what, got) in [
+            ("switch_lb", &lb),
+            ("z_loss", &z),
+            ("importance", &imp),
+            ("load", &load),
+        ] {
             let g = got.to_scalar::<f64>().unwrap();
             let w = c[what].as_f64().unwrap();
-            assert!((g - w).abs() <= TOL * (1.0 + w.abs()), "case {name} {what}: {g} vs torch {w}");
+            assert!(
+                (g - w).abs() <= TOL * (1.0 + w.abs()),
+                "case {name} {what}: {g} vs torch {w}"
+            );
         }
         let g = lb.backward().unwrap();
-        close("grad_switch_lb_logits", g.get(logits.as_tensor()).unwrap(), &c["grad_switch_lb_logits"]);
+        close(
+            "grad_switch_lb_logits",
+            g.get(logits.as_tensor()).unwrap(),
+            &c["grad_switch_lb_logits"],
+        );
         let g = z.backward().unwrap();
-        close("grad_z_loss_logits", g.get(logits.as_tensor()).unwrap(), &c["grad_z_loss_logits"]);
+        close(
+            "grad_z_loss_logits",
+            g.get(logits.as_tensor()).unwrap(),
+            &c["grad_z_loss_logits"],
+        );
         let g = imp.backward().unwrap();
-        let gi = g.get(noisy.as_tensor()).cloned().unwrap_or(noisy.as_tensor().zeros_like().unwrap());
-        close("grad_importance_noisy_logits", &gi, &c["grad_importance_noisy_logits"]);
+        let gi = g
+            .get(noisy.as_tensor())
+            .cloned()
+            .unwrap_or(noisy.as_tensor().zeros_like().unwrap());
+        close(
+            "grad_importance_noisy_logits",
+            &gi,
+            &c["grad_importance_noisy_logits"],
+        );
         let g = load.backward().unwrap();
-        close("grad_load_logits", g.get(logits.as_tensor()).unwrap(), &c["grad_load_logits"]);
-        close("grad_load_noise_std", g.get(std.as_tensor()).unwrap(), &c["grad_load_noise_std"]);
+        close(
+            "grad_load_logits",
+            g.get(logits.as_tensor()).unwrap(),
+            &c["grad_load_logits"],
+        );
+        close(
+            "grad_load_noise_std",
+            g.get(std.as_tensor()).unwrap(),
+            &c["grad_load_noise_std"],
+        );
     }
 }

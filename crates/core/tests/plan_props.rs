@@ -14,24 +14,59 @@ fn routers(e: usize) -> Vec<RouterConfig> {
     let mut v = vec![
         RouterConfig::TopK { k: 2.min(e) },
         RouterConfig::NoisyTopK { k: 2.min(e) },
-        RouterConfig::Switch { k: 1, capacity_factor: 1.0, eval_capacity_factor: None, drop_policy: DropPolicy::Position },
-        RouterConfig::Switch { k: 2.min(e), capacity_factor: 0.5, eval_capacity_factor: None, drop_policy: DropPolicy::Probability },
-        RouterConfig::ExpertChoice { capacity_factor: 1.5 },
+        RouterConfig::Switch {
+            k: 1,
+            capacity_factor: 1.0,
+            eval_capacity_factor: None,
+            drop_policy: DropPolicy::Position,
+        },
+        RouterConfig::Switch {
+            k: 2.min(e),
+            capacity_factor: 0.5,
+            eval_capacity_factor: None,
+            drop_policy: DropPolicy::Probability,
+        },
+        RouterConfig::ExpertChoice {
+            capacity_factor: 1.5,
+        },
         RouterConfig::Hash { seed: 3 },
-        RouterConfig::SigmoidBias { k: 2.min(e), bias_update_rate: 0.1, scaling: 1.0 },
-        RouterConfig::Sinkhorn { k: 1, iterations: 30 },
+        RouterConfig::SigmoidBias {
+            k: 2.min(e),
+            bias_update_rate: 0.1,
+            scaling: 1.0,
+        },
+        RouterConfig::Sinkhorn {
+            k: 1,
+            iterations: 30,
+        },
     ];
     if e % 2 == 0 {
-        v.push(RouterConfig::GroupLimited { k: 2.min(e / 2), groups: 2, topk_groups: 1, score: ScoreFn::Sigmoid, group_score: GroupScore::Top2Sum, bias_update_rate: 0.0, scaling: 1.0 });
-        v.push(RouterConfig::Hierarchical { groups: 2, k_groups: 1, k_inner: 1 });
+        v.push(RouterConfig::GroupLimited {
+            k: 2.min(e / 2),
+            groups: 2,
+            topk_groups: 1,
+            score: ScoreFn::Sigmoid,
+            group_score: GroupScore::Top2Sum,
+            bias_update_rate: 0.0,
+            scaling: 1.0,
+        });
+        v.push(RouterConfig::Hierarchical {
+            groups: 2,
+            k_groups: 1,
+            k_inner: 1,
+        });
     }
     v
 }
 
 fn capacity_of(cfg: &RouterConfig, t: usize, e: usize) -> Option<usize> {
     match *cfg {
-        RouterConfig::Switch { k, capacity_factor, .. } => Some(((capacity_factor * (t * k) as f64 / e as f64).ceil() as usize).max(1)),
-        RouterConfig::ExpertChoice { capacity_factor } => Some(((capacity_factor * t as f64 / e as f64).ceil() as usize).clamp(1, t)),
+        RouterConfig::Switch {
+            k, capacity_factor, ..
+        } => Some(((capacity_factor * (t * k) as f64 / e as f64).ceil() as usize).max(1)),
+        RouterConfig::ExpertChoice { capacity_factor } => {
+            Some(((capacity_factor * t as f64 / e as f64).ceil() as usize).clamp(1, t))
+        }
         _ => None,
     }
 }
@@ -44,16 +79,26 @@ fn check_plan(plan: &DispatchPlan, cfg: &RouterConfig, t: usize, e: usize) {
         assert!(seen.insert((tok, x)), "assignment ({tok},{x}) twice");
     }
     if let Some(cap) = capacity_of(cfg, t, e) {
-        assert!(plan.tokens_per_expert().iter().all(|&c| c <= cap), "{:?} exceeds capacity {cap}", plan.tokens_per_expert());
+        assert!(
+            plan.tokens_per_expert().iter().all(|&c| c <= cap),
+            "{:?} exceeds capacity {cap}",
+            plan.tokens_per_expert()
+        );
     }
     let per_token = |tok: u32| plan.token.iter().filter(|&&x| x == tok).count();
     match *cfg {
-        RouterConfig::TopK { k } | RouterConfig::NoisyTopK { k } | RouterConfig::SigmoidBias { k, .. } | RouterConfig::Sinkhorn { k, .. } | RouterConfig::GroupLimited { k, .. } => {
+        RouterConfig::TopK { k }
+        | RouterConfig::NoisyTopK { k }
+        | RouterConfig::SigmoidBias { k, .. }
+        | RouterConfig::Sinkhorn { k, .. }
+        | RouterConfig::GroupLimited { k, .. } => {
             assert!((0..t as u32).all(|tok| per_token(tok) == k))
         }
         RouterConfig::Switch { k, .. } => assert!((0..t as u32).all(|tok| per_token(tok) <= k)),
         RouterConfig::Hash { .. } => assert!((0..t as u32).all(|tok| per_token(tok) == 1)),
-        RouterConfig::Hierarchical { k_groups, k_inner, .. } => assert!((0..t as u32).all(|tok| per_token(tok) == k_groups * k_inner)),
+        RouterConfig::Hierarchical {
+            k_groups, k_inner, ..
+        } => assert!((0..t as u32).all(|tok| per_token(tok) == k_groups * k_inner)),
         RouterConfig::ExpertChoice { .. } => {}
     }
 }
@@ -106,6 +151,8 @@ proptest! {
 
 #[test]
 fn duplicate_assignment_is_rejected() {
-    let err = DispatchPlan::from_assignments(2, 2, &[(0, 1), (0, 1)]).unwrap_err().to_string();
+    let err = DispatchPlan::from_assignments(2, 2, &[(0, 1), (0, 1)])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("same token twice"), "{err}");
 }

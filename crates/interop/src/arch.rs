@@ -17,8 +17,14 @@ pub enum HfArch {
 }
 
 impl HfArch {
-    pub const ALL: [HfArch; 6] =
-        [HfArch::Mixtral, HfArch::Qwen2Moe, HfArch::Qwen3Moe, HfArch::Olmoe, HfArch::DeepseekV2, HfArch::DeepseekV3];
+    pub const ALL: [HfArch; 6] = [
+        HfArch::Mixtral,
+        HfArch::Qwen2Moe,
+        HfArch::Qwen3Moe,
+        HfArch::Olmoe,
+        HfArch::DeepseekV2,
+        HfArch::DeepseekV3,
+    ];
 
     /// `config.json`'s `model_type`.
     pub fn model_type(self) -> &'static str {
@@ -46,14 +52,20 @@ impl HfArch {
 
     /// "mixtral, qwen2_moe, …" for error messages.
     pub fn supported_list() -> String {
-        Self::ALL.iter().map(|a| a.model_type()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|a| a.model_type())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// By `model_type` or class name, case-insensitively (`-` and `_` alike).
     pub fn from_name(name: &str) -> Option<Self> {
         let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
         let n = norm(name);
-        Self::ALL.into_iter().find(|a| n == a.model_type() || n == norm(a.class_name()))
+        Self::ALL
+            .into_iter()
+            .find(|a| n == a.model_type() || n == norm(a.class_name()))
     }
 
     pub fn is_deepseek(self) -> bool {
@@ -95,6 +107,11 @@ impl fmt::Display for HfArch {
 impl FromStr for HfArch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::from_name(s).ok_or_else(|| format!("unknown architecture `{s}`; supported: {}", Self::supported_list()))
+        Self::from_name(s).ok_or_else(|| {
+            format!(
+                "unknown architecture `{s}`; supported: {}",
+                Self::supported_list()
+            )
+        })
     }
 }

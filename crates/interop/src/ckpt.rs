@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 use switchyard_core::{ParamBuilder, ParamStore};
 use switchyard_models::ffn::Ffn;
 use switchyard_models::{LmConfig, MoeLm};
-use switchyard_train::checkpoint::{load_checkpoint, restore_into, save_checkpoint, CheckpointContents, TrainState, STATE_FILE};
+use switchyard_train::checkpoint::{
+    load_checkpoint, restore_into, save_checkpoint, CheckpointContents, TrainState, STATE_FILE,
+};
 
 use crate::arch::HfArch;
 use crate::error::{InteropError, Result};
@@ -53,9 +55,18 @@ fn router_buffers(model: &MoeLm) -> BTreeMap<String, Vec<f32>> {
 pub fn save_checkpoint_dir(m: &ImportedModel, out: &Path) -> Result<PathBuf> {
     let seq_len = DEFAULT_TRAIN_SEQ_LEN.min(m.cfg.max_seq_len);
     // a `switchyard_train::TrainConfig` in JSON; every key not given takes its default
-    let config = json!({ "seed": 0, "run_dir": out, "model": m.cfg, "data": { "seq_len": seq_len } });
-    let state = TrainState { buffers: router_buffers(&m.model), ..Default::default() };
-    let contents = CheckpointContents { params: &m.store, optimizer: None, state, config };
+    let config =
+        json!({ "seed": 0, "run_dir": out, "model": m.cfg, "data": { "seq_len": seq_len } });
+    let state = TrainState {
+        buffers: router_buffers(&m.model),
+        ..Default::default()
+    };
+    let contents = CheckpointContents {
+        params: &m.store,
+        optimizer: None,
+        state,
+        config,
+    };
     let step_dir = save_checkpoint(out, 0, &contents)?;
     if let Some(t) = &m.tokenizer {
         std::fs::copy(&t.path, out.join(TOKENIZER_FILE)).map_err(InteropError::io(&t.path))?;
@@ -66,7 +77,11 @@ pub fn save_checkpoint_dir(m: &ImportedModel, out: &Path) -> Result<PathBuf> {
     }
     let source = json!({ "arch": m.arch, "special_ids": m.special_ids, "config": m.hf_config });
     let p = out.join(HF_SOURCE_FILE);
-    std::fs::write(&p, serde_json::to_string_pretty(&source).expect("JSON") + "\n").map_err(InteropError::io(&p))?;
+    std::fs::write(
+        &p,
+        serde_json::to_string_pretty(&source).expect("JSON") + "\n",
+    )
+    .map_err(InteropError::io(&p))?;
     Ok(step_dir)
 }
 
@@ -93,7 +108,10 @@ pub fn is_hf_dir(dir: &Path) -> bool {
 pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
     if is_hf_dir(path) {
         // report an unknown architecture before anything else
-        detect_arch(&read_json(&path.join(CONFIG_FILE))?, &path.join(CONFIG_FILE))?;
+        detect_arch(
+            &read_json(&path.join(CONFIG_FILE))?,
+            &path.join(CONFIG_FILE),
+        )?;
         let m = import(path)?;
         return Ok(LoadedModel {
             model: m.model,
@@ -105,15 +123,25 @@ pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
     }
     let ckpt = load_checkpoint(path)?;
     let config_path = ckpt.dir.join(CONFIG_FILE);
-    let model_cfg = ckpt.config.get("model").cloned().ok_or_else(|| InteropError::Config {
+    let model_cfg = ckpt
+        .config
+        .get("model")
+        .cloned()
+        .ok_or_else(|| InteropError::Config {
+            path: config_path.clone(),
+            key: "model".into(),
+            reason: "not a Switchyard training config (no `model` section)".into(),
+        })?;
+    let cfg: LmConfig = serde_json::from_value(model_cfg).map_err(|e| InteropError::Config {
         path: config_path.clone(),
         key: "model".into(),
-        reason: "not a Switchyard training config (no `model` section)".into(),
+        reason: e.to_string(),
     })?;
-    let cfg: LmConfig = serde_json::from_value(model_cfg)
-        .map_err(|e| InteropError::Config { path: config_path.clone(), key: "model".into(), reason: e.to_string() })?;
     let store = ParamStore::new();
-    let mut model = MoeLm::new(&ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu), &cfg)?;
+    let mut model = MoeLm::new(
+        &ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu),
+        &cfg,
+    )?;
     restore_into(&store, &ckpt)?;
     for (i, block) in model.layers.iter_mut().enumerate() {
         if let Ffn::Moe(m) = &mut block.ffn {
@@ -124,10 +152,14 @@ pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
             }
         }
     }
-    let dirs: Vec<PathBuf> = [Some(path.to_path_buf()), Some(ckpt.dir.clone()), ckpt.dir.parent().map(Path::to_path_buf)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let dirs: Vec<PathBuf> = [
+        Some(path.to_path_buf()),
+        Some(ckpt.dir.clone()),
+        ckpt.dir.parent().map(Path::to_path_buf),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let tokenizer = match dirs.iter().find(|d| d.join(TOKENIZER_FILE).is_file()) {
         Some(d) => Some(HfTokenizer::from_dir(d)?),
         None => None,
@@ -136,8 +168,20 @@ pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
     if let Some(d) = dirs.iter().find(|d| d.join(HF_SOURCE_FILE).is_file()) {
         let p = d.join(HF_SOURCE_FILE);
         let v: Value = read_json(&p)?;
-        arch = v.get("arch").and_then(Value::as_str).and_then(HfArch::from_name);
-        special_ids = v.get("special_ids").and_then(|s| serde_json::from_value(s.clone()).ok()).unwrap_or_default();
+        arch = v
+            .get("arch")
+            .and_then(Value::as_str)
+            .and_then(HfArch::from_name);
+        special_ids = v
+            .get("special_ids")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
     }
-    Ok(LoadedModel { model, store, arch, tokenizer, special_ids })
+    Ok(LoadedModel {
+        model,
+        store,
+        arch,
+        tokenizer,
+        special_ids,
+    })
 }

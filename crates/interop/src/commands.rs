@@ -45,7 +45,11 @@ pub fn import_to_checkpoint(hf_dir: &Path, out: &Path) -> Result<ImportSummary> 
 /// `switchyard export --ckpt DIR --out DIR [--arch A]`: `model_dir` is a Switchyard
 /// checkpoint (imported or native) or an HF directory. Without `arch`, an imported model goes
 /// back to its own architecture and a native one to the first that expresses it.
-pub fn export_model_dir(model_dir: &Path, out: &Path, arch: Option<HfArch>) -> Result<ExportReport> {
+pub fn export_model_dir(
+    model_dir: &Path,
+    out: &Path,
+    arch: Option<HfArch>,
+) -> Result<ExportReport> {
     let m = load_model_dir(model_dir)?;
     let opts = ExportOptions {
         tokenizer_json: m.tokenizer.as_ref().map(|t| t.path.clone()),
@@ -68,7 +72,10 @@ pub enum IdsInput {
 pub fn parse_ids_arg(arg: &str) -> Result<IdsInput> {
     let p = Path::new(arg);
     let (content, from) = if p.is_file() {
-        (std::fs::read_to_string(p).map_err(InteropError::io(p))?, Some(p))
+        (
+            std::fs::read_to_string(p).map_err(InteropError::io(p))?,
+            Some(p),
+        )
     } else {
         (arg.to_string(), None)
     };
@@ -81,7 +88,11 @@ pub fn parse_ids_arg(arg: &str) -> Result<IdsInput> {
         return Ok(IdsInput::Ids(ids));
     }
     // a file's trailing newline is not part of the text
-    Ok(IdsInput::Text(if from.is_some() { content.trim_end_matches('\n').to_string() } else { content }))
+    Ok(IdsInput::Text(if from.is_some() {
+        content.trim_end_matches('\n').to_string()
+    } else {
+        content
+    }))
 }
 
 /// The ids of `input` for model `m`.
@@ -99,11 +110,20 @@ pub fn resolve_ids(m: &LoadedModel, input: &IdsInput) -> Result<Vec<u32>> {
 }
 
 /// `switchyard logits --model DIR --ids FILE|TEXT --out out.safetensors [--greedy N]`.
-pub fn logits_to_file(model_dir: &Path, ids: &IdsInput, out: &Path, greedy_tokens: usize) -> Result<LogitsReport> {
+pub fn logits_to_file(
+    model_dir: &Path,
+    ids: &IdsInput,
+    out: &Path,
+    greedy_tokens: usize,
+) -> Result<LogitsReport> {
     let m = load_model_dir(model_dir)?;
     let ids = resolve_ids(&m, ids)?;
     let report = logits(&m.model, &ids)?;
-    let g = if greedy_tokens > 0 { Some(greedy(&m.model, &ids, greedy_tokens)?) } else { None };
+    let g = if greedy_tokens > 0 {
+        Some(greedy(&m.model, &ids, greedy_tokens)?)
+    } else {
+        None
+    };
     report.save(out, g.as_deref())?;
     Ok(report)
 }

@@ -11,20 +11,34 @@ use crate::arch::HfArch;
 #[derive(Debug, thiserror::Error)]
 pub enum InteropError {
     /// `config.json` names an architecture this crate does not implement.
-    #[error("unsupported architecture `{found}` in {path}; supported: {}", HfArch::supported_list())]
+    #[error(
+        "unsupported architecture `{found}` in {path}; supported: {}",
+        HfArch::supported_list()
+    )]
     UnknownArchitecture { found: String, path: PathBuf },
 
     /// A `config.json` key is missing or has a value we cannot use.
     #[error("{path}: `{key}`: {reason}")]
-    Config { path: PathBuf, key: String, reason: String },
+    Config {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
 
     /// A feature of the checkpoint that Switchyard does not implement (e.g. YaRN RoPE scaling).
     #[error("{arch}: {what} is not supported{}", hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
-    Unsupported { arch: String, what: String, hint: Option<String> },
+    Unsupported {
+        arch: String,
+        what: String,
+        hint: Option<String>,
+    },
 
     /// A file the checkpoint needs is absent.
     #[error("missing file {path}{}", listed_in.as_ref().map(|p| format!(" (listed in {})", p.display())).unwrap_or_default())]
-    MissingFile { path: PathBuf, listed_in: Option<PathBuf> },
+    MissingFile {
+        path: PathBuf,
+        listed_in: Option<PathBuf>,
+    },
 
     /// The directory holds no `*.safetensors` weights.
     #[error("no model.safetensors, model.safetensors.index.json or *.safetensors in {dir}")]
@@ -36,11 +50,19 @@ pub enum InteropError {
 
     /// A tensor has a different shape than the config implies.
     #[error("tensor `{name}` has shape {found:?} in the checkpoint, but the config implies {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
 
     /// Tensors that no part of the model uses (a config that does not match its weights).
     #[error("{} tensor(s) in {dir} are not used by a {arch} model with this config: {}", names.len(), preview(names))]
-    UnexpectedTensors { arch: String, dir: PathBuf, names: Vec<String> },
+    UnexpectedTensors {
+        arch: String,
+        dir: PathBuf,
+        names: Vec<String>,
+    },
 
     /// The converted weights would not fit in the memory available.
     #[error("the model needs {need_gib:.1} GiB as f32 but only {available_gib:.1} GiB of memory is available; free memory or use a machine with more RAM")]
@@ -51,10 +73,16 @@ pub enum InteropError {
     NotRepresentable { arch: String, problems: Vec<String> },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 
     #[error("{path}: {reason}")]
     Safetensors { path: PathBuf, reason: String },
@@ -78,7 +106,12 @@ pub enum InteropError {
 
 fn preview(names: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut s = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let mut s = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         s.push_str(&format!(", … ({} more)", names.len() - SHOWN));
     }

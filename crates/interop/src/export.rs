@@ -34,7 +34,11 @@ pub struct ExportOptions {
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        Self { tokenizer_json: None, special_ids: SpecialIds::default(), max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+        Self {
+            tokenizer_json: None,
+            special_ids: SpecialIds::default(),
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
     }
 }
 
@@ -68,18 +72,34 @@ pub fn resolve_arch(model: &MoeLm, arch: Option<HfArch>) -> Result<HfArch> {
     match arch {
         Some(a) => check_representable(a, &model.cfg)
             .map(|_| a)
-            .map_err(|problems| InteropError::NotRepresentable { arch: a.to_string(), problems }),
+            .map_err(|problems| InteropError::NotRepresentable {
+                arch: a.to_string(),
+                problems,
+            }),
         None => infer_arch(&model.cfg).ok_or_else(|| {
             let problems = HfArch::ALL
                 .iter()
-                .map(|&a| format!("{a}: {}", check_representable(a, &model.cfg).unwrap_err().join(", ")))
+                .map(|&a| {
+                    format!(
+                        "{a}: {}",
+                        check_representable(a, &model.cfg).unwrap_err().join(", ")
+                    )
+                })
                 .collect();
-            InteropError::NotRepresentable { arch: "any supported architecture".into(), problems }
+            InteropError::NotRepresentable {
+                arch: "any supported architecture".into(),
+                problems,
+            }
         }),
     }
 }
 
-pub fn export_with(model: &MoeLm, arch: Option<HfArch>, dir: impl AsRef<Path>, opts: &ExportOptions) -> Result<ExportReport> {
+pub fn export_with(
+    model: &MoeLm,
+    arch: Option<HfArch>,
+    dir: impl AsRef<Path>,
+    opts: &ExportOptions,
+) -> Result<ExportReport> {
     let dir = dir.as_ref();
     let arch = resolve_arch(model, arch)?;
     let cfg = &model.cfg;
@@ -113,7 +133,12 @@ pub fn export_with(model: &MoeLm, arch: Option<HfArch>, dir: impl AsRef<Path>, o
             files.push(copy(&tc, TOKENIZER_CONFIG_FILE)?);
         }
     }
-    Ok(ExportReport { arch, dir: dir.into(), files, tensors: tensors.len() })
+    Ok(ExportReport {
+        arch,
+        dir: dir.into(),
+        files,
+        tensors: tensors.len(),
+    })
 }
 
 /// Every HF tensor of `model` as `arch`, by name.
@@ -121,11 +146,13 @@ pub fn hf_tensors(model: &MoeLm, arch: HfArch) -> Result<BTreeMap<String, Tensor
     let map = mapping(arch, &model.cfg);
     let vars: BTreeMap<String, Var> = model.named_vars().into_iter().collect();
     let get = |name: &str| -> Result<Tensor> {
-        vars.get(name).map(|v| v.as_tensor().clone()).ok_or_else(|| InteropError::Unsupported {
-            arch: arch.to_string(),
-            what: format!("the model has no parameter `{name}`"),
-            hint: Some("its config and parameters disagree".into()),
-        })
+        vars.get(name)
+            .map(|v| v.as_tensor().clone())
+            .ok_or_else(|| InteropError::Unsupported {
+                arch: arch.to_string(),
+                what: format!("the model has no parameter `{name}`"),
+                hint: Some("its config and parameters disagree".into()),
+            })
     };
     let mut out = BTreeMap::new();
     for e in &map.params {
@@ -133,20 +160,33 @@ pub fn hf_tensors(model: &MoeLm, arch: HfArch) -> Result<BTreeMap<String, Tensor
             Source::Direct { hf, shape } => {
                 let t = get(&e.ours)?;
                 if t.dims() != shape.as_slice() {
-                    return Err(InteropError::ShapeMismatch { name: e.ours.clone(), expected: shape.clone(), found: t.dims().to_vec() });
+                    return Err(InteropError::ShapeMismatch {
+                        name: e.ours.clone(),
+                        expected: shape.clone(),
+                        found: t.dims().to_vec(),
+                    });
                 }
                 out.insert(hf.clone(), t);
             }
             Source::Experts { experts, d_model } => {
                 let d = *d_model;
                 let packed = get(&e.ours)?;
-                let specs: Vec<ExpertSpec> = experts.iter().map(|(_, h)| ExpertSpec::swiglu(*h)).collect();
+                let specs: Vec<ExpertSpec> = experts
+                    .iter()
+                    .map(|(_, h)| ExpertSpec::swiglu(*h))
+                    .collect();
                 let layout = ExpertLayout::new(d, &specs);
                 if packed.dims() != [layout.total] {
-                    return Err(InteropError::ShapeMismatch { name: e.ours.clone(), expected: vec![layout.total], found: packed.dims().to_vec() });
+                    return Err(InteropError::ShapeMismatch {
+                        name: e.ours.clone(),
+                        expected: vec![layout.total],
+                        found: packed.dims().to_vec(),
+                    });
                 }
                 for ((names, h), slot) in experts.iter().zip(&layout.slots) {
-                    let mat = |at: usize| -> Result<Tensor> { Ok(packed.narrow(0, at, h * d)?.reshape((*h, d))?) };
+                    let mat = |at: usize| -> Result<Tensor> {
+                        Ok(packed.narrow(0, at, h * d)?.reshape((*h, d))?)
+                    };
                     let w3 = slot.w3.expect("SwiGLU experts have w3");
                     out.insert(names[0].clone(), mat(slot.w1)?);
                     out.insert(names[1].clone(), mat(w3)?);
@@ -157,7 +197,9 @@ pub fn hf_tensors(model: &MoeLm, arch: HfArch) -> Result<BTreeMap<String, Tensor
         }
     }
     for b in &map.buffers {
-        let Ffn::Moe(layer) = &model.layers[b.layer].ffn else { unreachable!("buffers belong to MoE layers") };
+        let Ffn::Moe(layer) = &model.layers[b.layer].ffn else {
+            unreachable!("buffers belong to MoE layers")
+        };
         let values = layer
             .router
             .buffers()
@@ -165,7 +207,10 @@ pub fn hf_tensors(model: &MoeLm, arch: HfArch) -> Result<BTreeMap<String, Tensor
             .find(|(n, _)| n == b.name)
             .map(|(_, v)| v)
             .unwrap_or_else(|| vec![0.0; b.len]);
-        out.insert(b.hf.clone(), Tensor::from_vec(values, b.len, &candle_core::Device::Cpu)?);
+        out.insert(
+            b.hf.clone(),
+            Tensor::from_vec(values, b.len, &candle_core::Device::Cpu)?,
+        );
     }
     Ok(out)
 }
@@ -175,7 +220,8 @@ fn remove_stale_weights(dir: &Path) -> Result<()> {
     let rd = std::fs::read_dir(dir).map_err(InteropError::io(dir))?;
     for entry in rd.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let shard = name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
+        let shard =
+            name.starts_with("model-") && name.contains("-of-") && name.ends_with(".safetensors");
         if shard || name == SINGLE_FILE || name == INDEX_FILE {
             let p = entry.path();
             std::fs::remove_file(&p).map_err(InteropError::io(&p))?;
@@ -186,7 +232,11 @@ fn remove_stale_weights(dir: &Path) -> Result<()> {
 
 /// One `model.safetensors`, or `model-0000i-of-0000n.safetensors` + index when the tensors
 /// exceed `max_bytes`.
-fn write_shards(dir: &Path, tensors: &BTreeMap<String, Tensor>, max_bytes: usize) -> Result<Vec<PathBuf>> {
+fn write_shards(
+    dir: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    max_bytes: usize,
+) -> Result<Vec<PathBuf>> {
     let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
     let mut groups: Vec<Vec<(&String, &Tensor)>> = vec![Vec::new()];
     let mut size = 0;
@@ -200,15 +250,27 @@ fn write_shards(dir: &Path, tensors: &BTreeMap<String, Tensor>, max_bytes: usize
         size += bytes(t);
     }
     let n = groups.len();
-    let metadata: Option<std::collections::HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into());
+    let metadata: Option<std::collections::HashMap<String, String>> =
+        Some([("format".to_string(), "pt".to_string())].into());
     let mut files = Vec::new();
     let mut weight_map = serde_json::Map::new();
     for (i, g) in groups.iter().enumerate() {
-        let name = if n == 1 { SINGLE_FILE.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
+        let name = if n == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+        };
         let path = dir.join(&name);
-        let data: Vec<(String, Tensor)> = g.iter().map(|(k, t)| ((*k).clone(), (*t).clone())).collect();
-        safetensors::serialize_to_file(data, metadata.clone(), &path)
-            .map_err(|e| InteropError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        let data: Vec<(String, Tensor)> = g
+            .iter()
+            .map(|(k, t)| ((*k).clone(), (*t).clone()))
+            .collect();
+        safetensors::serialize_to_file(data, metadata.clone(), &path).map_err(|e| {
+            InteropError::Safetensors {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?;
         for (k, _) in g {
             weight_map.insert((*k).clone(), json!(name));
         }
@@ -218,7 +280,11 @@ fn write_shards(dir: &Path, tensors: &BTreeMap<String, Tensor>, max_bytes: usize
         let total: usize = tensors.values().map(bytes).sum();
         let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let p = dir.join(INDEX_FILE);
-        std::fs::write(&p, serde_json::to_string_pretty(&index).expect("JSON") + "\n").map_err(InteropError::io(&p))?;
+        std::fs::write(
+            &p,
+            serde_json::to_string_pretty(&index).expect("JSON") + "\n",
+        )
+        .map_err(InteropError::io(&p))?;
         files.push(p);
     }
     Ok(files)

@@ -29,7 +29,11 @@ struct Raw<'a> {
 
 impl<'a> Raw<'a> {
     fn err(&self, key: &str, reason: impl Into<String>) -> InteropError {
-        InteropError::Config { path: self.path.into(), key: key.into(), reason: reason.into() }
+        InteropError::Config {
+            path: self.path.into(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
     fn get(&self, key: &str) -> Option<&'a Value> {
         self.v.get(key).filter(|v| !v.is_null())
@@ -37,11 +41,15 @@ impl<'a> Raw<'a> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}"))),
         }
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.opt_usize(key)?.ok_or_else(|| self.err(key, "required but missing"))
+        self.opt_usize(key)?
+            .ok_or_else(|| self.err(key, "required but missing"))
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         Ok(self.opt_usize(key)?.unwrap_or(default))
@@ -49,7 +57,10 @@ impl<'a> Raw<'a> {
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
         }
     }
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
@@ -58,13 +69,17 @@ impl<'a> Raw<'a> {
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
         }
     }
     fn str_or(&self, key: &str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
         }
     }
     fn usize_list(&self, key: &str) -> Result<Vec<usize>> {
@@ -72,7 +87,11 @@ impl<'a> Raw<'a> {
             None => Ok(Vec::new()),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_u64().map(|n| n as usize).ok_or_else(|| self.err(key, format!("expected integers, got {x}"))))
+                .map(|x| {
+                    x.as_u64()
+                        .map(|n| n as usize)
+                        .ok_or_else(|| self.err(key, format!("expected integers, got {x}")))
+                })
                 .collect(),
             Some(v) => Err(self.err(key, format!("expected a list of layer indices, got {v}"))),
         }
@@ -84,28 +103,55 @@ impl<'a> Raw<'a> {
                 return Ok(n);
             }
         }
-        Err(self.err(keys[0], format!("required but missing (also looked for {})", keys[1..].join(", "))))
+        Err(self.err(
+            keys[0],
+            format!(
+                "required but missing (also looked for {})",
+                keys[1..].join(", ")
+            ),
+        ))
     }
 }
 
 /// Which architecture a `config.json` describes: `model_type`, else `architectures[0]`.
 pub fn detect_arch(config: &Value, path: &Path) -> Result<HfArch> {
     let model_type = config.get("model_type").and_then(Value::as_str);
-    let class = config.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str);
-    if let Some(a) = model_type.and_then(HfArch::from_name).or_else(|| class.and_then(HfArch::from_name)) {
+    let class = config
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str);
+    if let Some(a) = model_type
+        .and_then(HfArch::from_name)
+        .or_else(|| class.and_then(HfArch::from_name))
+    {
         return Ok(a);
     }
-    let found = model_type.or(class).unwrap_or("(no model_type or architectures)").to_string();
-    Err(InteropError::UnknownArchitecture { found, path: path.into() })
+    let found = model_type
+        .or(class)
+        .unwrap_or("(no model_type or architectures)")
+        .to_string();
+    Err(InteropError::UnknownArchitecture {
+        found,
+        path: path.into(),
+    })
 }
 
 /// Reads and parses `config.json`.
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => InteropError::MissingFile { path: path.into(), listed_in: None },
-        _ => InteropError::Io { path: path.into(), source: e },
+        std::io::ErrorKind::NotFound => InteropError::MissingFile {
+            path: path.into(),
+            listed_in: None,
+        },
+        _ => InteropError::Io {
+            path: path.into(),
+            source: e,
+        },
     })?;
-    serde_json::from_str(&text).map_err(|source| InteropError::Json { path: path.into(), source })
+    serde_json::from_str(&text).map_err(|source| InteropError::Json {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The Switchyard config of an HF `config.json`.
@@ -124,7 +170,10 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
 
     let act = c.str_or("hidden_act", "silu")?;
     if act != "silu" {
-        return Err(unsupported(format!("hidden_act = \"{act}\""), Some("only SwiGLU (silu) experts are implemented")));
+        return Err(unsupported(
+            format!("hidden_act = \"{act}\""),
+            Some("only SwiGLU (silu) experts are implemented"),
+        ));
     }
     let rope_theta = rope_theta(&c, arch)?;
     let d = c.usize("hidden_size")?;
@@ -136,7 +185,9 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
     // so the model is exact if sequences stay within it.
     let window = match arch {
         HfArch::Mixtral => c.opt_usize("sliding_window")?,
-        HfArch::Qwen2Moe | HfArch::Qwen3Moe if c.bool_or("use_sliding_window", false)? => c.opt_usize("sliding_window")?,
+        HfArch::Qwen2Moe | HfArch::Qwen3Moe if c.bool_or("use_sliding_window", false)? => {
+            c.opt_usize("sliding_window")?
+        }
         _ => None,
     };
     if let Some(w) = window.filter(|&w| w > 0) {
@@ -193,7 +244,12 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
             let hidden = c.usize("intermediate_size")?;
             let m = moe(e, hidden, topk, true);
             // every layer is MoE: dense_hidden is unused
-            cfg.ffn = FfnConfig { sparse: LayerFfn::Moe(m), moe_every: 1, first_dense: 0, dense_hidden: hidden };
+            cfg.ffn = FfnConfig {
+                sparse: LayerFfn::Moe(m),
+                moe_every: 1,
+                first_dense: 0,
+                dense_hidden: hidden,
+            };
         }
         HfArch::Qwen2Moe | HfArch::Qwen3Moe => {
             let e = c.first_usize(&["num_experts", "num_local_experts"])?;
@@ -210,7 +266,10 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
             }
             let step = c.usize_or("decoder_sparse_step", 1)?;
             if step == 0 || e == 0 {
-                return Err(unsupported("a model without MoE layers (num_experts or decoder_sparse_step = 0)".into(), None));
+                return Err(unsupported(
+                    "a model without MoE layers (num_experts or decoder_sparse_step = 0)".into(),
+                    None,
+                ));
             }
             cfg.ffn = FfnConfig {
                 sparse: LayerFfn::Moe(m),
@@ -224,7 +283,12 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
             let e = c.first_usize(&["num_experts", "num_local_experts"])?;
             let hidden = c.usize("intermediate_size")?;
             let m = moe(e, hidden, topk, norm_topk);
-            cfg.ffn = FfnConfig { sparse: LayerFfn::Moe(m), moe_every: 1, first_dense: 0, dense_hidden: hidden };
+            cfg.ffn = FfnConfig {
+                sparse: LayerFfn::Moe(m),
+                moe_every: 1,
+                first_dense: 0,
+                dense_hidden: hidden,
+            };
             cfg.qk_norm = true;
             cfg.clip_qkv = c.opt_f64("clip_qkv")?;
         }
@@ -238,7 +302,12 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
                 let (g, tg) = match method {
                     "greedy" => (1, 1),
                     "group_limited_greedy" => (groups, topk_groups),
-                    other => return Err(unsupported(format!("topk_method = \"{other}\""), Some("V2 supports greedy and group_limited_greedy"))),
+                    other => {
+                        return Err(unsupported(
+                            format!("topk_method = \"{other}\""),
+                            Some("V2 supports greedy and group_limited_greedy"),
+                        ))
+                    }
                 };
                 let r = RouterConfig::GroupLimited {
                     k,
@@ -253,7 +322,10 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
             } else {
                 let method = c.str_or("topk_method", "noaux_tc")?;
                 if method != "noaux_tc" {
-                    return Err(unsupported(format!("topk_method = \"{method}\""), Some("transformers' V3 implements noaux_tc only")));
+                    return Err(unsupported(
+                        format!("topk_method = \"{method}\""),
+                        Some("transformers' V3 implements noaux_tc only"),
+                    ));
                 }
                 let r = RouterConfig::GroupLimited {
                     k,
@@ -288,12 +360,17 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
                 qk_nope_head_dim: c.usize("qk_nope_head_dim")?,
                 qk_rope_head_dim: c.usize("qk_rope_head_dim")?,
                 v_head_dim: c.usize("v_head_dim")?,
-                rope_interleave: arch == HfArch::DeepseekV2 || c.bool_or("rope_interleave", true)?,
+                rope_interleave: arch == HfArch::DeepseekV2
+                    || c.bool_or("rope_interleave", true)?,
                 lora_norm_eps: MLA_NORM_EPS,
             });
         }
     }
-    cfg.validate().map_err(|e| InteropError::Config { path: path.into(), key: "(mapped config)".into(), reason: e.to_string() })?;
+    cfg.validate().map_err(|e| InteropError::Config {
+        path: path.into(),
+        key: "(mapped config)".into(),
+        reason: e.to_string(),
+    })?;
     Ok(cfg)
 }
 
@@ -301,18 +378,27 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
 /// than `default` is refused.
 fn rope_theta(c: &Raw<'_>, arch: HfArch) -> Result<f64> {
     let params = c.get("rope_parameters").and_then(Value::as_object);
-    let theta = match params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64) {
+    let theta = match params
+        .and_then(|p| p.get("rope_theta"))
+        .and_then(Value::as_f64)
+    {
         Some(t) => t,
         None => c.f64_or("rope_theta", DEFAULT_ROPE_THETA)?,
     };
     let scaling = c.get("rope_scaling").and_then(Value::as_object).or(params);
     if let Some(s) = scaling {
-        let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str).unwrap_or("default");
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         if kind != "default" {
             return Err(InteropError::Unsupported {
                 arch: arch.to_string(),
                 what: format!("RoPE scaling `{kind}`"),
-                hint: Some("only unscaled RoPE is implemented (DeepSeek-V2/V3 on the Hub use YaRN)".into()),
+                hint: Some(
+                    "only unscaled RoPE is implemented (DeepSeek-V2/V3 on the Hub use YaRN)".into(),
+                ),
             });
         }
     }
@@ -330,20 +416,32 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
         p.push("vocab_size is 0".into());
     }
     let widths: Vec<usize> = m.experts.iter().map(|e| e.hidden).collect();
-    if m.experts.iter().any(|e| e.kind != ExpertKind::SwiGlu) || m.shared_experts.iter().any(|e| e.kind != ExpertKind::SwiGlu) {
+    if m.experts.iter().any(|e| e.kind != ExpertKind::SwiGlu)
+        || m.shared_experts
+            .iter()
+            .any(|e| e.kind != ExpertKind::SwiGlu)
+    {
         p.push("every expert must be SwiGLU".into());
     }
     if widths.iter().any(|&w| w != widths[0]) {
-        p.push(format!("routed experts must share one width, got {widths:?}"));
+        p.push(format!(
+            "routed experts must share one width, got {widths:?}"
+        ));
     }
     if m.gate != (GateConfig::Linear { context: false }) {
         p.push("the gate must be linear without context".into());
     }
-    let dense: Vec<usize> = (0..cfg.n_layers).filter(|i| !moe_layers.contains(i)).collect();
+    let dense: Vec<usize> = (0..cfg.n_layers)
+        .filter(|i| !moe_layers.contains(i))
+        .collect();
     let deepseek = arch.is_deepseek();
     match (arch, &cfg.mla) {
-        (a, None) if a.is_deepseek() => p.push("DeepSeek needs multi-head latent attention (mla)".into()),
-        (a, Some(_)) if !a.is_deepseek() => p.push("multi-head latent attention is DeepSeek-only".into()),
+        (a, None) if a.is_deepseek() => {
+            p.push("DeepSeek needs multi-head latent attention (mla)".into())
+        }
+        (a, Some(_)) if !a.is_deepseek() => {
+            p.push("multi-head latent attention is DeepSeek-only".into())
+        }
         _ => {}
     }
     let mut want = |cond: bool, what: &str| {
@@ -360,7 +458,10 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
         }
         HfArch::Qwen2Moe => {
             want(topk, "Qwen2-MoE routes softmax top-k (router top_k)");
-            want(m.shared_experts.len() == 1 && m.shared_gate, "Qwen2-MoE has exactly one shared expert with a sigmoid gate");
+            want(
+                m.shared_experts.len() == 1 && m.shared_gate,
+                "Qwen2-MoE has exactly one shared expert with a sigmoid gate",
+            );
         }
         HfArch::Qwen3Moe | HfArch::Olmoe => {
             want(topk, "softmax top-k routing (router top_k)");
@@ -370,35 +471,85 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
             }
         }
         HfArch::DeepseekV2 => {
-            let ok = matches!(m.router, RouterConfig::GroupLimited { score: ScoreFn::Softmax, group_score: GroupScore::Max, .. });
+            let ok = matches!(
+                m.router,
+                RouterConfig::GroupLimited {
+                    score: ScoreFn::Softmax,
+                    group_score: GroupScore::Max,
+                    ..
+                }
+            );
             want(ok && !m.renormalize, "DeepSeek-V2 routes group-limited softmax (group_score max) without renormalisation");
         }
         HfArch::DeepseekV3 => {
-            let ok = matches!(m.router, RouterConfig::GroupLimited { score: ScoreFn::Sigmoid, group_score: GroupScore::Top2Sum, .. });
-            want(ok, "DeepSeek-V3 routes group-limited sigmoid (group_score top2_sum)");
+            let ok = matches!(
+                m.router,
+                RouterConfig::GroupLimited {
+                    score: ScoreFn::Sigmoid,
+                    group_score: GroupScore::Top2Sum,
+                    ..
+                }
+            );
+            want(
+                ok,
+                "DeepSeek-V3 routes group-limited sigmoid (group_score top2_sum)",
+            );
         }
     }
     if !matches!(arch, HfArch::Qwen2Moe) {
         want(!m.shared_gate, "a gated shared expert is Qwen2-MoE-only");
     }
     if deepseek {
-        want(m.shared_experts.len() <= 1, "DeepSeek's shared experts are stored as one MLP");
+        want(
+            m.shared_experts.len() <= 1,
+            "DeepSeek's shared experts are stored as one MLP",
+        );
         if let Some(s) = m.shared_experts.first() {
-            want(s.hidden % widths[0] == 0, "the shared width must be a multiple of the routed width");
+            want(
+                s.hidden % widths[0] == 0,
+                "the shared width must be a multiple of the routed width",
+            );
         }
         let first = dense.len();
-        want(dense == (0..first).collect::<Vec<_>>(), "DeepSeek's dense layers must be the first ones (first_k_dense_replace)");
+        want(
+            dense == (0..first).collect::<Vec<_>>(),
+            "DeepSeek's dense layers must be the first ones (first_k_dense_replace)",
+        );
     }
     // Qwen's dense layers are exported as `mlp_only_layers` with `decoder_sparse_step = 1`
-    want(!cfg.qkv_bias || arch == HfArch::Qwen2Moe, "q/k/v biases are Qwen2-MoE-only");
-    want(!cfg.qk_norm || arch == HfArch::Olmoe, "full-width q/k norm is OLMoE-only");
-    want(cfg.qk_norm || arch != HfArch::Olmoe, "OLMoE needs the full-width q/k norm (qk_norm)");
-    want(!cfg.qk_norm_per_head || arch == HfArch::Qwen3Moe, "per-head q/k norm is Qwen3-MoE-only");
-    want(cfg.qk_norm_per_head || arch != HfArch::Qwen3Moe, "Qwen3-MoE needs the per-head q/k norm (qk_norm_per_head)");
-    want(cfg.clip_qkv.is_none() || arch == HfArch::Olmoe, "clip_qkv is OLMoE-only");
+    want(
+        !cfg.qkv_bias || arch == HfArch::Qwen2Moe,
+        "q/k/v biases are Qwen2-MoE-only",
+    );
+    want(
+        !cfg.qk_norm || arch == HfArch::Olmoe,
+        "full-width q/k norm is OLMoE-only",
+    );
+    want(
+        cfg.qk_norm || arch != HfArch::Olmoe,
+        "OLMoE needs the full-width q/k norm (qk_norm)",
+    );
+    want(
+        !cfg.qk_norm_per_head || arch == HfArch::Qwen3Moe,
+        "per-head q/k norm is Qwen3-MoE-only",
+    );
+    want(
+        cfg.qk_norm_per_head || arch != HfArch::Qwen3Moe,
+        "Qwen3-MoE needs the per-head q/k norm (qk_norm_per_head)",
+    );
+    want(
+        cfg.clip_qkv.is_none() || arch == HfArch::Olmoe,
+        "clip_qkv is OLMoE-only",
+    );
     if let Some(mla) = &cfg.mla {
-        want(mla.rope_interleave || arch == HfArch::DeepseekV3, "DeepSeek-V2 always interleaves RoPE");
-        want(mla.lora_norm_eps == MLA_NORM_EPS, "the MLA norms use eps 1e-6 in transformers");
+        want(
+            mla.rope_interleave || arch == HfArch::DeepseekV3,
+            "DeepSeek-V2 always interleaves RoPE",
+        );
+        want(
+            mla.lora_norm_eps == MLA_NORM_EPS,
+            "the MLA norms use eps 1e-6 in transformers",
+        );
     }
     if p.is_empty() {
         Ok(())
@@ -417,7 +568,9 @@ pub(crate) fn first_moe(cfg: &LmConfig) -> Option<&MoeConfig> {
 
 /// The first architecture that represents `cfg` exactly (Mixtral first, the simplest).
 pub fn infer_arch(cfg: &LmConfig) -> Option<HfArch> {
-    HfArch::ALL.into_iter().find(|&a| check_representable(a, cfg).is_ok())
+    HfArch::ALL
+        .into_iter()
+        .find(|&a| check_representable(a, cfg).is_ok())
 }
 
 /// Token ids that `config.json` and `generation_config.json` carry.
@@ -432,16 +585,27 @@ impl SpecialIds {
     pub fn from_config(config: &Value) -> Self {
         let id = |k: &str| config.get(k).and_then(Value::as_u64).map(|n| n as u32);
         // eos_token_id may be a list; take the first
-        let eos = id("eos_token_id")
-            .or_else(|| config.get("eos_token_id").and_then(|v| v.get(0)).and_then(Value::as_u64).map(|n| n as u32));
-        Self { bos: id("bos_token_id"), eos, pad: id("pad_token_id") }
+        let eos = id("eos_token_id").or_else(|| {
+            config
+                .get("eos_token_id")
+                .and_then(|v| v.get(0))
+                .and_then(Value::as_u64)
+                .map(|n| n as u32)
+        });
+        Self {
+            bos: id("bos_token_id"),
+            eos,
+            pad: id("pad_token_id"),
+        }
     }
 }
 
 /// A Hub-layout `config.json` for `cfg` as `arch` (call [`check_representable`] first).
 pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Result<Value> {
-    check_representable(arch, cfg)
-        .map_err(|problems| InteropError::NotRepresentable { arch: arch.to_string(), problems })?;
+    check_representable(arch, cfg).map_err(|problems| InteropError::NotRepresentable {
+        arch: arch.to_string(),
+        problems,
+    })?;
     let m = first_moe(cfg).expect("checked: has an MoE layer");
     let e = m.experts.len();
     let hidden = m.experts[0].hidden;
@@ -471,7 +635,9 @@ pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Resul
     let mut set = |k: &str, v: Value| {
         o.insert(k.to_string(), v);
     };
-    let dense_layers: Vec<usize> = (0..cfg.n_layers).filter(|i| !cfg.moe_layers().contains(i)).collect();
+    let dense_layers: Vec<usize> = (0..cfg.n_layers)
+        .filter(|i| !cfg.moe_layers().contains(i))
+        .collect();
     match arch {
         HfArch::Mixtral => {
             set("intermediate_size", json!(hidden));
@@ -492,7 +658,10 @@ pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Resul
             set("sliding_window", Value::Null);
             set("router_aux_loss_coef", json!(m.losses.switch_balance));
             if arch == HfArch::Qwen2Moe {
-                set("shared_expert_intermediate_size", json!(m.shared_experts[0].hidden));
+                set(
+                    "shared_expert_intermediate_size",
+                    json!(m.shared_experts[0].hidden),
+                );
                 set("qkv_bias", json!(cfg.qkv_bias));
             } else {
                 set("head_dim", json!(cfg.head_dim()));
@@ -509,13 +678,22 @@ pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Resul
         }
         HfArch::DeepseekV2 | HfArch::DeepseekV3 => {
             let mla = cfg.mla.as_ref().expect("checked: MLA");
-            let RouterConfig::GroupLimited { groups, topk_groups, scaling, .. } = m.router else {
+            let RouterConfig::GroupLimited {
+                groups,
+                topk_groups,
+                scaling,
+                ..
+            } = m.router
+            else {
                 unreachable!("checked: group-limited router")
             };
             set("intermediate_size", json!(cfg.ffn.dense_hidden));
             set("moe_intermediate_size", json!(hidden));
             set("n_routed_experts", json!(e));
-            set("n_shared_experts", json!(m.shared_experts.first().map_or(0, |s| s.hidden / hidden)));
+            set(
+                "n_shared_experts",
+                json!(m.shared_experts.first().map_or(0, |s| s.hidden / hidden)),
+            );
             set("n_group", json!(groups));
             set("topk_group", json!(topk_groups));
             set("routed_scaling_factor", json!(scaling));
@@ -529,7 +707,14 @@ pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Resul
             set("head_dim", json!(mla.qk_rope_head_dim));
             set("attention_bias", json!(false));
             if arch == HfArch::DeepseekV2 {
-                set("topk_method", json!(if groups == 1 && topk_groups == 1 { "greedy" } else { "group_limited_greedy" }));
+                set(
+                    "topk_method",
+                    json!(if groups == 1 && topk_groups == 1 {
+                        "greedy"
+                    } else {
+                        "group_limited_greedy"
+                    }),
+                );
                 set("scoring_func", json!("softmax"));
                 set("norm_topk_prob", json!(false));
             } else {

@@ -54,7 +54,10 @@ pub struct ImportOptions {
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        Self { check_memory: true, load_tokenizer: true }
+        Self {
+            check_memory: true,
+            load_tokenizer: true,
+        }
     }
 }
 
@@ -87,7 +90,13 @@ pub fn import_with(dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Import
                     parts.push(shards.load(gate, &[*h, *d_model])?.flatten_all()?);
                     parts.push(shards.load(up, &[*h, *d_model])?.flatten_all()?);
                     // stored transposed so each expert's block is contiguous
-                    parts.push(shards.load(down, &[*d_model, *h])?.t()?.contiguous()?.flatten_all()?);
+                    parts.push(
+                        shards
+                            .load(down, &[*d_model, *h])?
+                            .t()?
+                            .contiguous()?
+                            .flatten_all()?,
+                    );
                 }
                 Tensor::cat(&parts, 0)?
             }
@@ -97,7 +106,11 @@ pub fn import_with(dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Import
     let pb = ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu);
     let mut model = MoeLm::new(&pb, &cfg)?;
     let mapped: BTreeSet<&str> = map.params.iter().map(|e| e.ours.as_str()).collect();
-    if let Some((name, _)) = store.all().into_iter().find(|(n, _)| !mapped.contains(n.as_str())) {
+    if let Some((name, _)) = store
+        .all()
+        .into_iter()
+        .find(|(n, _)| !mapped.contains(n.as_str()))
+    {
         return Err(InteropError::Unsupported {
             arch: arch.to_string(),
             what: format!("parameter `{name}` has no source in the checkpoint mapping"),
@@ -106,7 +119,9 @@ pub fn import_with(dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Import
     }
     for b in &map.buffers {
         let values = shards.load(&b.hf, &[b.len])?.to_vec1::<f32>()?;
-        let Ffn::Moe(layer) = &mut model.layers[b.layer].ffn else { unreachable!("buffers belong to MoE layers") };
+        let Ffn::Moe(layer) = &mut model.layers[b.layer].ffn else {
+            unreachable!("buffers belong to MoE layers")
+        };
         layer.router.load_buffer(b.name, &values)?;
     }
     let tokenizer = match (opts.load_tokenizer, dir.join(TOKENIZER_FILE)) {
@@ -140,17 +155,23 @@ impl Shards {
         let index = dir.join(INDEX_FILE);
         let files = if index.is_file() {
             let v = read_json(&index)?;
-            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| InteropError::Config {
-                path: index.clone(),
-                key: "weight_map".into(),
-                reason: "required: an object from tensor name to shard file".into(),
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| InteropError::Config {
+                    path: index.clone(),
+                    key: "weight_map".into(),
+                    reason: "required: an object from tensor name to shard file".into(),
+                })?;
             let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
             let mut files = Vec::with_capacity(names.len());
             for n in names {
                 let p = dir.join(n);
                 if !p.is_file() {
-                    return Err(InteropError::MissingFile { path: p, listed_in: Some(index) });
+                    return Err(InteropError::MissingFile {
+                        path: p,
+                        listed_in: Some(index),
+                    });
                 }
                 files.push(p);
             }
@@ -174,10 +195,22 @@ impl Shards {
         }
         // SAFETY: the files are mapped read-only; like every mmap-based loader we rely on them
         // not being truncated while the import runs.
-        let st = unsafe { MmapedSafetensors::multi(&files) }
-            .map_err(|e| InteropError::Safetensors { path: dir.into(), reason: e.to_string() })?;
-        let tensors = st.tensors().into_iter().map(|(n, v)| (n, (v.shape().to_vec(), v.dtype()))).collect();
-        Ok(Self { st, dir: dir.into(), files, tensors })
+        let st =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| InteropError::Safetensors {
+                path: dir.into(),
+                reason: e.to_string(),
+            })?;
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| (n, (v.shape().to_vec(), v.dtype())))
+            .collect();
+        Ok(Self {
+            st,
+            dir: dir.into(),
+            files,
+            tensors,
+        })
     }
 
     /// One tensor as f32, checked against the shape the config implies.
@@ -185,14 +218,24 @@ impl Shards {
         let (shape, _) = self
             .tensors
             .get(name)
-            .ok_or_else(|| InteropError::MissingTensor { name: name.into(), dir: self.dir.clone() })?;
+            .ok_or_else(|| InteropError::MissingTensor {
+                name: name.into(),
+                dir: self.dir.clone(),
+            })?;
         if shape != expected {
-            return Err(InteropError::ShapeMismatch { name: name.into(), expected: expected.to_vec(), found: shape.clone() });
+            return Err(InteropError::ShapeMismatch {
+                name: name.into(),
+                expected: expected.to_vec(),
+                found: shape.clone(),
+            });
         }
         let t = self
             .st
             .load(name, &Device::Cpu)
-            .map_err(|e| InteropError::Safetensors { path: self.dir.clone(), reason: format!("`{name}`: {e}") })?;
+            .map_err(|e| InteropError::Safetensors {
+                path: self.dir.clone(),
+                reason: format!("`{name}`: {e}"),
+            })?;
         Ok(t.to_dtype(DType::F32)?)
     }
 }
@@ -201,17 +244,25 @@ impl Shards {
 fn check_tensors(shards: &Shards, map: &Mapping, arch: HfArch, cfg: &LmConfig) -> Result<()> {
     let expect = |name: &str, shape: &[usize]| -> Result<()> {
         match shards.tensors.get(name) {
-            None => Err(InteropError::MissingTensor { name: name.into(), dir: shards.dir.clone() }),
-            Some((s, _)) if s != shape => {
-                Err(InteropError::ShapeMismatch { name: name.into(), expected: shape.to_vec(), found: s.clone() })
-            }
+            None => Err(InteropError::MissingTensor {
+                name: name.into(),
+                dir: shards.dir.clone(),
+            }),
+            Some((s, _)) if s != shape => Err(InteropError::ShapeMismatch {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: s.clone(),
+            }),
             Some(_) => Ok(()),
         }
     };
     for e in &map.params {
         match &e.source {
             Source::Direct { hf, shape } => expect(hf, shape)?,
-            Source::Experts { experts, d_model: d } => {
+            Source::Experts {
+                experts,
+                d_model: d,
+            } => {
                 for ([g, u, dn], h) in experts {
                     expect(g, &[*h, *d])?;
                     expect(u, &[*h, *d])?;
@@ -231,26 +282,38 @@ fn check_tensors(shards: &Shards, map: &Mapping, arch: HfArch, cfg: &LmConfig) -
         .cloned()
         .collect();
     if !unused.is_empty() {
-        return Err(InteropError::UnexpectedTensors { arch: arch.to_string(), dir: shards.dir.clone(), names: unused });
+        return Err(InteropError::UnexpectedTensors {
+            arch: arch.to_string(),
+            dir: shards.dir.clone(),
+            names: unused,
+        });
     }
     Ok(())
 }
 
 /// Elements of every mapped tensor.
 fn mapped_elements(shards: &Shards, map: &Mapping) -> usize {
-    map.hf_names().iter().filter_map(|n| shards.tensors.get(n)).map(|(s, _)| s.iter().product::<usize>()).sum()
+    map.hf_names()
+        .iter()
+        .filter_map(|n| shards.tensors.get(n))
+        .map(|(s, _)| s.iter().product::<usize>())
+        .sum()
 }
 
 fn check_memory(shards: &Shards, map: &Mapping) -> Result<()> {
-    check_fits((mapped_elements(shards, map) * BYTES_PER_F32) as u64, mem_available_bytes())
+    check_fits(
+        (mapped_elements(shards, map) * BYTES_PER_F32) as u64,
+        mem_available_bytes(),
+    )
 }
 
 /// `TooLarge` when `need_bytes` exceed `available` (unknown availability passes).
 pub fn check_fits(need_bytes: u64, available: Option<u64>) -> Result<()> {
     match available {
-        Some(avail) if need_bytes > avail => {
-            Err(InteropError::TooLarge { need_gib: need_bytes as f64 / GIB, available_gib: avail as f64 / GIB })
-        }
+        Some(avail) if need_bytes > avail => Err(InteropError::TooLarge {
+            need_gib: need_bytes as f64 / GIB,
+            available_gib: avail as f64 / GIB,
+        }),
         _ => Ok(()),
     }
 }

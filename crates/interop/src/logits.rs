@@ -41,13 +41,18 @@ pub struct LogitsReport {
 /// Runs `model` once over `ids` (one sequence, no cache, eval mode).
 pub fn logits(model: &MoeLm, ids: &[u32]) -> Result<LogitsReport> {
     if ids.is_empty() {
-        return Err(InteropError::Model(switchyard_models::ModelError::input("logits", "no token ids given")));
+        return Err(InteropError::Model(switchyard_models::ModelError::input(
+            "logits",
+            "no token ids given",
+        )));
     }
     let input = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
     let out = model.forward(&input, &mut LmCtx::new(false, 0))?;
     let mut layers = Vec::new();
     for report in out.layers.iter().filter(|r| r.is_moe) {
-        let Some(routing) = &report.routing else { continue };
+        let Some(routing) = &report.routing else {
+            continue;
+        };
         let plan = &routing.plan;
         let w = routing.weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); plan.num_tokens];
@@ -57,12 +62,26 @@ pub fn logits(model: &MoeLm, ids: &[u32]) -> Result<LogitsReport> {
         rows.iter_mut().for_each(|r| r.sort_by_key(|&(e, _)| e));
         layers.push(LayerRouting {
             layer: report.layer,
-            router_logits: routing.logits.as_ref().map(|l| l.to_dtype(DType::F32)).transpose()?,
-            chosen: rows.iter().map(|r| r.iter().map(|&(e, _)| e).collect()).collect(),
-            weights: rows.iter().map(|r| r.iter().map(|&(_, w)| w).collect()).collect(),
+            router_logits: routing
+                .logits
+                .as_ref()
+                .map(|l| l.to_dtype(DType::F32))
+                .transpose()?,
+            chosen: rows
+                .iter()
+                .map(|r| r.iter().map(|&(e, _)| e).collect())
+                .collect(),
+            weights: rows
+                .iter()
+                .map(|r| r.iter().map(|&(_, w)| w).collect())
+                .collect(),
         });
     }
-    Ok(LogitsReport { input_ids: ids.to_vec(), logits: out.logits.to_dtype(DType::F32)?, layers })
+    Ok(LogitsReport {
+        input_ids: ids.to_vec(),
+        logits: out.logits.to_dtype(DType::F32)?,
+        layers,
+    })
 }
 
 /// `n` greedily decoded tokens after `prompt`, with the KV cache.
@@ -80,18 +99,35 @@ impl LogitsReport {
         let l = self.input_ids.len();
         let mut out = BTreeMap::new();
         let ids: Vec<i64> = self.input_ids.iter().map(|&t| t as i64).collect();
-        out.insert("input_ids".to_string(), Tensor::from_vec(ids, (1, l), &dev)?);
+        out.insert(
+            "input_ids".to_string(),
+            Tensor::from_vec(ids, (1, l), &dev)?,
+        );
         out.insert("logits".to_string(), self.logits.clone());
         for r in &self.layers {
             let k = r.chosen.iter().map(Vec::len).max().unwrap_or(0);
             let mut ids = Vec::with_capacity(l * k);
             let mut ws = Vec::with_capacity(l * k);
             for (c, w) in r.chosen.iter().zip(&r.weights) {
-                ids.extend(c.iter().map(|&e| e as i64).chain(std::iter::repeat_n(NO_EXPERT, k - c.len())));
-                ws.extend(w.iter().copied().chain(std::iter::repeat_n(0.0, k - w.len())));
+                ids.extend(
+                    c.iter()
+                        .map(|&e| e as i64)
+                        .chain(std::iter::repeat_n(NO_EXPERT, k - c.len())),
+                );
+                ws.extend(
+                    w.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0.0, k - w.len())),
+                );
             }
-            out.insert(format!("chosen_experts.{}", r.layer), Tensor::from_vec(ids, (l, k), &dev)?);
-            out.insert(format!("routing_weights.{}", r.layer), Tensor::from_vec(ws, (l, k), &dev)?);
+            out.insert(
+                format!("chosen_experts.{}", r.layer),
+                Tensor::from_vec(ids, (l, k), &dev)?,
+            );
+            out.insert(
+                format!("routing_weights.{}", r.layer),
+                Tensor::from_vec(ws, (l, k), &dev)?,
+            );
             if let Some(rl) = &r.router_logits {
                 out.insert(format!("router_logits.{}", r.layer), rl.clone());
             }
@@ -109,7 +145,9 @@ impl LogitsReport {
             t.insert("greedy".into(), Tensor::from_vec(g, n, &Device::Cpu)?);
         }
         let data: Vec<(String, Tensor)> = t.into_iter().collect();
-        safetensors::serialize_to_file(data, None, path)
-            .map_err(|e| InteropError::Safetensors { path: path.into(), reason: e.to_string() })
+        safetensors::serialize_to_file(data, None, path).map_err(|e| InteropError::Safetensors {
+            path: path.into(),
+            reason: e.to_string(),
+        })
     }
 }

@@ -27,7 +27,10 @@ pub enum Source {
     Direct { hf: String, shape: Vec<usize> },
     /// A packed expert bank: per expert the HF `[gate, up, down]` names and its width `h`;
     /// gate and up are `[h, d]`, down is `[d, h]`.
-    Experts { experts: Vec<([String; 3], usize)>, d_model: usize },
+    Experts {
+        experts: Vec<([String; 3], usize)>,
+        d_model: usize,
+    },
 }
 
 /// A router buffer stored as an HF tensor (DeepSeek-V3's `e_score_correction_bias`).
@@ -54,7 +57,9 @@ impl Mapping {
         for e in &self.params {
             match &e.source {
                 Source::Direct { hf, .. } => out.push(hf.clone()),
-                Source::Experts { experts, .. } => out.extend(experts.iter().flat_map(|(n, _)| n.iter().cloned())),
+                Source::Experts { experts, .. } => {
+                    out.extend(experts.iter().flat_map(|(n, _)| n.iter().cloned()))
+                }
             }
         }
         out.extend(self.buffers.iter().map(|b| b.hf.clone()));
@@ -67,7 +72,10 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
     let (d, v) = (cfg.d_model, cfg.vocab_size);
     let mut m = Mapping::default();
     let mut direct = |name: String, shape: Vec<usize>| {
-        m.params.push(Entry { ours: name.clone(), source: Source::Direct { hf: name, shape } });
+        m.params.push(Entry {
+            ours: name.clone(),
+            source: Source::Direct { hf: name, shape },
+        });
     };
     direct("model.embed_tokens.weight".into(), vec![v, d]);
     direct("model.norm.weight".into(), vec![d]);
@@ -87,13 +95,18 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
         }
     }
     for i in cfg.moe_layers() {
-        let LayerFfn::Moe(moe) = cfg.layer_ffn(i) else { unreachable!("an MoE layer") };
+        let LayerFfn::Moe(moe) = cfg.layer_ffn(i) else {
+            unreachable!("an MoE layer")
+        };
         let ours = format!("model.layers.{i}.{OUR_MOE_PREFIX}.");
         let hf = format!("model.layers.{i}.{}.", arch.moe_prefix());
         let e = moe.experts.len();
         m.params.push(Entry {
             ours: format!("{ours}gate.weight"),
-            source: Source::Direct { hf: format!("{hf}gate.weight"), shape: vec![e, d] },
+            source: Source::Direct {
+                hf: format!("{hf}gate.weight"),
+                shape: vec![e, d],
+            },
         });
         let [g, u, dn] = arch.expert_proj_names();
         let experts = moe
@@ -102,22 +115,45 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
             .enumerate()
             .map(|(x, s)| {
                 let b = format!("{hf}experts.{x}.");
-                ([format!("{b}{g}.weight"), format!("{b}{u}.weight"), format!("{b}{dn}.weight")], s.hidden)
+                (
+                    [
+                        format!("{b}{g}.weight"),
+                        format!("{b}{u}.weight"),
+                        format!("{b}{dn}.weight"),
+                    ],
+                    s.hidden,
+                )
             })
             .collect();
-        m.params.push(Entry { ours: format!("{ours}experts.packed"), source: Source::Experts { experts, d_model: d } });
+        m.params.push(Entry {
+            ours: format!("{ours}experts.packed"),
+            source: Source::Experts {
+                experts,
+                d_model: d,
+            },
+        });
         if let (Some(shared), Some(sp)) = (moe.shared_experts.first(), arch.shared_prefix()) {
             let b = format!("{hf}{sp}.");
-            let names = [format!("{b}gate_proj.weight"), format!("{b}up_proj.weight"), format!("{b}down_proj.weight")];
+            let names = [
+                format!("{b}gate_proj.weight"),
+                format!("{b}up_proj.weight"),
+                format!("{b}down_proj.weight"),
+            ];
             m.params.push(Entry {
                 ours: format!("{ours}shared_experts.packed"),
-                source: Source::Experts { experts: vec![(names, shared.hidden)], d_model: d },
+                source: Source::Experts {
+                    experts: vec![(names, shared.hidden)],
+                    d_model: d,
+                },
             });
         }
         if moe.shared_gate {
             m.params.push(Entry {
                 ours: format!("{ours}shared_expert_gate.weight"),
-                source: Source::Direct { hf: format!("{hf}shared_expert_gate.weight"), shape: vec![1, d] },
+                source: Source::Direct {
+                    hf: format!("{hf}shared_expert_gate.weight"),
+                    shape: vec![1, d],
+                },
             });
         }
         if arch == HfArch::DeepseekV3 {
@@ -145,9 +181,15 @@ fn attention(cfg: &LmConfig, p: &str, direct: &mut impl FnMut(String, Vec<usize>
                 direct(format!("{p}q_b_proj.weight"), vec![h * qk, rq]);
             }
         }
-        direct(format!("{p}kv_a_proj_with_mqa.weight"), vec![r + mla.qk_rope_head_dim, d]);
+        direct(
+            format!("{p}kv_a_proj_with_mqa.weight"),
+            vec![r + mla.qk_rope_head_dim, d],
+        );
         direct(format!("{p}kv_a_layernorm.weight"), vec![r]);
-        direct(format!("{p}kv_b_proj.weight"), vec![h * (mla.qk_nope_head_dim + mla.v_head_dim), r]);
+        direct(
+            format!("{p}kv_b_proj.weight"),
+            vec![h * (mla.qk_nope_head_dim + mla.v_head_dim), r],
+        );
         direct(format!("{p}o_proj.weight"), vec![d, h * mla.v_head_dim]);
         return;
     }

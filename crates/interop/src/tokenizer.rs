@@ -27,19 +27,31 @@ impl HfTokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join(TOKENIZER_FILE);
         if !path.is_file() {
-            return Err(InteropError::MissingFile { path, listed_in: None });
+            return Err(InteropError::MissingFile {
+                path,
+                listed_in: None,
+            });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| InteropError::Tokenizer { path: path.clone(), reason: e.to_string() })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| InteropError::Tokenizer {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
         let read = |name: &str| -> Option<Value> {
-            std::fs::read_to_string(dir.join(name)).ok().and_then(|t| serde_json::from_str(&t).ok())
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
         };
-        let ids = read(CONFIG_FILE).map(|c| SpecialIds::from_config(&c)).unwrap_or_default();
+        let ids = read(CONFIG_FILE)
+            .map(|c| SpecialIds::from_config(&c))
+            .unwrap_or_default();
         let tok_cfg = read(TOKENIZER_CONFIG_FILE);
         let token = |key: &str| -> Option<u32> {
             let v = tok_cfg.as_ref()?.get(key)?;
             // a string, or an AddedToken object {"content": "<s>", ...}
-            let s = v.as_str().or_else(|| v.get("content").and_then(Value::as_str))?;
+            let s = v
+                .as_str()
+                .or_else(|| v.get("content").and_then(Value::as_str))?;
             inner.token_to_id(s)
         };
         Ok(Self {
@@ -54,17 +66,23 @@ impl HfTokenizer {
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor (e.g.
     /// a leading BOS), as `tokenizer(text)` does in transformers.
     pub fn try_encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| InteropError::Tokenizer { path: self.path.clone(), reason: e.to_string() })?;
+        let enc =
+            self.inner
+                .encode(text, add_special_tokens)
+                .map_err(|e| InteropError::Tokenizer {
+                    path: self.path.clone(),
+                    reason: e.to_string(),
+                })?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn try_decode(&self, ids: &[u32]) -> Result<String> {
         self.inner
             .decode(ids, true)
-            .map_err(|e| InteropError::Tokenizer { path: self.path.clone(), reason: e.to_string() })
+            .map_err(|e| InteropError::Tokenizer {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })
     }
 }
 

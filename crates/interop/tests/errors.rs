@@ -26,10 +26,16 @@ fn unknown_architecture_lists_the_supported_ones() {
     let d = copy_fixture("mixtral", "unknown-arch");
     edit_config(&d, |c| {
         c.insert("model_type".into(), "gpt_oss".into());
-        c.insert("architectures".into(), serde_json::json!(["GptOssForCausalLM"]));
+        c.insert(
+            "architectures".into(),
+            serde_json::json!(["GptOssForCausalLM"]),
+        );
     });
     let (e, msg) = import_err(&d);
-    assert!(matches!(e, InteropError::UnknownArchitecture { .. }), "{msg}");
+    assert!(
+        matches!(e, InteropError::UnknownArchitecture { .. }),
+        "{msg}"
+    );
     assert!(msg.contains("gpt_oss"), "{msg}");
     for a in HfArch::ALL {
         assert!(msg.contains(a.model_type()), "{msg} should list {a}");
@@ -57,14 +63,21 @@ fn wrong_shape_names_the_tensor_and_both_shapes() {
     });
     let (e, msg) = import_err(&d);
     match e {
-        InteropError::ShapeMismatch { name, expected, found } => {
+        InteropError::ShapeMismatch {
+            name,
+            expected,
+            found,
+        } => {
             assert_eq!(name, "model.layers.0.block_sparse_moe.experts.0.w1.weight");
             assert_eq!(expected, vec![48, 32]);
             assert_eq!(found, vec![64, 32]);
         }
         other => panic!("expected a shape mismatch, got {other}"),
     }
-    assert!(msg.contains("[48, 32]") && msg.contains("[64, 32]"), "{msg}");
+    assert!(
+        msg.contains("[48, 32]") && msg.contains("[64, 32]"),
+        "{msg}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -85,7 +98,10 @@ fn missing_tensor_is_named() {
 fn yarn_rope_scaling_is_refused_plainly() {
     let d = copy_fixture("deepseek_v2", "yarn");
     edit_config(&d, |c| {
-        c.insert("rope_scaling".into(), serde_json::json!({"type": "yarn", "factor": 40}));
+        c.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"type": "yarn", "factor": 40}),
+        );
     });
     let (e, msg) = import_err(&d);
     assert!(matches!(e, InteropError::Unsupported { .. }), "{msg}");
@@ -107,7 +123,10 @@ fn a_model_too_big_for_memory_says_so() {
     let gib = 1u64 << 30;
     let e = check_fits(40 * gib, Some(16 * gib)).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("40.0 GiB") && msg.contains("16.0 GiB"), "{msg}");
+    assert!(
+        msg.contains("40.0 GiB") && msg.contains("16.0 GiB"),
+        "{msg}"
+    );
     assert!(check_fits(gib, Some(16 * gib)).is_ok());
     assert!(check_fits(40 * gib, None).is_ok());
 }

@@ -35,21 +35,40 @@ fn parity(name: &str) {
         for (t, (c, w)) in chosen.iter().zip(weights).enumerate() {
             let mut want: Vec<u32> = c.iter().map(|&e| e as u32).collect();
             want.sort_unstable();
-            assert_eq!(l.chosen[t], want, "{name} layer {}: token {t} chose different experts", l.layer);
-            let by_id: BTreeMap<u32, f32> = c.iter().map(|&e| e as u32).zip(w.iter().copied()).collect();
+            assert_eq!(
+                l.chosen[t], want,
+                "{name} layer {}: token {t} chose different experts",
+                l.layer
+            );
+            let by_id: BTreeMap<u32, f32> =
+                c.iter().map(|&e| e as u32).zip(w.iter().copied()).collect();
             for (e, ours) in l.chosen[t].iter().zip(&l.weights[t]) {
                 dw = dw.max((ours - by_id[e]).abs());
             }
         }
-        assert!(dr <= ROUTER_TOL, "{name} layer {}: max |Δ router logits| = {dr:e}", l.layer);
-        assert!(dw <= ROUTER_TOL, "{name} layer {}: max |Δ routing weights| = {dw:e}", l.layer);
-        msg.push(format!("L{}: router {dr:.1e}, weights {dw:.1e}, experts same", l.layer));
+        assert!(
+            dr <= ROUTER_TOL,
+            "{name} layer {}: max |Δ router logits| = {dr:e}",
+            l.layer
+        );
+        assert!(
+            dw <= ROUTER_TOL,
+            "{name} layer {}: max |Δ routing weights| = {dw:e}",
+            l.layer
+        );
+        msg.push(format!(
+            "L{}: router {dr:.1e}, weights {dw:.1e}, experts same",
+            l.layer
+        ));
     }
     let g = greedy(&m.model, &exp.ids, GREEDY_TOKENS).unwrap();
     assert_eq!(g, exp.greedy, "{name}: greedy tokens differ");
     msg.push("greedy same".into());
     println!("{}", msg.join("; "));
-    assert!(dl <= LOGITS_TOL, "{name}: max |Δ logits| = {dl:e} > {LOGITS_TOL:e}");
+    assert!(
+        dl <= LOGITS_TOL,
+        "{name}: max |Δ logits| = {dl:e} > {LOGITS_TOL:e}"
+    );
 }
 
 #[test]
@@ -101,14 +120,25 @@ fn export_then_reimport_is_exact() {
         );
         for (n, (shape, _)) in &src.tensors {
             let (a, b) = (src.load(n, shape).unwrap(), dst.load(n, shape).unwrap());
-            assert_eq!(max_abs_diff(&a, &b), 0.0, "{name}: `{n}` changed in the round trip");
+            assert_eq!(
+                max_abs_diff(&a, &b),
+                0.0,
+                "{name}: `{n}` changed in the round trip"
+            );
         }
 
         let back = import(&out).unwrap();
         assert_eq!(back.cfg, m.cfg, "{name}: config changed in the round trip");
         let ids = expected(name).ids;
-        let (a, b) = (logits(&m.model, &ids).unwrap(), logits(&back.model, &ids).unwrap());
-        assert_eq!(max_abs_diff(&a.logits, &b.logits), 0.0, "{name}: logits changed in the round trip");
+        let (a, b) = (
+            logits(&m.model, &ids).unwrap(),
+            logits(&back.model, &ids).unwrap(),
+        );
+        assert_eq!(
+            max_abs_diff(&a.logits, &b.logits),
+            0.0,
+            "{name}: logits changed in the round trip"
+        );
         assert!(out.join("tokenizer.json").is_file());
         std::fs::remove_dir_all(&out).unwrap();
     }
@@ -124,9 +154,14 @@ fn logits_file_has_the_fixture_layout() {
     let out = scratch("logits-file");
     let path = out.join("out.safetensors");
     let g = greedy(&m.model, &exp.ids, 4).unwrap();
-    logits(&m.model, &exp.ids).unwrap().save(&path, Some(&g)).unwrap();
+    logits(&m.model, &exp.ids)
+        .unwrap()
+        .save(&path, Some(&g))
+        .unwrap();
     let ours = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let theirs = candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
+    let theirs =
+        candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
     let sig = |m: &std::collections::HashMap<String, Tensor>| -> BTreeMap<String, (candle_core::DType, Vec<usize>)> {
         m.iter().filter(|(k, _)| *k != "greedy").map(|(k, t)| (k.clone(), (t.dtype(), t.dims().to_vec()))).collect()
     };
@@ -142,13 +177,20 @@ fn bf16_checkpoint_imports_as_the_same_values_in_f32() {
     let d = copy_fixture(name, "bf16");
     let path = d.join("model.safetensors");
     let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let bf: std::collections::HashMap<String, Tensor> =
-        t.iter().map(|(k, v)| (k.clone(), v.to_dtype(candle_core::DType::BF16).unwrap())).collect();
+    let bf: std::collections::HashMap<String, Tensor> = t
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_dtype(candle_core::DType::BF16).unwrap()))
+        .collect();
     candle_core::safetensors::save(&bf, &path).unwrap();
     let (a, b) = (import(fixture(name)).unwrap(), import(&d).unwrap());
     for ((n, va), (_, vb)) in a.store.all().iter().zip(b.store.all().iter()) {
         assert_eq!(vb.dtype(), candle_core::DType::F32);
-        let rounded = va.as_tensor().to_dtype(candle_core::DType::BF16).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let rounded = va
+            .as_tensor()
+            .to_dtype(candle_core::DType::BF16)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap();
         assert_eq!(max_abs_diff(&rounded, vb.as_tensor()), 0.0, "`{n}`");
     }
     std::fs::remove_dir_all(&d).unwrap();
@@ -160,13 +202,26 @@ fn sharded_export_writes_an_index_and_reimports_exactly() {
     let name = "deepseek_v2";
     let m = import(fixture(name)).unwrap();
     let out = scratch("sharded-export");
-    let opts = switchyard_interop::ExportOptions { max_shard_bytes: 100_000, ..Default::default() };
+    let opts = switchyard_interop::ExportOptions {
+        max_shard_bytes: 100_000,
+        ..Default::default()
+    };
     let rep = switchyard_interop::export_with(&m.model, None, &out, &opts).unwrap();
-    let shards = rep.files.iter().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).count();
+    let shards = rep
+        .files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .count();
     assert!(shards > 1, "{:?}", rep.files);
     assert!(out.join("model.safetensors.index.json").is_file());
     let back = import(&out).unwrap();
     let ids = expected(name).ids;
-    assert_eq!(max_abs_diff(&logits(&m.model, &ids).unwrap().logits, &logits(&back.model, &ids).unwrap().logits), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &logits(&m.model, &ids).unwrap().logits,
+            &logits(&back.model, &ids).unwrap().logits
+        ),
+        0.0
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }

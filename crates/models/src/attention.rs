@@ -40,12 +40,17 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize) -> Self {
-        Self { layers: vec![None; n_layers] }
+        Self {
+            layers: vec![None; n_layers],
+        }
     }
 
     /// Positions cached so far.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, LayerKv::len)
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, LayerKv::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,9 +130,25 @@ impl Attention {
     }
 
     pub fn vars(&self) -> Vec<Var> {
-        let mut v = vec![self.q_proj.clone(), self.k_proj.clone(), self.v_proj.clone(), self.o_proj.clone()];
-        v.extend(self.q_bias.iter().chain(&self.k_bias).chain(&self.v_bias).cloned());
-        v.extend(self.q_norm.iter().chain(&self.k_norm).map(|n| n.weight.clone()));
+        let mut v = vec![
+            self.q_proj.clone(),
+            self.k_proj.clone(),
+            self.v_proj.clone(),
+            self.o_proj.clone(),
+        ];
+        v.extend(
+            self.q_bias
+                .iter()
+                .chain(&self.k_bias)
+                .chain(&self.v_bias)
+                .cloned(),
+        );
+        v.extend(
+            self.q_norm
+                .iter()
+                .chain(&self.k_norm)
+                .map(|n| n.weight.clone()),
+        );
         v
     }
 
@@ -137,7 +158,12 @@ impl Attention {
     ///
     /// # Shapes
     /// `x [B, L, d]` → `[B, L, d]`.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut Option<LayerKv>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: Option<&mut Option<LayerKv>>,
+    ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let proj = |w: &Var, bias: &Option<Var>| -> Result<Tensor> {
@@ -160,8 +186,9 @@ impl Attention {
             k = k.clamp(-c, c)?;
             v = v.clamp(-c, c)?;
         }
-        let heads =
-            |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()?) };
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, n, hd))?.transpose(1, 2)?.contiguous()?)
+        };
         let (mut q, mut k, v) = (heads(q, h)?, heads(k, kv)?, heads(v, kv)?);
         if let (Some(qn), Some(kn), true) = (&self.q_norm, &self.k_norm, self.norm_per_head) {
             // torch (Qwen3): self.q_norm(self.q_proj(x).view(hidden_shape)), over head_dim
@@ -169,7 +196,10 @@ impl Attention {
             k = kn.forward(&k)?;
         }
 
-        let offset = cache.as_ref().and_then(|c| c.as_ref()).map_or(0, LayerKv::len);
+        let offset = cache
+            .as_ref()
+            .and_then(|c| c.as_ref())
+            .map_or(0, LayerKv::len);
         let q = rope.apply(&q, offset)?;
         let k = rope.apply(&k, offset)?;
         let out = attend(&q, k, v, 1.0 / (hd as f64).sqrt(), cache)?;
@@ -201,14 +231,23 @@ pub(crate) fn attend(
                     if prev.k.dims()[0] != b {
                         return Err(ModelError::input(
                             "Attention::forward",
-                            format!("batch of {b} sequences, but the KV cache holds {}", prev.k.dims()[0]),
+                            format!(
+                                "batch of {b} sequences, but the KV cache holds {}",
+                                prev.k.dims()[0]
+                            ),
                         ));
                     }
-                    (Tensor::cat(&[&prev.k, &k], 2)?, Tensor::cat(&[&prev.v, &v], 2)?)
+                    (
+                        Tensor::cat(&[&prev.k, &k], 2)?,
+                        Tensor::cat(&[&prev.v, &v], 2)?,
+                    )
                 }
             };
             // detached: the cache must not keep every earlier step's graph alive
-            *slot = Some(LayerKv { k: k.detach(), v: v.detach() });
+            *slot = Some(LayerKv {
+                k: k.detach(),
+                v: v.detach(),
+            });
             (k, v)
         }
     };
@@ -218,7 +257,11 @@ pub(crate) fn attend(
 
     // torch: attn = softmax(q @ k.transpose(2, 3) * scaling + causal_mask, dim=-1)
     let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = if l > 1 { scores.broadcast_add(&causal_mask(l, lk, &scores)?)? } else { scores };
+    let scores = if l > 1 {
+        scores.broadcast_add(&causal_mask(l, lk, &scores)?)?
+    } else {
+        scores
+    };
     let att = candle_nn::ops::softmax(&scores, D::Minus1)?;
     let out = att.matmul(&v)?; // [B, H, L, dv]
     Ok(out.transpose(1, 2)?.reshape((b, l, h * dv))?)
@@ -227,8 +270,17 @@ pub(crate) fn attend(
 /// `[L, Lk]` additive mask: query `i` sits at position `Lk − L + i` and sees keys `j` up to it.
 fn causal_mask(l: usize, lk: usize, like: &Tensor) -> Result<Tensor> {
     let offset = lk - l;
-    let m: Vec<f64> =
-        (0..l).flat_map(|i| (0..lk).map(move |j| if j > offset + i { f64::NEG_INFINITY } else { 0.0 })).collect();
+    let m: Vec<f64> = (0..l)
+        .flat_map(|i| {
+            (0..lk).map(move |j| {
+                if j > offset + i {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
     Ok(Tensor::from_vec(m, (l, lk), like.device())?.to_dtype(like.dtype())?)
 }
 
@@ -239,5 +291,7 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         return Ok(x.clone());
     }
     let (b, n_kv, len, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, n_kv, rep, len, hd))?.reshape((b, n_kv * rep, len, hd))?)
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, n_kv, rep, len, hd))?
+        .reshape((b, n_kv * rep, len, hd))?)
 }

@@ -38,7 +38,12 @@ impl SelfAttention {
 
     /// # Shapes
     /// `x [B, L, d]` → `[B, L, d]`.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut Option<LayerKv>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: Option<&mut Option<LayerKv>>,
+    ) -> Result<Tensor> {
         match self {
             SelfAttention::Mha(a) => a.forward(x, rope, cache),
             SelfAttention::Mla(a) => a.forward(x, rope, cache),
@@ -65,7 +70,9 @@ impl DecoderBlock {
     /// `block_sparse_moe.*` when MoE.
     pub fn new(pb: &ParamBuilder, cfg: &LmConfig, i: usize) -> Result<Self> {
         let ffn = match cfg.layer_ffn(i) {
-            LayerFfn::Dense { hidden } => Ffn::Dense(DenseFfn::new(&pb.pp("mlp"), cfg.d_model, hidden)?),
+            LayerFfn::Dense { hidden } => {
+                Ffn::Dense(DenseFfn::new(&pb.pp("mlp"), cfg.d_model, hidden)?)
+            }
             LayerFfn::Moe(m) => Ffn::Moe(Box::new(
                 MoeLayer::new(&pb.pp("block_sparse_moe"), &m)
                     .map_err(|e| ModelError::from_moe_config("ffn.sparse", e))?,
@@ -74,7 +81,11 @@ impl DecoderBlock {
         Ok(Self {
             input_layernorm: RmsNorm::new(&pb.pp("input_layernorm"), cfg.d_model, cfg.norm_eps)?,
             self_attn: SelfAttention::new(&pb.pp("self_attn"), cfg)?,
-            post_attention_layernorm: RmsNorm::new(&pb.pp("post_attention_layernorm"), cfg.d_model, cfg.norm_eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                &pb.pp("post_attention_layernorm"),
+                cfg.d_model,
+                cfg.norm_eps,
+            )?,
             ffn,
         })
     }
@@ -91,10 +102,17 @@ impl DecoderBlock {
         ctx: &mut ForwardCtx<'_>,
         layer: usize,
     ) -> Result<(Tensor, Option<Tensor>, LayerReport)> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, cache)?)?;
-        let (f, moe) = self.ffn.forward(&self.post_attention_layernorm.forward(&h)?, ctx)?;
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, rope, cache)?)?;
+        let (f, moe) = self
+            .ffn
+            .forward(&self.post_attention_layernorm.forward(&h)?, ctx)?;
         let out = (h + f)?;
-        let mut report = LayerReport { layer, ..Default::default() };
+        let mut report = LayerReport {
+            layer,
+            ..Default::default()
+        };
         let aux = moe.map(|m| {
             report.is_moe = true;
             report.losses = m.losses;

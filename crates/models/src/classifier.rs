@@ -26,7 +26,14 @@ pub struct MoeClassifierConfig {
 
 impl Default for MoeClassifierConfig {
     fn default() -> Self {
-        Self { in_dim: 16, d_model: 64, n_classes: 4, moe: MoeConfig::default(), n_layers: 2, norm_eps: 1e-5 }
+        Self {
+            in_dim: 16,
+            d_model: 64,
+            n_classes: 4,
+            moe: MoeConfig::default(),
+            n_layers: 2,
+            norm_eps: 1e-5,
+        }
     }
 }
 
@@ -52,9 +59,14 @@ impl MoeClassifierConfig {
             ));
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return Err(ModelError::config("norm_eps", format!("must be finite and > 0, got {}", self.norm_eps)));
+            return Err(ModelError::config(
+                "norm_eps",
+                format!("must be finite and > 0, got {}", self.norm_eps),
+            ));
         }
-        self.moe.validate().map_err(|e| ModelError::from_moe_config("moe", e))
+        self.moe
+            .validate()
+            .map_err(|e| ModelError::from_moe_config("moe", e))
     }
 }
 
@@ -82,12 +94,17 @@ impl MoeClassifier {
     pub fn new(pb: &ParamBuilder, cfg: &MoeClassifierConfig) -> Result<Self> {
         cfg.validate()?;
         let (d, eps) = (cfg.d_model, cfg.norm_eps);
-        let input_proj =
-            (linear_weight(&pb.pp("input_proj"), d, cfg.in_dim)?, pb.pp("input_proj").var("bias", &[d], Init::Zeros)?);
+        let input_proj = (
+            linear_weight(&pb.pp("input_proj"), d, cfg.in_dim)?,
+            pb.pp("input_proj").var("bias", &[d], Init::Zeros)?,
+        );
         let blocks = (0..cfg.n_layers)
             .map(|i| {
                 let b = pb.pp("blocks").pp(i);
-                Ok((RmsNorm::new(&b.pp("norm"), d, eps)?, MoeLayer::new(&b.pp("moe"), &cfg.moe)?))
+                Ok((
+                    RmsNorm::new(&b.pp("norm"), d, eps)?,
+                    MoeLayer::new(&b.pp("moe"), &cfg.moe)?,
+                ))
             })
             .collect::<Result<_>>()?;
         let norm = RmsNorm::new(&pb.pp("norm"), d, eps)?;
@@ -95,7 +112,13 @@ impl MoeClassifier {
             linear_weight(&pb.pp("head"), cfg.n_classes, d)?,
             pb.pp("head").var("bias", &[cfg.n_classes], Init::Zeros)?,
         );
-        Ok(Self { cfg: cfg.clone(), input_proj, blocks, norm, head })
+        Ok(Self {
+            cfg: cfg.clone(),
+            input_proj,
+            blocks,
+            norm,
+            head,
+        })
     }
 
     /// # Shapes
@@ -105,7 +128,10 @@ impl MoeClassifier {
         if in_dim != self.cfg.in_dim {
             return Err(ModelError::input(
                 "MoeClassifier::forward",
-                format!("input has {in_dim} features, the config says in_dim = {}", self.cfg.in_dim),
+                format!(
+                    "input has {in_dim} features, the config says in_dim = {}",
+                    self.cfg.in_dim
+                ),
             ));
         }
         let mut fctx = ForwardCtx::new(ctx.train, &mut ctx.rng);
@@ -125,12 +151,22 @@ impl MoeClassifier {
                 routing: out.routing,
             });
         }
-        let logits = linear(&self.norm.forward(&h)?, &self.head.0)?.broadcast_add(self.head.1.as_tensor())?;
-        Ok(ClassifierOutput { logits, aux_loss: aux, layers })
+        let logits = linear(&self.norm.forward(&h)?, &self.head.0)?
+            .broadcast_add(self.head.1.as_tensor())?;
+        Ok(ClassifierOutput {
+            logits,
+            aux_loss: aux,
+            layers,
+        })
     }
 
     /// Mean cross-entropy against `labels [N]` (u32), and the forward.
-    pub fn loss(&self, x: &Tensor, labels: &Tensor, ctx: &mut LmCtx) -> Result<(Tensor, ClassifierOutput)> {
+    pub fn loss(
+        &self,
+        x: &Tensor,
+        labels: &Tensor,
+        ctx: &mut LmCtx,
+    ) -> Result<(Tensor, ClassifierOutput)> {
         let n = self.cfg.n_classes;
         if let Some(&bad) = labels
             .flatten_all()?
@@ -139,7 +175,10 @@ impl MoeClassifier {
             .iter()
             .find(|&&c| c as usize >= n)
         {
-            return Err(ModelError::input("MoeClassifier::loss", format!("label {bad} is not below n_classes = {n}")));
+            return Err(ModelError::input(
+                "MoeClassifier::loss",
+                format!("label {bad} is not below n_classes = {n}"),
+            ));
         }
         let out = self.forward(x, ctx)?;
         let ce = candle_nn::loss::cross_entropy(&out.logits, labels)?;
@@ -161,7 +200,11 @@ impl MoeClassifier {
             v.push(n.weight.clone());
             v.extend(moe_vars(m));
         }
-        v.extend([self.norm.weight.clone(), self.head.0.clone(), self.head.1.clone()]);
+        v.extend([
+            self.norm.weight.clone(),
+            self.head.0.clone(),
+            self.head.1.clone(),
+        ]);
         v
     }
 }

@@ -42,14 +42,21 @@ pub struct FfnConfig {
 
 impl Default for FfnConfig {
     fn default() -> Self {
-        Self { dense_hidden: 128, sparse: LayerFfn::Moe(MoeConfig::default()), moe_every: 1, first_dense: 0 }
+        Self {
+            dense_hidden: 128,
+            sparse: LayerFfn::Moe(MoeConfig::default()),
+            moe_every: 1,
+            first_dense: 0,
+        }
     }
 }
 
 impl FfnConfig {
     /// Whether layer `i` is a sparse slot (holds `sparse`).
     pub fn is_sparse_slot(&self, i: usize) -> bool {
-        i >= self.first_dense && self.moe_every > 0 && (i - self.first_dense + 1) % self.moe_every == 0
+        i >= self.first_dense
+            && self.moe_every > 0
+            && (i - self.first_dense + 1) % self.moe_every == 0
     }
 
     /// The FFN of layer `i`.
@@ -57,7 +64,9 @@ impl FfnConfig {
         if self.is_sparse_slot(i) {
             self.sparse.clone()
         } else {
-            LayerFfn::Dense { hidden: self.dense_hidden }
+            LayerFfn::Dense {
+                hidden: self.dense_hidden,
+            }
         }
     }
 }
@@ -174,7 +183,10 @@ impl MlaConfig {
             Some(r) => d * r + r + r * h * self.qk_head_dim(),
         };
         let r = self.kv_lora_rank;
-        q + d * (r + self.qk_rope_head_dim) + r + r * h * (self.qk_nope_head_dim + self.v_head_dim) + h * self.v_head_dim * d
+        q + d * (r + self.qk_rope_head_dim)
+            + r
+            + r * h * (self.qk_nope_head_dim + self.v_head_dim)
+            + h * self.v_head_dim * d
     }
 }
 
@@ -195,7 +207,9 @@ impl LmConfig {
 
     /// Dimensions RoPE rotates per head: the whole head, or MLA's rope part.
     pub fn rope_dim(&self) -> usize {
-        self.mla.as_ref().map_or(self.head_dim(), |m| m.qk_rope_head_dim)
+        self.mla
+            .as_ref()
+            .map_or(self.head_dim(), |m| m.qk_rope_head_dim)
     }
 
     /// Parameters of one attention block (projections, biases, q/k norms).
@@ -230,7 +244,9 @@ impl LmConfig {
     /// The FFN of layer `i`, with `dense_layers` applied.
     pub fn layer_ffn(&self, i: usize) -> LayerFfn {
         if self.dense_layers.contains(&i) {
-            LayerFfn::Dense { hidden: self.ffn.dense_hidden }
+            LayerFfn::Dense {
+                hidden: self.ffn.dense_hidden,
+            }
         } else {
             self.ffn.layer(i)
         }
@@ -238,7 +254,9 @@ impl LmConfig {
 
     /// Indices of the layers whose FFN is an MoE layer.
     pub fn moe_layers(&self) -> Vec<usize> {
-        (0..self.n_layers).filter(|&i| matches!(self.layer_ffn(i), LayerFfn::Moe(_))).collect()
+        (0..self.n_layers)
+            .filter(|&i| matches!(self.layer_ffn(i), LayerFfn::Moe(_)))
+            .collect()
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -256,12 +274,18 @@ impl LmConfig {
             return err("n_heads", "must be at least 1".into());
         }
         if self.head_dim == Some(0) {
-            return err("head_dim", "must be at least 1 (or unset for d_model / n_heads)".into());
+            return err(
+                "head_dim",
+                "must be at least 1 (or unset for d_model / n_heads)".into(),
+            );
         }
         if self.head_dim.is_none() && self.mla.is_none() && self.d_model % self.n_heads != 0 {
             return err(
                 "n_heads",
-                format!("n_heads = {} must divide d_model = {}; pick a divisor of d_model", self.n_heads, self.d_model),
+                format!(
+                    "n_heads = {} must divide d_model = {}; pick a divisor of d_model",
+                    self.n_heads, self.d_model
+                ),
             );
         }
         if self.rope_dim() % 2 != 0 {
@@ -270,10 +294,19 @@ impl LmConfig {
                 (None, Some(_)) => ("head_dim", "head_dim"),
                 (None, None) => ("n_heads", "d_model / n_heads"),
             };
-            return err(field, format!("RoPE needs an even head dimension, got {what} = {}", self.rope_dim()));
+            return err(
+                field,
+                format!(
+                    "RoPE needs an even head dimension, got {what} = {}",
+                    self.rope_dim()
+                ),
+            );
         }
         if self.qk_norm && self.qk_norm_per_head {
-            return err("qk_norm_per_head", "choose one q/k norm: full width (qk_norm) or per head".into());
+            return err(
+                "qk_norm_per_head",
+                "choose one q/k norm: full width (qk_norm) or per head".into(),
+            );
         }
         if let Some(c) = self.clip_qkv {
             if !(c.is_finite() && c > 0.0) {
@@ -292,9 +325,16 @@ impl LmConfig {
                 return err(f, "must be at least 1".into());
             }
             if !(m.lora_norm_eps.is_finite() && m.lora_norm_eps > 0.0) {
-                return err("mla.lora_norm_eps", format!("must be finite and > 0, got {}", m.lora_norm_eps));
+                return err(
+                    "mla.lora_norm_eps",
+                    format!("must be finite and > 0, got {}", m.lora_norm_eps),
+                );
             }
-            if self.qk_norm || self.qk_norm_per_head || self.qkv_bias || self.n_kv_heads.is_some_and(|k| k != self.n_heads) {
+            if self.qk_norm
+                || self.qk_norm_per_head
+                || self.qkv_bias
+                || self.n_kv_heads.is_some_and(|k| k != self.n_heads)
+            {
                 return err(
                     "mla",
                     "multi-head latent attention has its own projections: unset qk_norm, qk_norm_per_head, qkv_bias and n_kv_heads".into(),
@@ -303,16 +343,34 @@ impl LmConfig {
         }
         let kv = self.kv_heads();
         if kv == 0 || self.n_heads % kv != 0 {
-            return err("n_kv_heads", format!("must be >= 1 and divide n_heads = {}, got {kv}", self.n_heads));
+            return err(
+                "n_kv_heads",
+                format!(
+                    "must be >= 1 and divide n_heads = {}, got {kv}",
+                    self.n_heads
+                ),
+            );
         }
         if self.max_seq_len == 0 {
             return err("max_seq_len", "must be at least 1".into());
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return err("rope_theta", format!("must be finite and > 0, got {}; 10000 is usual", self.rope_theta));
+            return err(
+                "rope_theta",
+                format!(
+                    "must be finite and > 0, got {}; 10000 is usual",
+                    self.rope_theta
+                ),
+            );
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return err("norm_eps", format!("must be finite and > 0, got {}; 1e-5 is usual", self.norm_eps));
+            return err(
+                "norm_eps",
+                format!(
+                    "must be finite and > 0, got {}; 1e-5 is usual",
+                    self.norm_eps
+                ),
+            );
         }
         self.validate_ffn()
     }
@@ -320,12 +378,18 @@ impl LmConfig {
     fn validate_ffn(&self) -> Result<()> {
         let f = &self.ffn;
         if f.moe_every == 0 {
-            return Err(ModelError::config("ffn.moe_every", "must be at least 1 (1 = every layer after first_dense)"));
+            return Err(ModelError::config(
+                "ffn.moe_every",
+                "must be at least 1 (1 = every layer after first_dense)",
+            ));
         }
         if f.first_dense > self.n_layers {
             return Err(ModelError::config(
                 "ffn.first_dense",
-                format!("first_dense = {} exceeds n_layers = {}", f.first_dense, self.n_layers),
+                format!(
+                    "first_dense = {} exceeds n_layers = {}",
+                    f.first_dense, self.n_layers
+                ),
             ));
         }
         if let Some(&bad) = self.dense_layers.iter().find(|&&i| i >= self.n_layers) {
@@ -336,12 +400,16 @@ impl LmConfig {
         }
         let any_dense = (0..self.n_layers).any(|i| !self.is_sparse_layer(i));
         if any_dense && f.dense_hidden == 0 {
-            return Err(ModelError::config("ffn.dense_hidden", "dense layers need a hidden width of at least 1"));
+            return Err(ModelError::config(
+                "ffn.dense_hidden",
+                "dense layers need a hidden width of at least 1",
+            ));
         }
         match &f.sparse {
-            LayerFfn::Dense { hidden: 0 } => {
-                Err(ModelError::config("ffn.sparse.hidden", "a dense FFN needs a hidden width of at least 1"))
-            }
+            LayerFfn::Dense { hidden: 0 } => Err(ModelError::config(
+                "ffn.sparse.hidden",
+                "a dense FFN needs a hidden width of at least 1",
+            )),
             LayerFfn::Dense { .. } => Ok(()),
             LayerFfn::Moe(m) => {
                 if m.d_model != self.d_model {
@@ -353,7 +421,8 @@ impl LmConfig {
                         ),
                     ));
                 }
-                m.validate().map_err(|e| ModelError::from_moe_config("ffn.sparse", e))?;
+                m.validate()
+                    .map_err(|e| ModelError::from_moe_config("ffn.sparse", e))?;
                 if m.gate.uses_context() {
                     // the context vector is the mean over the whole sequence: future tokens
                     // would leak into the routing of past ones
@@ -411,7 +480,10 @@ impl LmConfig {
             total += attn + norms + t;
             active += (attn + norms) as f64 + a;
         }
-        Ok(ParamCount { total, active_per_token: active.round() as usize })
+        Ok(ParamCount {
+            total,
+            active_per_token: active.round() as usize,
+        })
     }
 }
 
@@ -424,7 +496,11 @@ pub(crate) fn active_routed_params(m: &MoeConfig) -> f64 {
 
 fn shared_params(m: &MoeConfig) -> f64 {
     let gate = if m.shared_gate { m.d_model } else { 0 };
-    (m.shared_experts.iter().map(|x: &ExpertSpec| x.params(m.d_model)).sum::<usize>() + gate) as f64
+    (m.shared_experts
+        .iter()
+        .map(|x: &ExpertSpec| x.params(m.d_model))
+        .sum::<usize>()
+        + gate) as f64
 }
 
 /// Parameters of the gate the router asks for (0 for routers without a learned gate).
@@ -434,7 +510,11 @@ pub(crate) fn gate_params(m: &MoeConfig) -> Result<usize> {
     if outputs == 0 {
         return Ok(0);
     }
-    let d_in = if m.gate.uses_context() { 2 * m.d_model } else { m.d_model };
+    let d_in = if m.gate.uses_context() {
+        2 * m.d_model
+    } else {
+        m.d_model
+    };
     Ok(match m.gate {
         GateConfig::Linear { .. } => outputs * d_in,
         GateConfig::Mlp { hidden, .. } => hidden * d_in + hidden + outputs * hidden,

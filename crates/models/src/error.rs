@@ -21,17 +21,26 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ModelError::Config { field: field.into(), reason: reason.into() }
+        ModelError::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
     pub fn input(op: &'static str, reason: impl Into<String>) -> Self {
-        ModelError::Input { op, reason: reason.into() }
+        ModelError::Input {
+            op,
+            reason: reason.into(),
+        }
     }
 
     /// An MoE config error re-labelled with where the MoE config sits in the model's config
     /// (`prefix` = `ffn.sparse`, `moe`, ...).
     pub(crate) fn from_moe_config(prefix: &str, e: MoeError) -> Self {
         match e {
-            MoeError::Config { field, reason } => ModelError::Config { field: format!("{prefix}.{field}"), reason },
+            MoeError::Config { field, reason } => ModelError::Config {
+                field: format!("{prefix}.{field}"),
+                reason,
+            },
             other => other.into(),
         }
     }

@@ -35,7 +35,11 @@ impl DenseFfn {
     }
 
     pub fn vars(&self) -> Vec<Var> {
-        vec![self.gate_proj.clone(), self.up_proj.clone(), self.down_proj.clone()]
+        vec![
+            self.gate_proj.clone(),
+            self.up_proj.clone(),
+            self.down_proj.clone(),
+        ]
     }
 }
 
@@ -47,7 +51,11 @@ pub enum Ffn {
 
 impl Ffn {
     /// Dense layers return `None` for the MoE side outputs.
-    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Tensor, Option<MoeOutput>)> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &mut ForwardCtx<'_>,
+    ) -> Result<(Tensor, Option<MoeOutput>)> {
         match self {
             Ffn::Dense(f) => Ok((f.forward(x)?, None)),
             Ffn::Moe(m) => {

@@ -23,7 +23,12 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(temperature: f64, top_p: f64, seed: u64) -> Self {
-        Self { temperature, top_p, seed, rng: ChaCha8Rng::seed_from_u64(seed) }
+        Self {
+            temperature,
+            top_p,
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
     }
 
     pub fn greedy() -> Self {
@@ -38,7 +43,10 @@ impl Sampler {
             ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(ModelError::config("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+            return Err(ModelError::config(
+                "top_p",
+                format!("must be in (0, 1], got {}", self.top_p),
+            ));
         }
         Ok(())
     }
@@ -50,8 +58,11 @@ impl Sampler {
         }
         let m = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         // softmax(logits / T), shifted by the max for stability
-        let mut probs: Vec<(usize, f64)> =
-            logits.iter().enumerate().map(|(i, &l)| (i, ((l - m) / self.temperature).exp())).collect();
+        let mut probs: Vec<(usize, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, ((l - m) / self.temperature).exp()))
+            .collect();
         let z: f64 = probs.iter().map(|p| p.1).sum();
         probs.iter_mut().for_each(|p| p.1 /= z);
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -87,15 +98,28 @@ impl MoeLm {
     /// Continues `prompt` by up to `max_new` tokens and returns the new tokens only. Runs the
     /// prompt once, then one position per step through a fresh [`KvCache`]; stops early at
     /// `max_seq_len`. Routing runs in eval mode whatever `ctx.train` says.
-    pub fn generate(&self, prompt: &[u32], max_new: usize, sampler: &mut Sampler, ctx: &mut LmCtx) -> Result<Vec<u32>> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampler: &mut Sampler,
+        ctx: &mut LmCtx,
+    ) -> Result<Vec<u32>> {
         sampler.validate()?;
         if prompt.is_empty() {
-            return Err(ModelError::input("MoeLm::generate", "the prompt must hold at least one token"));
+            return Err(ModelError::input(
+                "MoeLm::generate",
+                "the prompt must hold at least one token",
+            ));
         }
         if prompt.len() > self.cfg.max_seq_len {
             return Err(ModelError::input(
                 "MoeLm::generate",
-                format!("prompt of {} tokens exceeds max_seq_len = {}", prompt.len(), self.cfg.max_seq_len),
+                format!(
+                    "prompt of {} tokens exceeds max_seq_len = {}",
+                    prompt.len(),
+                    self.cfg.max_seq_len
+                ),
             ));
         }
         let was_train = std::mem::replace(&mut ctx.train, false);
@@ -118,7 +142,12 @@ impl MoeLm {
         while new.len() < max_new {
             let out = self.forward_cached(&input, &mut cache, ctx)?;
             let l = out.logits.dims()[1];
-            let last = out.logits.narrow(1, l - 1, 1)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            let last = out
+                .logits
+                .narrow(1, l - 1, 1)?
+                .flatten_all()?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
             let next = sampler.sample(&last);
             new.push(next);
             if cache.len() >= self.cfg.max_seq_len {

@@ -8,7 +8,11 @@ use crate::Result;
 /// A `[out, in]` weight named `{pb}.weight`, initialised U(±1/√in) like PyTorch's
 /// `nn.Linear` (and like the core's experts, so dense and MoE FFNs start alike).
 pub fn linear_weight(pb: &ParamBuilder, out_dim: usize, in_dim: usize) -> Result<Var> {
-    Ok(pb.var("weight", &[out_dim, in_dim], Init::Uniform(1.0 / (in_dim as f64).sqrt()))?)
+    Ok(pb.var(
+        "weight",
+        &[out_dim, in_dim],
+        Init::Uniform(1.0 / (in_dim as f64).sqrt()),
+    )?)
 }
 
 /// `x · Wᵀ`.

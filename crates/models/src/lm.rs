@@ -8,7 +8,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
-use switchyard_core::{DispatchImpl, ForcedRouting, ForwardCtx, Init, MoeLayer, ParamBuilder, ParamStore};
+use switchyard_core::{
+    DispatchImpl, ForcedRouting, ForwardCtx, Init, MoeLayer, ParamBuilder, ParamStore,
+};
 
 use crate::attention::KvCache;
 use crate::block::{DecoderBlock, LayerReport};
@@ -43,7 +45,12 @@ pub struct LayerOverride {
 
 impl LmCtx {
     pub fn new(train: bool, seed: u64) -> Self {
-        Self { train, rng: ChaCha8Rng::seed_from_u64(seed), dispatch: DispatchImpl::default(), overrides: BTreeMap::new() }
+        Self {
+            train,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            dispatch: DispatchImpl::default(),
+            overrides: BTreeMap::new(),
+        }
     }
 }
 
@@ -77,15 +84,37 @@ impl MoeLm {
         cfg.validate()?;
         let (v, d) = (cfg.vocab_size, cfg.d_model);
         let model = pb.pp("model");
-        let embed_tokens = model.pp("embed_tokens").var("weight", &[v, d], Init::Normal(EMBED_INIT_STD))?;
-        let layers =
-            (0..cfg.n_layers).map(|i| DecoderBlock::new(&model.pp("layers").pp(i), cfg, i)).collect::<Result<_>>()?;
+        let embed_tokens =
+            model
+                .pp("embed_tokens")
+                .var("weight", &[v, d], Init::Normal(EMBED_INIT_STD))?;
+        let layers = (0..cfg.n_layers)
+            .map(|i| DecoderBlock::new(&model.pp("layers").pp(i), cfg, i))
+            .collect::<Result<_>>()?;
         let norm = RmsNorm::new(&model.pp("norm"), d, cfg.norm_eps)?;
-        let lm_head = if cfg.tie_embeddings { None } else { Some(linear_weight(&pb.pp("lm_head"), v, d)?) };
+        let lm_head = if cfg.tie_embeddings {
+            None
+        } else {
+            Some(linear_weight(&pb.pp("lm_head"), v, d)?)
+        };
         let interleave = cfg.mla.as_ref().is_some_and(|m| m.rope_interleave);
-        let rope = Rope::new(cfg.rope_dim(), cfg.max_seq_len, cfg.rope_theta, pb.dtype, &pb.device)?
-            .with_interleave(interleave);
-        Ok(Self { cfg: cfg.clone(), embed_tokens, layers, norm, lm_head, rope, store: pb.store().clone() })
+        let rope = Rope::new(
+            cfg.rope_dim(),
+            cfg.max_seq_len,
+            cfg.rope_theta,
+            pb.dtype,
+            &pb.device,
+        )?
+        .with_interleave(interleave);
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            store: pb.store().clone(),
+        })
     }
 
     /// # Shapes
@@ -96,30 +125,54 @@ impl MoeLm {
 
     /// Forward of the next `L` positions of each sequence, continuing from (and appending to)
     /// `cache`. An empty cache makes this a plain forward that also fills the cache.
-    pub fn forward_cached(&self, ids: &Tensor, cache: &mut KvCache, ctx: &mut LmCtx) -> Result<LmOutput> {
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        cache: &mut KvCache,
+        ctx: &mut LmCtx,
+    ) -> Result<LmOutput> {
         if cache.layers.len() != self.layers.len() {
             return Err(ModelError::input(
                 "MoeLm::forward_cached",
-                format!("cache has {} layers, model has {}", cache.layers.len(), self.layers.len()),
+                format!(
+                    "cache has {} layers, model has {}",
+                    cache.layers.len(),
+                    self.layers.len()
+                ),
             ));
         }
         self.forward_impl(ids, Some(cache), ctx)
     }
 
-    fn forward_impl(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, ctx: &mut LmCtx) -> Result<LmOutput> {
+    fn forward_impl(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        ctx: &mut LmCtx,
+    ) -> Result<LmOutput> {
         let (b, l) = ids.dims2().map_err(|_| {
-            ModelError::input("MoeLm::forward", format!("ids must be [batch, seq_len], got shape {:?}", ids.dims()))
+            ModelError::input(
+                "MoeLm::forward",
+                format!("ids must be [batch, seq_len], got shape {:?}", ids.dims()),
+            )
         })?;
         let start = cache.as_ref().map_or(0, |c| c.len());
         if l == 0 || start + l > self.cfg.max_seq_len {
             return Err(ModelError::input(
                 "MoeLm::forward",
-                format!("{l} new positions after {start} cached must be in 1..={} (max_seq_len)", self.cfg.max_seq_len),
+                format!(
+                    "{l} new positions after {start} cached must be in 1..={} (max_seq_len)",
+                    self.cfg.max_seq_len
+                ),
             ));
         }
         let flat = checked_ids(ids, self.cfg.vocab_size, "MoeLm::forward")?;
         let idx = Tensor::from_slice(&flat, b * l, ids.device())?;
-        let mut x = self.embed_tokens.as_tensor().index_select(&idx, 0)?.reshape((b, l, self.cfg.d_model))?;
+        let mut x = self
+            .embed_tokens
+            .as_tensor()
+            .index_select(&idx, 0)?
+            .reshape((b, l, self.cfg.d_model))?;
 
         let mut fctx = ForwardCtx {
             train: ctx.train,
@@ -146,7 +199,11 @@ impl MoeLm {
         }
         let h = self.norm.forward(&x)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Ok(LmOutput { logits: linear(&h, head)?, aux_loss: aux, layers: reports })
+        Ok(LmOutput {
+            logits: linear(&h, head)?,
+            aux_loss: aux,
+            layers: reports,
+        })
     }
 
     /// Mean next-token cross-entropy over all `B·L` positions (scalar), and the forward.
@@ -154,17 +211,27 @@ impl MoeLm {
     ///
     /// # Shapes
     /// `ids [B, L]`, `targets [B, L]` (u32).
-    pub fn loss(&self, ids: &Tensor, targets: &Tensor, ctx: &mut LmCtx) -> Result<(Tensor, LmOutput)> {
+    pub fn loss(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        ctx: &mut LmCtx,
+    ) -> Result<(Tensor, LmOutput)> {
         if ids.dims() != targets.dims() {
             return Err(ModelError::input(
                 "MoeLm::loss",
-                format!("ids {:?} and targets {:?} must have the same shape", ids.dims(), targets.dims()),
+                format!(
+                    "ids {:?} and targets {:?} must have the same shape",
+                    ids.dims(),
+                    targets.dims()
+                ),
             ));
         }
         checked_ids(targets, self.cfg.vocab_size, "MoeLm::loss")?;
         let out = self.forward(ids, ctx)?;
         let v = self.cfg.vocab_size;
-        let ce = candle_nn::loss::cross_entropy(&out.logits.reshape(((), v))?, &targets.flatten_all()?)?;
+        let ce =
+            candle_nn::loss::cross_entropy(&out.logits.reshape(((), v))?, &targets.flatten_all()?)?;
         Ok((ce, out))
     }
 
@@ -201,7 +268,11 @@ impl MoeLm {
     /// The model's parameters with their names in the store, in name order.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let ids: HashSet<_> = self.vars().iter().map(|v| v.as_tensor().id()).collect();
-        self.store.all().into_iter().filter(|(_, v)| ids.contains(&v.as_tensor().id())).collect()
+        self.store
+            .all()
+            .into_iter()
+            .filter(|(_, v)| ids.contains(&v.as_tensor().id()))
+            .collect()
     }
 
     pub fn num_params_total(&self) -> usize {
@@ -213,13 +284,19 @@ impl MoeLm {
     pub fn num_params_active_per_token(&self) -> usize {
         let inactive: f64 = self
             .moe_layers()
-            .map(|m| moe_vars(m).iter().map(|v| v.elem_count()).sum::<usize>() as f64 - moe_active_params(m))
+            .map(|m| {
+                moe_vars(m).iter().map(|v| v.elem_count()).sum::<usize>() as f64
+                    - moe_active_params(m)
+            })
             .sum();
         (self.num_params_total() as f64 - inactive).round() as usize
     }
 
     pub fn param_count(&self) -> ParamCount {
-        ParamCount { total: self.num_params_total(), active_per_token: self.num_params_active_per_token() }
+        ParamCount {
+            total: self.num_params_total(),
+            active_per_token: self.num_params_active_per_token(),
+        }
     }
 }
 
@@ -242,6 +319,9 @@ fn checked_ids(ids: &Tensor, vocab_size: usize, op: &'static str) -> Result<Vec<
 pub fn per_token_ce(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     // torch: -log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let idx = targets.to_dtype(DType::U32)?.unsqueeze(D::Minus1)?.contiguous()?;
+    let idx = targets
+        .to_dtype(DType::U32)?
+        .unsqueeze(D::Minus1)?
+        .contiguous()?;
     Ok(logp.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?.neg()?)
 }

@@ -26,7 +26,11 @@ pub enum MlaQuery {
     /// `q_proj.weight [H·(dn+dr), d]`
     Direct(Var),
     /// `q_a_proj.weight [r_q, d]`, `q_a_layernorm.weight [r_q]`, `q_b_proj.weight [H·(dn+dr), r_q]`
-    LowRank { q_a_proj: Var, q_a_layernorm: RmsNorm, q_b_proj: Var },
+    LowRank {
+        q_a_proj: Var,
+        q_a_layernorm: RmsNorm,
+        q_b_proj: Var,
+    },
 }
 
 pub struct MlaAttention {
@@ -62,9 +66,17 @@ impl MlaAttention {
         let r = m.kv_lora_rank;
         Ok(Self {
             q,
-            kv_a_proj_with_mqa: linear_weight(&pb.pp("kv_a_proj_with_mqa"), r + m.qk_rope_head_dim, d)?,
+            kv_a_proj_with_mqa: linear_weight(
+                &pb.pp("kv_a_proj_with_mqa"),
+                r + m.qk_rope_head_dim,
+                d,
+            )?,
             kv_a_layernorm: RmsNorm::new(&pb.pp("kv_a_layernorm"), r, m.lora_norm_eps)?,
-            kv_b_proj: linear_weight(&pb.pp("kv_b_proj"), h * (m.qk_nope_head_dim + m.v_head_dim), r)?,
+            kv_b_proj: linear_weight(
+                &pb.pp("kv_b_proj"),
+                h * (m.qk_nope_head_dim + m.v_head_dim),
+                r,
+            )?,
             o_proj: linear_weight(&pb.pp("o_proj"), d, h * m.v_head_dim)?,
             cfg: m,
             n_heads: h,
@@ -74,8 +86,16 @@ impl MlaAttention {
     pub fn vars(&self) -> Vec<Var> {
         let mut v = match &self.q {
             MlaQuery::Direct(w) => vec![w.clone()],
-            MlaQuery::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => {
-                vec![q_a_proj.clone(), q_a_layernorm.weight.clone(), q_b_proj.clone()]
+            MlaQuery::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => {
+                vec![
+                    q_a_proj.clone(),
+                    q_a_layernorm.weight.clone(),
+                    q_b_proj.clone(),
+                ]
             }
         };
         v.extend([
@@ -91,17 +111,29 @@ impl MlaAttention {
     ///
     /// # Shapes
     /// `x [B, L, d]` → `[B, L, d]`.
-    pub fn forward(&self, x: &Tensor, rope: &Rope, cache: Option<&mut Option<LayerKv>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        cache: Option<&mut Option<LayerKv>>,
+    ) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let h = self.n_heads;
         let m = &self.cfg;
-        let (dn, dr, dv, r) = (m.qk_nope_head_dim, m.qk_rope_head_dim, m.v_head_dim, m.kv_lora_rank);
+        let (dn, dr, dv, r) = (
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim,
+            m.kv_lora_rank,
+        );
         let q = match &self.q {
             MlaQuery::Direct(w) => linear(x, w)?,
             // torch: self.q_b_proj(self.q_a_layernorm(self.q_a_proj(hidden_states)))
-            MlaQuery::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => {
-                linear(&q_a_layernorm.forward(&linear(x, q_a_proj)?)?, q_b_proj)?
-            }
+            MlaQuery::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => linear(&q_a_layernorm.forward(&linear(x, q_a_proj)?)?, q_b_proj)?,
         };
         let q = q.reshape((b, l, h, dn + dr))?.transpose(1, 2)?; // [B, H, L, dn+dr]
         let q_nope = q.narrow(D::Minus1, 0, dn)?;
@@ -109,16 +141,25 @@ impl MlaAttention {
 
         // torch: k_pass, k_rot = torch.split(self.kv_a_proj_with_mqa(x), [kv_lora_rank, rope_dim], -1)
         let ckv = linear(x, &self.kv_a_proj_with_mqa)?; // [B, L, r+dr]
-        let latent = self.kv_a_layernorm.forward(&ckv.narrow(D::Minus1, 0, r)?.contiguous()?)?;
+        let latent = self
+            .kv_a_layernorm
+            .forward(&ckv.narrow(D::Minus1, 0, r)?.contiguous()?)?;
         let k_rot = ckv.narrow(D::Minus1, r, dr)?.reshape((b, 1, l, dr))?;
-        let kv = linear(&latent, &self.kv_b_proj)?.reshape((b, l, h, dn + dv))?.transpose(1, 2)?;
+        let kv = linear(&latent, &self.kv_b_proj)?
+            .reshape((b, l, h, dn + dv))?
+            .transpose(1, 2)?;
         let k_nope = kv.narrow(D::Minus1, 0, dn)?;
         let v = kv.narrow(D::Minus1, dn, dv)?.contiguous()?;
 
-        let offset = cache.as_ref().and_then(|c| c.as_ref()).map_or(0, LayerKv::len);
+        let offset = cache
+            .as_ref()
+            .and_then(|c| c.as_ref())
+            .map_or(0, LayerKv::len);
         let q_rot = rope.apply(&q_rot, offset)?;
         // one rope key for all heads: torch `k_rot.expand(*k_pass.shape[:-1], -1)`
-        let k_rot = rope.apply(&k_rot.contiguous()?, offset)?.broadcast_as((b, h, l, dr))?;
+        let k_rot = rope
+            .apply(&k_rot.contiguous()?, offset)?
+            .broadcast_as((b, h, l, dr))?;
         // cat along the last axis can leave odd strides, which batched matmul rejects
         let q = Tensor::cat(&[&q_nope, &q_rot], D::Minus1)?.contiguous()?;
         let k = Tensor::cat(&[&k_nope, &k_rot], D::Minus1)?.contiguous()?;

@@ -14,7 +14,10 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// Creates `weight` under `pb`.
     pub fn new(pb: &ParamBuilder, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: pb.var("weight", &[dim], Init::Ones)?, eps })
+        Ok(Self {
+            weight: pb.var("weight", &[dim], Init::Ones)?,
+            eps,
+        })
     }
 
     /// # Shapes

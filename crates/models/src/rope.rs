@@ -21,15 +21,28 @@ impl Rope {
     /// cast to `dtype`. HF computes the angles `p · θ_i` in f32, so its angle at position `p`
     /// is off by up to about `p · 6e-8` rad; parity checks against HF at long positions need
     /// a tolerance for that.
-    pub fn new(head_dim: usize, max_seq_len: usize, theta: f64, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        max_seq_len: usize,
+        theta: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(ModelError::config("head_dim", format!("RoPE needs an even head dimension, got {head_dim}")));
+            return Err(ModelError::config(
+                "head_dim",
+                format!("RoPE needs an even head dimension, got {head_dim}"),
+            ));
         }
         let half = head_dim / 2;
         // torch: inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim))
-        let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64)).collect();
-        let (mut cos, mut sin) =
-            (Vec::with_capacity(max_seq_len * head_dim), Vec::with_capacity(max_seq_len * head_dim));
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64))
+            .collect();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(max_seq_len * head_dim),
+            Vec::with_capacity(max_seq_len * head_dim),
+        );
         for p in 0..max_seq_len {
             // torch: emb = torch.cat((freqs, freqs), dim=-1)
             for _ in 0..2 {
@@ -43,7 +56,13 @@ impl Rope {
         let table = |v: Vec<f64>| -> Result<Tensor> {
             Ok(Tensor::from_vec(v, (max_seq_len, head_dim), device)?.to_dtype(dtype)?)
         };
-        Ok(Self { cos: table(cos)?, sin: table(sin)?, head_dim, max_seq_len, interleaved: false })
+        Ok(Self {
+            cos: table(cos)?,
+            sin: table(sin)?,
+            head_dim,
+            max_seq_len,
+            interleaved: false,
+        })
     }
 
     /// The same tables, applied to interleaved pairs `(2i, 2i+1)` when `yes` (DeepSeek).
@@ -59,12 +78,19 @@ impl Rope {
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_, _, l, hd) = x.dims4()?;
         if hd != self.head_dim {
-            return Err(ModelError::input("Rope::apply", format!("head dim {hd}, tables built for {}", self.head_dim)));
+            return Err(ModelError::input(
+                "Rope::apply",
+                format!("head dim {hd}, tables built for {}", self.head_dim),
+            ));
         }
         if offset + l > self.max_seq_len {
             return Err(ModelError::input(
                 "Rope::apply",
-                format!("positions up to {} exceed max_seq_len = {}", offset + l, self.max_seq_len),
+                format!(
+                    "positions up to {} exceed max_seq_len = {}",
+                    offset + l,
+                    self.max_seq_len
+                ),
             ));
         }
         let cos = self.cos.narrow(0, offset, l)?;

@@ -19,10 +19,19 @@ fn future_tokens_do_not_change_past_logits() {
     }
     let changed = Tensor::new(changed, &Device::Cpu).unwrap();
     let a = lm.forward(&base, &mut LmCtx::new(false, 0)).unwrap().logits;
-    let c = lm.forward(&changed, &mut LmCtx::new(false, 0)).unwrap().logits;
+    let c = lm
+        .forward(&changed, &mut LmCtx::new(false, 0))
+        .unwrap()
+        .logits;
     let past = max_abs_diff(&a.narrow(1, 0, cut).unwrap(), &c.narrow(1, 0, cut).unwrap());
     assert!(past < 1e-6, "past logits moved by {past}");
     // and the future ones do change
-    let future = max_abs_diff(&a.narrow(1, cut, l - cut).unwrap(), &c.narrow(1, cut, l - cut).unwrap());
-    assert!(future > 1e-4, "future logits should differ, max diff {future}");
+    let future = max_abs_diff(
+        &a.narrow(1, cut, l - cut).unwrap(),
+        &c.narrow(1, cut, l - cut).unwrap(),
+    );
+    assert!(
+        future > 1e-4,
+        "future logits should differ, max diff {future}"
+    );
 }

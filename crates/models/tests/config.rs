@@ -53,7 +53,10 @@ fn invalid_configs_name_their_field() {
             }),
             "ffn.dense_hidden",
         ),
-        (with(|c| c.ffn.sparse = LayerFfn::Dense { hidden: 0 }), "ffn.sparse.hidden"),
+        (
+            with(|c| c.ffn.sparse = LayerFfn::Dense { hidden: 0 }),
+            "ffn.sparse.hidden",
+        ),
         (with(|c| c.d_model = 32), "ffn.sparse.d_model"),
         (
             with(|c| {
@@ -76,14 +79,21 @@ fn invalid_configs_name_their_field() {
         assert_eq!(field_of(&cfg), want, "config {cfg:?}");
         // building reports the same error instead of panicking
         let store = ParamStore::new();
-        assert!(MoeLm::new(&ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu), &cfg).is_err());
+        assert!(MoeLm::new(
+            &ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu),
+            &cfg
+        )
+        .is_err());
     }
 }
 
 #[test]
 fn error_messages_say_what_to_change() {
     let msg = with(|c| c.n_heads = 3).validate().unwrap_err().to_string();
-    assert!(msg.contains("n_heads") && msg.contains("d_model = 16"), "{msg}");
+    assert!(
+        msg.contains("n_heads") && msg.contains("d_model = 16"),
+        "{msg}"
+    );
 }
 
 #[test]

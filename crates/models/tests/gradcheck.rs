@@ -19,7 +19,12 @@ fn one_layer(ffn: LayerFfn) -> LmConfig {
         n_layers: 1,
         n_heads: 2,
         max_seq_len: 8,
-        ffn: FfnConfig { dense_hidden: 6, sparse: ffn, moe_every: 1, first_dense: 0 },
+        ffn: FfnConfig {
+            dense_hidden: 6,
+            sparse: ffn,
+            moe_every: 1,
+            first_dense: 0,
+        },
         ..Default::default()
     }
 }
@@ -29,12 +34,21 @@ fn check(cfg: &LmConfig, which: &[&str]) {
     let (_, lm) = common::build(cfg, 2, DType::F64);
     let x = Tensor::new(&[[1u32, 4, 2, 6, 3], [0, 5, 5, 2, 1]], &Device::Cpu).unwrap();
     let y = Tensor::new(&[[4u32, 2, 6, 3, 0], [5, 5, 2, 1, 6]], &Device::Cpu).unwrap();
-    let named: Vec<(String, Var)> =
-        lm.named_vars().into_iter().filter(|(n, _)| which.iter().any(|w| n.contains(w))).collect();
-    assert!(named.len() >= which.len(), "selected {:?}", named.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    let named: Vec<(String, Var)> = lm
+        .named_vars()
+        .into_iter()
+        .filter(|(n, _)| which.iter().any(|w| n.contains(w)))
+        .collect();
+    assert!(
+        named.len() >= which.len(),
+        "selected {:?}",
+        named.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
     let vars: Vec<Var> = named.iter().map(|(_, v)| v.clone()).collect();
     let objective = || {
-        let (ce, out) = lm.loss(&x, &y, &mut LmCtx::new(true, 0)).map_err(|e| MoeError::input("lm", e.to_string()))?;
+        let (ce, out) = lm
+            .loss(&x, &y, &mut LmCtx::new(true, 0))
+            .map_err(|e| MoeError::input("lm", e.to_string()))?;
         Ok((ce + out.aux_loss)?)
     };
     let rep = gradcheck(&vars, objective, EPS, ATOL, RTOL).unwrap();
@@ -44,8 +58,15 @@ fn check(cfg: &LmConfig, which: &[&str]) {
     }
 }
 
-const ATTENTION_AND_NORMS: [&str; 7] =
-    ["q_proj", "k_proj", "v_proj", "o_proj", "input_layernorm", "post_attention_layernorm", "model.norm"];
+const ATTENTION_AND_NORMS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "model.norm",
+];
 
 #[test]
 fn dense_lm_attention_norms_and_ffn() {

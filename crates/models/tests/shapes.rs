@@ -5,7 +5,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use switchyard_core::{ExpertSpec, ParamBuilder, ParamStore};
-use switchyard_models::{per_token_ce, FfnConfig, LayerFfn, LmConfig, LmCtx, MoeClassifier, MoeClassifierConfig};
+use switchyard_models::{
+    per_token_ce, FfnConfig, LayerFfn, LmConfig, LmCtx, MoeClassifier, MoeClassifierConfig,
+};
 
 #[test]
 fn forward_shapes_and_reports() {
@@ -84,7 +86,10 @@ fn parameters_have_hf_names() {
         "model.norm.weight",
         "lm_head.weight",
     ] {
-        assert!(names.iter().any(|n| n == want), "missing {want} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "missing {want} in {names:?}"
+        );
     }
     assert_eq!(names.len(), store.all().len());
     assert_eq!(lm.num_params_total(), store.num_params());
@@ -98,23 +103,43 @@ fn built_param_counts_match_the_config() {
     cfg.n_kv_heads = Some(1);
     cfg.qk_norm = true;
     if let LayerFfn::Moe(m) = &mut cfg.ffn.sparse {
-        m.experts = vec![ExpertSpec::swiglu(8), ExpertSpec::swiglu(16), ExpertSpec::swiglu(24), ExpertSpec::swiglu(8)];
+        m.experts = vec![
+            ExpertSpec::swiglu(8),
+            ExpertSpec::swiglu(16),
+            ExpertSpec::swiglu(24),
+            ExpertSpec::swiglu(8),
+        ];
         m.shared_experts = vec![ExpertSpec::swiglu(12)];
     }
     let (_, lm) = build(&cfg, 0, DType::F32);
     assert_eq!(lm.param_count(), cfg.param_count().unwrap());
-    let dense =
-        LmConfig { ffn: FfnConfig { sparse: LayerFfn::Dense { hidden: 24 }, ..cfg.ffn.clone() }, ..cfg.clone() };
+    let dense = LmConfig {
+        ffn: FfnConfig {
+            sparse: LayerFfn::Dense { hidden: 24 },
+            ..cfg.ffn.clone()
+        },
+        ..cfg.clone()
+    };
     let c = dense.param_count().unwrap();
     assert_eq!(c.total, c.active_per_token);
 }
 
 #[test]
 fn classifier_shapes() {
-    let cfg =
-        MoeClassifierConfig { in_dim: 5, d_model: D, n_classes: 3, moe: tiny_moe(D), n_layers: 2, norm_eps: 1e-5 };
+    let cfg = MoeClassifierConfig {
+        in_dim: 5,
+        d_model: D,
+        n_classes: 3,
+        moe: tiny_moe(D),
+        n_layers: 2,
+        norm_eps: 1e-5,
+    };
     let store = ParamStore::new();
-    let clf = MoeClassifier::new(&ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu), &cfg).unwrap();
+    let clf = MoeClassifier::new(
+        &ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
     let x = Tensor::ones((7, 5), DType::F32, &Device::Cpu).unwrap();
     let out = clf.forward(&x, &mut LmCtx::new(true, 0)).unwrap();
     assert_eq!(out.logits.dims(), &[7, 3]);

@@ -14,7 +14,9 @@ const LM_STEPS: usize = 120;
 const LM_TARGET_LOSS: f32 = 0.3;
 
 fn random_ids(rng: &mut ChaCha8Rng, b: usize, l: usize) -> Tensor {
-    let v: Vec<u32> = (0..b * l).map(|_| rng.random_range(0..VOCAB as u32)).collect();
+    let v: Vec<u32> = (0..b * l)
+        .map(|_| rng.random_range(0..VOCAB as u32))
+        .collect();
     Tensor::from_vec(v, (b, l), &Device::Cpu).unwrap()
 }
 
@@ -23,7 +25,15 @@ fn overfit(cfg: &LmConfig) -> (f32, f32) {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let seq = random_ids(&mut rng, 4, 9);
     let (x, y) = (seq.narrow(1, 0, 8).unwrap(), seq.narrow(1, 1, 8).unwrap());
-    let mut opt = AdamW::new(lm.vars(), ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        lm.vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut ctx = LmCtx::new(true, 0);
     let (mut first, mut last) = (None, 0.0);
     for _ in 0..LM_STEPS {
@@ -47,7 +57,11 @@ fn moe_lm_overfits_a_tiny_batch() {
 fn aux_loss_free_lm_overfits_a_tiny_batch() {
     let mut cfg = tiny_cfg();
     if let LayerFfn::Moe(m) = &mut cfg.ffn.sparse {
-        m.router = RouterConfig::SigmoidBias { k: 2, bias_update_rate: 1e-3, scaling: 1.0 };
+        m.router = RouterConfig::SigmoidBias {
+            k: 2,
+            bias_update_rate: 1e-3,
+            scaling: 1.0,
+        };
     }
     let (first, last) = overfit(&cfg);
     println!("sigmoid+bias MoE LM: loss {first:.3} -> {last:.3}");
@@ -75,15 +89,29 @@ fn moe_classifier_learns_the_largest_feature() {
         norm_eps: 1e-5,
     };
     let store = ParamStore::new();
-    let mut clf = MoeClassifier::new(&ParamBuilder::new(&store, 1, DType::F32, &Device::Cpu), &cfg).unwrap();
+    let mut clf = MoeClassifier::new(
+        &ParamBuilder::new(&store, 1, DType::F32, &Device::Cpu),
+        &cfg,
+    )
+    .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let xs: Vec<f32> = (0..N * IN).map(|_| rng.random_range(-1.0..1.0)).collect();
     // label: which of the first three features is largest
-    let labels: Vec<u32> =
-        xs.chunks(IN).map(|r| (0..CLASSES).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as u32).collect();
+    let labels: Vec<u32> = xs
+        .chunks(IN)
+        .map(|r| (0..CLASSES).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as u32)
+        .collect();
     let x = Tensor::from_vec(xs, (N, IN), &Device::Cpu).unwrap();
     let y = Tensor::from_vec(labels.clone(), N, &Device::Cpu).unwrap();
-    let mut opt = AdamW::new(clf.vars(), ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        clf.vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut ctx = LmCtx::new(true, 0);
     for _ in 0..150 {
         let (ce, out) = clf.loss(&x, &y, &mut ctx).unwrap();

@@ -38,16 +38,16 @@ use switchyard_data::{Cursor, Dataset};
 use switchyard_models::{LmCtx, MoeLm};
 
 use crate::checkpoint::{
-    load_checkpoint, restore_into, restore_optimizer, save_checkpoint_with, CheckpointContents, RngState, SaveOptions,
-    TrainState,
+    load_checkpoint, restore_into, restore_optimizer, save_checkpoint_with, CheckpointContents,
+    RngState, SaveOptions, TrainState,
 };
 use crate::{accumulate_grads, clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule};
 pub use config::{DataConfig, FaultConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig};
 pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
 use guard::{SpikeGuard, SpikeVerdict};
-use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
 pub use metrics::METRICS_FILE;
+use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
 use progress::Progress;
 pub use restore::{build_model, load_model, LoadedModel};
 
@@ -106,10 +106,21 @@ impl Trainer {
         let o = &cfg.optim;
         let opt = AdamW::new(
             &store,
-            AdamWConfig { lr: o.lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weight_decay: o.weight_decay, ..Default::default() },
+            AdamWConfig {
+                lr: o.lr,
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                weight_decay: o.weight_decay,
+                ..Default::default()
+            },
         )?;
-        let schedule =
-            LrSchedule { max_lr: o.lr, min_lr: o.min_lr, warmup_steps: o.warmup_steps, total_steps: cfg.train.steps };
+        let schedule = LrSchedule {
+            max_lr: o.lr,
+            min_lr: o.min_lr,
+            warmup_steps: o.warmup_steps,
+            total_steps: cfg.train.steps,
+        };
         schedule.validate()?;
         // fail now, not at the first step, when the batch does not fit the data
         data.train_batches(cfg.train.batch_size, 0)?;
@@ -139,12 +150,18 @@ impl Trainer {
     pub fn resume(cfg: TrainConfig, from: &Path) -> RunResult<Self> {
         let ckpt = load_checkpoint(from)?;
         let saved = restore::checkpoint_config(&ckpt)?;
-        let resume_err = |reason: String| RunError::Resume { path: ckpt.dir.clone(), reason };
+        let resume_err = |reason: String| RunError::Resume {
+            path: ckpt.dir.clone(),
+            reason,
+        };
         for (key, differs) in [
             ("model", saved.model != cfg.model),
             ("data", saved.data != cfg.data),
             ("seed", saved.seed != cfg.seed),
-            ("train.batch_size", saved.train.batch_size != cfg.train.batch_size),
+            (
+                "train.batch_size",
+                saved.train.batch_size != cfg.train.batch_size,
+            ),
         ] {
             if differs {
                 return Err(resume_err(format!(
@@ -166,12 +183,18 @@ impl Trainer {
         restore_into(&t.store, &ckpt)?;
         restore_optimizer(&mut t.opt, &ckpt)?;
         restore::load_router_buffers(&mut t.model, &ckpt.state.buffers, &ckpt.dir)?;
-        let rng = ckpt.state.rngs.get(ROUTING_RNG).ok_or_else(|| resume_err(format!("state.json has no `{ROUTING_RNG}` RNG")))?;
-        t.ctx.rng = rng.to_rng().map_err(|e| resume_err(format!("RNG `{ROUTING_RNG}`: {e}")))?;
+        let rng = ckpt
+            .state
+            .rngs
+            .get(ROUTING_RNG)
+            .ok_or_else(|| resume_err(format!("state.json has no `{ROUTING_RNG}` RNG")))?;
+        t.ctx.rng = rng
+            .to_rng()
+            .map_err(|e| resume_err(format!("RNG `{ROUTING_RNG}`: {e}")))?;
         t.cursor = serde_json::from_value(ckpt.state.data_cursor.clone())
             .map_err(|e| resume_err(format!("data cursor: {e}")))?;
-        let user: UserState =
-            serde_json::from_value(ckpt.state.user.clone()).map_err(|e| resume_err(format!("trainer state: {e}")))?;
+        let user: UserState = serde_json::from_value(ckpt.state.user.clone())
+            .map_err(|e| resume_err(format!("trainer state: {e}")))?;
         t.spike = user.spike;
         t.tokens_seen = user.tokens_seen;
         t.step = ckpt.step;
@@ -193,7 +216,11 @@ impl Trainer {
     pub fn run(&mut self) -> RunResult<TrainSummary> {
         let started = Instant::now();
         let total = self.cfg.train.steps;
-        let mut metrics = MetricsWriter::open(&self.cfg.run_dir, self.cfg.log.metrics, self.resumed.then_some(self.step))?;
+        let mut metrics = MetricsWriter::open(
+            &self.cfg.run_dir,
+            self.cfg.log.metrics,
+            self.resumed.then_some(self.step),
+        )?;
         let progress = Progress::new(total, self.step, self.cfg.log.progress);
         tracing::info!(
             run_dir = %self.cfg.run_dir.display(),
@@ -224,7 +251,8 @@ impl Trainer {
             }
             if at(self.cfg.train.checkpoint_every) {
                 let dir = self.save_checkpoint()?;
-                progress.suspend(|| tracing::info!("step {}: checkpoint {}", self.step, dir.display()));
+                progress
+                    .suspend(|| tracing::info!("step {}: checkpoint {}", self.step, dir.display()));
             }
         }
         progress.finish();
@@ -278,22 +306,36 @@ impl Trainer {
             tokens += (batch.batch_size * batch.seq_len) as u64;
             layers.add(&out.layers, batch.batch_size * batch.seq_len);
             // mean over micro-batches: backward of objective / accum, summed
-            let scaled = if accum > 1 { objective.affine(1.0 / accum as f64, 0.0)? } else { objective };
+            let scaled = if accum > 1 {
+                objective.affine(1.0 / accum as f64, 0.0)?
+            } else {
+                objective
+            };
             let grads = scaled.backward()?;
             match &mut acc {
                 None if accum == 1 => acc = Some(grads),
-                slot => accumulate_grads(&self.store, slot.get_or_insert_with(GradStore::default), &grads)?,
+                slot => accumulate_grads(
+                    &self.store,
+                    slot.get_or_insert_with(GradStore::default),
+                    &grads,
+                )?,
             }
         }
         let mut grads = acc.expect("grad_accum >= 1");
         let clip = self.cfg.optim.clip_grad_norm;
-        let norm = if clip > 0.0 { clip_grad_norm(&self.store, &mut grads, clip)? } else { grad_norm(&self.store, &grads)? };
+        let norm = if clip > 0.0 {
+            clip_grad_norm(&self.store, &mut grads, clip)?
+        } else {
+            grad_norm(&self.store, &grads)?
+        };
         if !norm.is_finite() {
             return Err(self.non_finite(step, "gradient norm", norm));
         }
         let loss = loss_sum / accum as f64;
         let after_warmup = self.step >= self.cfg.optim.warmup_steps;
-        let verdict = self.spike.judge(loss, self.cfg.train.spike_factor, after_warmup);
+        let verdict = self
+            .spike
+            .judge(loss, self.cfg.train.spike_factor, after_warmup);
         let skipped = matches!(verdict, SpikeVerdict::Skip { .. });
         match verdict {
             SpikeVerdict::Skip { mean } => tracing::warn!(
@@ -309,7 +351,9 @@ impl Trainer {
             SpikeVerdict::Accept => {}
         }
         if skipped {
-            self.model.moe_layers().for_each(|m| m.discard_pending_load());
+            self.model
+                .moe_layers()
+                .for_each(|m| m.discard_pending_load());
         } else {
             self.opt.step(&grads, lr)?;
             self.model.after_step();
@@ -345,9 +389,14 @@ impl Trainer {
 
     /// Saves `run_dir/step-<step>/` and points `latest` at it.
     pub fn save_checkpoint(&mut self) -> RunResult<PathBuf> {
-        let user = UserState { spike: self.spike.clone(), tokens_seen: self.tokens_seen };
+        let user = UserState {
+            spike: self.spike.clone(),
+            tokens_seen: self.tokens_seen,
+        };
         let state = TrainState {
-            rngs: [(ROUTING_RNG.to_string(), RngState::capture(&self.ctx.rng))].into_iter().collect(),
+            rngs: [(ROUTING_RNG.to_string(), RngState::capture(&self.ctx.rng))]
+                .into_iter()
+                .collect(),
             data_cursor: serde_json::to_value(self.cursor).expect("cursor serialises"),
             lr_schedule: Some(self.schedule),
             buffers: restore::router_buffers(&self.model),
@@ -360,21 +409,32 @@ impl Trainer {
             config: serde_json::to_value(&self.cfg).expect("config serialises"),
         };
         let keep = self.cfg.train.keep_last;
-        let opts = SaveOptions { keep_last: (keep > 0).then_some(keep) };
+        let opts = SaveOptions {
+            keep_last: (keep > 0).then_some(keep),
+        };
         let dir = save_checkpoint_with(&self.cfg.run_dir, self.step, &contents, &opts)?;
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
     }
 
     fn next_batch(&mut self) -> RunResult<switchyard_data::Batch> {
-        let mut it = self.data.train_batches_from(self.cfg.train.batch_size, self.batch_seed, self.cursor)?;
+        let mut it = self.data.train_batches_from(
+            self.cfg.train.batch_size,
+            self.batch_seed,
+            self.cursor,
+        )?;
         let batch = it.next_batch();
         self.cursor = it.cursor();
         Ok(batch)
     }
 
     fn non_finite(&self, step: u64, what: &'static str, value: f64) -> RunError {
-        RunError::NonFinite { step, what, value, last_checkpoint: self.last_checkpoint.clone() }
+        RunError::NonFinite {
+            step,
+            what,
+            value,
+            last_checkpoint: self.last_checkpoint.clone(),
+        }
     }
 
     fn check_collapse(&mut self, layers: &[metrics::LayerMetrics]) {
@@ -382,7 +442,12 @@ impl Trainer {
         for (flag, m) in self.collapsed.iter_mut().zip(layers) {
             let collapsed = m.max_expert_share > limit;
             if collapsed && !*flag {
-                let expert = m.tokens_per_expert.iter().enumerate().max_by_key(|(_, &c)| c).map_or(0, |(e, _)| e);
+                let expert = m
+                    .tokens_per_expert
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, &c)| c)
+                    .map_or(0, |(e, _)| e);
                 tracing::warn!(
                     "step {}: expert collapse in layer {}: expert {expert} received {:.0}% of the tokens \
                      (more than {:.0}%); consider a larger balancing-loss weight or the sigmoid_bias router",
@@ -415,8 +480,16 @@ impl Trainer {
 }
 
 fn log_eval(step: u64, r: &EvalResult) {
-    let per_domain: Vec<String> = r.domains.iter().map(|d| format!("{} {:.3}", d.domain, d.loss)).collect();
-    tracing::info!("step {step}: val loss {:.4} ({})", r.loss, per_domain.join(", "));
+    let per_domain: Vec<String> = r
+        .domains
+        .iter()
+        .map(|d| format!("{} {:.3}", d.domain, d.loss))
+        .collect();
+    tracing::info!(
+        "step {step}: val loss {:.4} ({})",
+        r.loss,
+        per_domain.join(", ")
+    );
 }
 
 fn scalar(t: &Tensor) -> RunResult<f64> {
@@ -425,7 +498,10 @@ fn scalar(t: &Tensor) -> RunResult<f64> {
 
 /// An independent seed from a parent seed and a salt (SplitMix64's finaliser).
 fn mix_seed(seed: u64, salt: u64) -> u64 {
-    let mut z = seed ^ salt.wrapping_add(0x9e37_79b9_7f4a_7c15).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut z = seed
+        ^ salt
+            .wrapping_add(0x9e37_79b9_7f4a_7c15)
+            .wrapping_mul(0xd1b5_4a32_d192_ed03);
     // z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9; z = (z ^ (z >> 27)) * 0x94d049bb133111eb
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

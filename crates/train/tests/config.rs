@@ -30,14 +30,19 @@ fn every_shipped_config_parses_and_validates() {
     for entry in std::fs::read_dir(configs_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            TrainConfig::from_toml_file(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            TrainConfig::from_toml_file(&path, &[])
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
     }
     assert!(n >= 2, "found {n} configs");
     let tiny = TrainConfig::from_toml_file(&configs_dir().join("tiny.toml"), &[]).unwrap();
     assert_eq!(moe(&tiny).experts, vec![ExpertSpec::swiglu(64); 4]);
-    assert_eq!(moe(&tiny).d_model, tiny.model.d_model, "sparse.d_model is inherited");
+    assert_eq!(
+        moe(&tiny).d_model,
+        tiny.model.d_model,
+        "sparse.d_model is inherited"
+    );
 }
 
 #[test]
@@ -91,15 +96,26 @@ fn an_unknown_key_is_named_with_a_suggestion() {
     let err = parse("[model]\nd_modle = 32\n", &[]).unwrap_err();
     assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("`model.d_modle`") && msg.contains("did you mean `model.d_model`"), "{msg}");
+    assert!(
+        msg.contains("`model.d_modle`") && msg.contains("did you mean `model.d_model`"),
+        "{msg}"
+    );
 
     let err = parse("", &["train.stepz=3"]).unwrap_err();
     assert!(err.to_string().contains("`train.stepz`"), "{err}");
     assert!(err.to_string().contains("`train.steps`"), "{err}");
 
     // a key of another router variant is unknown too
-    let err = parse("[model.ffn.sparse]\nrouter = { type = \"top_k\", k = 2, capacity_factor = 1.0 }\n", &[]).unwrap_err();
-    assert!(err.to_string().contains("model.ffn.sparse.router.capacity_factor"), "{err}");
+    let err = parse(
+        "[model.ffn.sparse]\nrouter = { type = \"top_k\", k = 2, capacity_factor = 1.0 }\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("model.ffn.sparse.router.capacity_factor"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -107,7 +123,10 @@ fn a_value_of_the_wrong_type_names_its_key() {
     let err = parse("[train]\nsteps = \"many\"\n", &[]).unwrap_err();
     assert!(matches!(err, ConfigError::BadValue { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("`train.steps`") && msg.contains("invalid type"), "{msg}");
+    assert!(
+        msg.contains("`train.steps`") && msg.contains("invalid type"),
+        "{msg}"
+    );
 
     let err = parse("", &["model.ffn.sparse.router.k=two"]).unwrap_err();
     assert!(err.to_string().contains("model.ffn.sparse.router"), "{err}");
@@ -122,18 +141,30 @@ fn out_of_range_values_name_the_key_and_the_fix() {
         (&["optim.min_lr=1.0"], "optim.min_lr"),
         (&["optim.beta2=1.5"], "optim.beta2"),
         (&["train.steps=0"], "train.steps"),
-        (&["train.steps=5", "optim.warmup_steps=10"], "optim.warmup_steps"),
+        (
+            &["train.steps=5", "optim.warmup_steps=10"],
+            "optim.warmup_steps",
+        ),
         (&["data.seq_len=512"], "data.seq_len"),
         (&["data.valid_fraction=1.0"], "data.valid_fraction"),
         (&["train.spike_factor=0.5"], "train.spike_factor"),
         (&["model.n_heads=3"], "model.n_heads"),
-        (&["model.ffn.sparse.router.k=9"], "model.ffn.sparse.router.k"),
+        (
+            &["model.ffn.sparse.router.k=9"],
+            "model.ffn.sparse.router.k",
+        ),
         (&["model.vocab_size=100"], "model.vocab_size"),
     ];
     for (overrides, key) in cases {
         let err = parse("", overrides).unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { .. }), "{overrides:?}: {err}");
-        assert!(err.to_string().contains(&format!("`{key}`")), "{overrides:?}: {err}");
+        assert!(
+            matches!(err, ConfigError::Invalid { .. }),
+            "{overrides:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains(&format!("`{key}`")),
+            "{overrides:?}: {err}"
+        );
     }
 }
 

@@ -10,7 +10,9 @@ const STEPS: u64 = 6;
 
 fn run(cfg: TrainConfig) -> (Vec<(String, Vec<u32>)>, Vec<u64>) {
     let mut t = Trainer::new(cfg).unwrap();
-    let losses = (0..STEPS).map(|_| t.train_step().unwrap().loss.to_bits()).collect();
+    let losses = (0..STEPS)
+        .map(|_| t.train_step().unwrap().loss.to_bits())
+        .collect();
     (store_bits(&t.store), losses)
 }
 

@@ -11,7 +11,12 @@ use switchyard_train::TrainConfig;
 
 const N: u64 = 4;
 
-fn with_router(mut cfg: TrainConfig, router: RouterConfig, jitter: f64, dropout: f64) -> TrainConfig {
+fn with_router(
+    mut cfg: TrainConfig,
+    router: RouterConfig,
+    jitter: f64,
+    dropout: f64,
+) -> TrainConfig {
     if let LayerFfn::Moe(m) = &mut cfg.model.ffn.sparse {
         m.router = router;
         m.jitter = jitter;
@@ -33,7 +38,13 @@ fn state(t: &Trainer) -> Bits {
         .unwrap()
         .into_iter()
         .map(|(n, v)| {
-            let bytes = v.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let bytes = v
+                .flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             (n, bytes.iter().flat_map(|x| x.to_le_bytes()).collect())
         })
         .collect();
@@ -57,7 +68,10 @@ fn check_resume_is_exact(make: impl Fn(&std::path::Path) -> TrainConfig) {
     assert_eq!(second.step(), N);
     let resumed = second.run().unwrap();
 
-    assert!(state(&straight) == state(&second), "parameters or optimiser state differ after resume");
+    assert!(
+        state(&straight) == state(&second),
+        "parameters or optimiser state differ after resume"
+    );
     assert_eq!(summary.eval.loss.to_bits(), resumed.eval.loss.to_bits());
 }
 
@@ -73,7 +87,16 @@ fn resume_is_exact_with_router_noise_jitter_dropout_and_accumulation() {
 #[test]
 fn resume_is_exact_with_aux_loss_free_bias_buffers() {
     check_resume_is_exact(|dir| {
-        with_router(tiny_run(dir), RouterConfig::SigmoidBias { k: 2, bias_update_rate: 0.01, scaling: 1.0 }, 0.0, 0.0)
+        with_router(
+            tiny_run(dir),
+            RouterConfig::SigmoidBias {
+                k: 2,
+                bias_update_rate: 0.01,
+                scaling: 1.0,
+            },
+            0.0,
+            0.0,
+        )
     });
 }
 
@@ -85,7 +108,9 @@ fn resume_with_another_model_is_refused() {
     t.save_checkpoint().unwrap();
     let mut other = tiny_run(dir.path());
     other.model.n_layers = 2;
-    let err = Trainer::resume(other, dir.path()).err().expect("a different model cannot resume");
+    let err = Trainer::resume(other, dir.path())
+        .err()
+        .expect("a different model cannot resume");
     assert!(matches!(err, RunError::Resume { .. }), "{err}");
     assert!(err.to_string().contains("`model` differs"), "{err}");
 }

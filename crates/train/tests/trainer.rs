@@ -20,11 +20,18 @@ fn tiny_model_overfits_a_tiny_batch() {
     std::fs::create_dir_all(&domain).unwrap();
     let text = "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs! 0123456789 ok.\n";
     std::fs::write(domain.join("a.txt"), text).unwrap();
-    std::fs::write(domain.join("b.txt"), "held-out text for validation, long enough for one window.\n").unwrap();
+    std::fs::write(
+        domain.join("b.txt"),
+        "held-out text for validation, long enough for one window.\n",
+    )
+    .unwrap();
     let mut cfg = tiny_run(&dir.path().join("run"));
     cfg.data.path = Some(dir.path().join("data"));
     cfg.data.valid_fraction = 0.5;
-    cfg.train.batch_size = switchyard_train::trainer::data::build_dataset(&cfg).unwrap().train.num_windows();
+    cfg.train.batch_size = switchyard_train::trainer::data::build_dataset(&cfg)
+        .unwrap()
+        .train
+        .num_windows();
     cfg.train.steps = OVERFIT_STEPS;
     cfg.optim.lr = 1e-2;
     cfg.optim.min_lr = 1e-2;
@@ -49,7 +56,15 @@ fn nan_loss_stops_training_within_the_step_and_keeps_the_last_checkpoint() {
     cfg.fault.nan_loss_at_step = Some(5);
     let mut t = Trainer::new(cfg).unwrap();
     let err = t.run().unwrap_err();
-    let RunError::NonFinite { step, what, last_checkpoint, .. } = &err else { panic!("wrong error: {err}") };
+    let RunError::NonFinite {
+        step,
+        what,
+        last_checkpoint,
+        ..
+    } = &err
+    else {
+        panic!("wrong error: {err}")
+    };
     assert_eq!((*step, *what), (5, "loss"));
     let last = last_checkpoint.clone().expect("step 4 was saved");
     assert!(last.ends_with("step-00000004"), "{}", last.display());
@@ -59,9 +74,14 @@ fn nan_loss_stops_training_within_the_step_and_keeps_the_last_checkpoint() {
     assert!(!dir.path().join("step-00000005").exists());
     let loaded = load_model(dir.path()).unwrap();
     assert_eq!(loaded.checkpoint.step, 4);
-    assert_eq!(store_bits(&loaded.store), store_bits(&t.store), "in-memory params are those of step 4");
+    assert_eq!(
+        store_bits(&loaded.store),
+        store_bits(&t.store),
+        "in-memory params are those of step 4"
+    );
     let metrics = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
-    let last_line: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let last_line: serde_json::Value =
+        serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last_line["step"], 4);
 }
 
@@ -78,8 +98,17 @@ fn a_loss_spike_skips_the_update() {
     for step in 1..=SPIKE_STEP {
         let before = store_bits(&t.store);
         let r = t.train_step().unwrap();
-        assert_eq!(r.skipped, step == SPIKE_STEP, "step {step}: loss {}", r.loss);
-        assert_eq!(store_bits(&t.store) == before, step == SPIKE_STEP, "step {step}");
+        assert_eq!(
+            r.skipped,
+            step == SPIKE_STEP,
+            "step {step}: loss {}",
+            r.loss
+        );
+        assert_eq!(
+            store_bits(&t.store) == before,
+            step == SPIKE_STEP,
+            "step {step}"
+        );
     }
     assert!(!t.train_step().unwrap().skipped);
 }
@@ -97,17 +126,34 @@ fn metrics_checkpoints_and_evaluation() {
     assert!(summary.checkpoint.ends_with("step-00000006"));
 
     let text = std::fs::read_to_string(dir.path().join(METRICS_FILE)).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let steps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "step").collect();
     let evals: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "eval").collect();
     assert_eq!(steps.len(), 6);
-    assert_eq!(evals.iter().map(|e| e["step"].as_u64().unwrap()).collect::<Vec<_>>(), [3, 6]);
+    assert_eq!(
+        evals
+            .iter()
+            .map(|e| e["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 6]
+    );
     let s = steps[0];
     for key in ["lr", "loss", "ce", "aux", "grad_norm", "tokens_per_s"] {
         assert!(s[key].as_f64().unwrap().is_finite(), "{key}: {s}");
     }
     let layer = &s["layers"][0];
-    for key in ["switch_balance", "importance", "load", "z", "load_cv", "dropped_fraction", "entropy"] {
+    for key in [
+        "switch_balance",
+        "importance",
+        "load",
+        "z",
+        "load_cv",
+        "dropped_fraction",
+        "entropy",
+    ] {
         assert!(layer[key].is_number(), "{key}: {layer}");
     }
     assert!(layer["dead_experts"].is_array());
@@ -125,7 +171,12 @@ fn metrics_checkpoints_and_evaluation() {
     // the final evaluation is the one a reloaded model gives
     let loaded = load_model(dir.path()).unwrap();
     let data = switchyard_train::trainer::data::build_dataset(&loaded.cfg).unwrap();
-    let again = switchyard_train::trainer::evaluate(&loaded.model, &data, loaded.cfg.data.max_valid_windows).unwrap();
+    let again = switchyard_train::trainer::evaluate(
+        &loaded.model,
+        &data,
+        loaded.cfg.data.max_valid_windows,
+    )
+    .unwrap();
     assert_eq!(again.loss.to_bits(), summary.eval.loss.to_bits());
     assert_eq!(again.routing.len(), 1);
     assert_eq!(again.routing[0].counts.len(), 7);

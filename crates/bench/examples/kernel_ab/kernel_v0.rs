@@ -14,9 +14,9 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use switchyard_core::{Activation, ExpertKind};
 use switchyard_core::expert::{ExpertLayout, ExpertSlot};
 use switchyard_core::DispatchPlan;
+use switchyard_core::{Activation, ExpertKind};
 
 /// The float types the kernels run in (f32 in production, f64 for gradient checks).
 pub trait KFloat: num_traits::Float + Send + Sync + Default + std::iter::Sum + 'static {
@@ -105,7 +105,8 @@ fn act_fwd<T: KFloat>(kind: ExpertKind, u: T, v: T) -> T {
             Activation::Silu => u * sigmoid(u),
             Activation::Gelu => {
                 let half = T::from(0.5).unwrap();
-                u * half * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
+                u * half
+                    * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
             }
         },
     }
@@ -133,7 +134,9 @@ fn act_bwd<T: KFloat>(kind: ExpertKind, u: T, v: T) -> (T, T) {
                 Activation::Gelu => {
                     // d/du u·Φ(u) = Φ(u) + u·φ(u)
                     let half = T::from(0.5).unwrap();
-                    let cdf = half * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf());
+                    let cdf = half
+                        * (T::one()
+                            + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf());
                     let pdf = (-(u * u) * half).exp() * T::from(0.398_942_280_401_432_7).unwrap();
                     cdf + u * pdf
                 }
@@ -183,7 +186,12 @@ fn gather<T: KFloat>(src: &[T], d: usize, tokens: &[u32], dst: &mut Vec<T>) {
 
 /// Runs each expert on its rows. Returns per-assignment outputs `o [n, d]` (unscaled) and the
 /// saved pre-activations.
-fn experts_forward<T: KFloat>(x: &[T], p: &[T], layout: &ExpertLayout, plan: &DispatchPlan) -> (Vec<T>, Saved<T>) {
+fn experts_forward<T: KFloat>(
+    x: &[T],
+    p: &[T],
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+) -> (Vec<T>, Saved<T>) {
     let d = layout.d_model;
     let hoff = hidden_offsets(layout, plan);
     let htot = *hoff.last().unwrap();
@@ -200,8 +208,13 @@ fn experts_forward<T: KFloat>(x: &[T], p: &[T], layout: &ExpertLayout, plan: &Di
             (0..layout.num_experts()).map(|_| None).collect()
         };
         let os = split_by(&mut o, &ooff);
-        let mut jobs: Vec<_> =
-            us.into_iter().zip(vs).zip(os).enumerate().map(|(e, ((u, v), o))| (e, u, v, o)).collect();
+        let mut jobs: Vec<_> = us
+            .into_iter()
+            .zip(vs)
+            .zip(os)
+            .enumerate()
+            .map(|(e, ((u, v), o))| (e, u, v, o))
+            .collect();
         let rank = load_rank(plan);
         jobs.sort_by_key(|j| rank[j.0]);
         jobs.into_par_iter().for_each(|(e, u, v, o)| {
@@ -236,7 +249,9 @@ fn expert_rows_forward<T: KFloat>(
     mm(n, h, d, u, false, xe, (d, 1), &p[s.w1..], (1, d));
     if let Some(b1) = s.b1 {
         for row in u.chunks_mut(h) {
-            row.iter_mut().zip(&p[b1..b1 + h]).for_each(|(x, b)| *x = *x + *b);
+            row.iter_mut()
+                .zip(&p[b1..b1 + h])
+                .for_each(|(x, b)| *x = *x + *b);
         }
     }
     let mut a = vec![T::zero(); n * h];
@@ -244,15 +259,22 @@ fn expert_rows_forward<T: KFloat>(
         (Some(w3), Some(v)) => {
             // v = xe · W3ᵀ
             mm(n, h, d, v, false, xe, (d, 1), &p[w3..], (1, d));
-            a.iter_mut().zip(u.iter().zip(v.iter())).for_each(|(a, (&u, &v))| *a = act_fwd(s.spec.kind, u, v));
+            a.iter_mut()
+                .zip(u.iter().zip(v.iter()))
+                .for_each(|(a, (&u, &v))| *a = act_fwd(s.spec.kind, u, v));
         }
-        _ => a.iter_mut().zip(u.iter()).for_each(|(a, &u)| *a = act_fwd(s.spec.kind, u, T::zero())),
+        _ => a
+            .iter_mut()
+            .zip(u.iter())
+            .for_each(|(a, &u)| *a = act_fwd(s.spec.kind, u, T::zero())),
     }
     // o = a · W2t
     mm(n, d, h, o, false, &a, (h, 1), &p[s.w2t..], (d, 1));
     if let Some(b2) = s.b2 {
         for row in o.chunks_mut(d) {
-            row.iter_mut().zip(&p[b2..b2 + d]).for_each(|(x, b)| *x = *x + *b);
+            row.iter_mut()
+                .zip(&p[b2..b2 + d])
+                .for_each(|(x, b)| *x = *x + *b);
         }
     }
 }
@@ -265,14 +287,22 @@ fn scatter<T: KFloat>(rows: &[T], w: Option<&[T]>, d: usize, plan: &DispatchPlan
         for &a in &idx[off[t] as usize..off[t + 1] as usize] {
             let a = a as usize;
             let wa = w.map_or(T::one(), |w| w[a]);
-            yt.iter_mut().zip(&rows[a * d..(a + 1) * d]).for_each(|(y, &r)| *y = *y + wa * r);
+            yt.iter_mut()
+                .zip(&rows[a * d..(a + 1) * d])
+                .for_each(|(y, &r)| *y = *y + wa * r);
         }
     });
     y
 }
 
 /// Forward: `y [T, d]` and the activations to save for the backward.
-pub fn forward<T: KFloat>(x: &[T], w: &[T], p: &[T], layout: &ExpertLayout, plan: &DispatchPlan) -> (Vec<T>, Saved<T>) {
+pub fn forward<T: KFloat>(
+    x: &[T],
+    w: &[T],
+    p: &[T],
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+) -> (Vec<T>, Saved<T>) {
     let (o, saved) = experts_forward(x, p, layout, plan);
     (scatter(&o, Some(w), layout.d_model, plan), saved)
 }
@@ -303,9 +333,25 @@ pub fn backward<T: KFloat>(
     let mut seg: Vec<usize> = layout.slots.iter().map(|s| s.w1).collect();
     seg.push(layout.total);
     let dps = split_by(&mut dp, &seg);
-    let dws = split_by(&mut dw, &plan.offsets.iter().map(|&a| a as usize).collect::<Vec<_>>());
-    let dxs = split_by(&mut dxa, &plan.offsets.iter().map(|&a| a as usize * d).collect::<Vec<_>>());
-    let mut jobs: Vec<_> = dps.into_iter().zip(dws).zip(dxs).enumerate().map(|(e, ((a, b), c))| (e, a, b, c)).collect();
+    let dws = split_by(
+        &mut dw,
+        &plan.offsets.iter().map(|&a| a as usize).collect::<Vec<_>>(),
+    );
+    let dxs = split_by(
+        &mut dxa,
+        &plan
+            .offsets
+            .iter()
+            .map(|&a| a as usize * d)
+            .collect::<Vec<_>>(),
+    );
+    let mut jobs: Vec<_> = dps
+        .into_iter()
+        .zip(dws)
+        .zip(dxs)
+        .enumerate()
+        .map(|(e, ((a, b), c))| (e, a, b, c))
+        .collect();
     let rank = load_rank(plan);
     jobs.sort_by_key(|j| rank[j.0]);
     jobs.into_par_iter().for_each(|(e, dpe, dwe, dxe)| {
@@ -320,7 +366,11 @@ pub fn backward<T: KFloat>(
         let toks = &plan.token[rows.clone()];
         let we = &w[rows.clone()];
         let u = &saved.u[hoff[e]..hoff[e + 1]];
-        let v = if s.w3.is_some() { &saved.v[hoff[e]..hoff[e + 1]] } else { &[][..] };
+        let v = if s.w3.is_some() {
+            &saved.v[hoff[e]..hoff[e + 1]]
+        } else {
+            &[][..]
+        };
         let (mut xe, mut ge) = (Vec::new(), Vec::new());
         gather(x, d, toks, &mut xe);
         gather(gy, d, toks, &mut ge);
@@ -328,19 +378,50 @@ pub fn backward<T: KFloat>(
         let mut da = vec![T::zero(); n * h];
         mm(n, h, d, &mut da, false, &ge, (d, 1), &p[s.w2t..], (1, d));
         // a recomputed from the saved pre-activations
-        let a: Vec<T> = (0..n * h).map(|i| act_fwd(s.spec.kind, u[i], if v.is_empty() { T::zero() } else { v[i] })).collect();
+        let a: Vec<T> = (0..n * h)
+            .map(|i| {
+                act_fwd(
+                    s.spec.kind,
+                    u[i],
+                    if v.is_empty() { T::zero() } else { v[i] },
+                )
+            })
+            .collect();
         // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
         for r in 0..n {
-            let mut acc: T = da[r * h..(r + 1) * h].iter().zip(&a[r * h..(r + 1) * h]).map(|(&x, &y)| x * y).sum();
+            let mut acc: T = da[r * h..(r + 1) * h]
+                .iter()
+                .zip(&a[r * h..(r + 1) * h])
+                .map(|(&x, &y)| x * y)
+                .sum();
             if let Some(b2) = s.b2 {
-                acc = acc + ge[r * d..(r + 1) * d].iter().zip(&p[b2..b2 + d]).map(|(&x, &y)| x * y).sum();
+                acc = acc
+                    + ge[r * d..(r + 1) * d]
+                        .iter()
+                        .zip(&p[b2..b2 + d])
+                        .map(|(&x, &y)| x * y)
+                        .sum();
             }
             dwe[r] = acc;
         }
         // term 3: dW2t = (w ⊙ a)ᵀ · G  [h, d]; db2 = Σ_a w_a g_t
-        let aw: Vec<T> = a.chunks(h).zip(we).flat_map(|(row, &wa)| row.iter().map(move |&x| x * wa)).collect();
+        let aw: Vec<T> = a
+            .chunks(h)
+            .zip(we)
+            .flat_map(|(row, &wa)| row.iter().map(move |&x| x * wa))
+            .collect();
         let off = |o: usize| o - base;
-        mm(h, d, n, &mut dpe[off(s.w2t)..], false, &aw, (1, h), &ge, (d, 1));
+        mm(
+            h,
+            d,
+            n,
+            &mut dpe[off(s.w2t)..],
+            false,
+            &aw,
+            (1, h),
+            &ge,
+            (d, 1),
+        );
         if let Some(b2) = s.b2 {
             for r in 0..n {
                 for j in 0..d {
@@ -355,7 +436,11 @@ pub fn backward<T: KFloat>(
             for j in 0..h {
                 let i = r * h + j;
                 let g = da[i] * we[r];
-                let (du_i, dv_i) = act_bwd(s.spec.kind, u[i], if v.is_empty() { T::zero() } else { v[i] });
+                let (du_i, dv_i) = act_bwd(
+                    s.spec.kind,
+                    u[i],
+                    if v.is_empty() { T::zero() } else { v[i] },
+                );
                 du[i] = g * du_i;
                 if !dv.is_empty() {
                     dv[i] = g * dv_i;
@@ -370,9 +455,29 @@ pub fn backward<T: KFloat>(
             }
         }
         // term 5: dW1 = dUᵀ · X, dW3 = dVᵀ · X   [h, d]
-        mm(h, d, n, &mut dpe[off(s.w1)..], false, &du, (1, h), &xe, (d, 1));
+        mm(
+            h,
+            d,
+            n,
+            &mut dpe[off(s.w1)..],
+            false,
+            &du,
+            (1, h),
+            &xe,
+            (d, 1),
+        );
         if let Some(w3) = s.w3 {
-            mm(h, d, n, &mut dpe[off(w3)..], false, &dv, (1, h), &xe, (d, 1));
+            mm(
+                h,
+                d,
+                n,
+                &mut dpe[off(w3)..],
+                false,
+                &dv,
+                (1, h),
+                &xe,
+                (d, 1),
+            );
         }
         // term 6: dX = dU · W1 + dV · W3   [n, d]
         mm(n, d, h, dxe, false, &du, (h, 1), &p[s.w1..], (d, 1));

@@ -22,8 +22,13 @@ const TOKENS: usize = 4096;
 const D_MODEL: usize = 512;
 
 fn main() {
-    let threads: usize = std::env::args().nth(1).map_or(1, |s| s.parse().expect("thread count"));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    let threads: usize = std::env::args()
+        .nth(1)
+        .map_or(1, |s| s.parse().expect("thread count"));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
     for (name, e, k, h) in [("mixtral8", 8, 2, 1024), ("fine64", 64, 8, 256)] {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let layout = ExpertLayout::new(D_MODEL, &vec![ExpertSpec::swiglu(h); e]);
@@ -39,8 +44,17 @@ fn main() {
             pairs.extend(chosen.into_iter().map(|x| (t, x)));
         }
         let plan = DispatchPlan::from_assignments(TOKENS, e, &pairs).unwrap();
-        let rand = |n: usize, rng: &mut ChaCha8Rng| (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect::<Vec<_>>();
-        let (x, w, p, gy) = (rand(TOKENS * D_MODEL, &mut rng), rand(plan.len(), &mut rng), rand(layout.total, &mut rng), rand(TOKENS * D_MODEL, &mut rng));
+        let rand = |n: usize, rng: &mut ChaCha8Rng| {
+            (0..n)
+                .map(|_| rng.random_range(-0.5f32..0.5))
+                .collect::<Vec<_>>()
+        };
+        let (x, w, p, gy) = (
+            rand(TOKENS * D_MODEL, &mut rng),
+            rand(plan.len(), &mut rng),
+            rand(layout.total, &mut rng),
+            rand(TOKENS * D_MODEL, &mut rng),
+        );
         let new = || {
             let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
             kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);

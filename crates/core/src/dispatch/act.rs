@@ -20,7 +20,8 @@ fn level() -> u8 {
         if avx512 {
             return 4;
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return 3;
         }
     }
@@ -143,9 +144,15 @@ fn sigmoid<T: KFloat>(x: T) -> T {
 pub(crate) fn forward_rows<T: KFloat>(kind: ExpertKind, u: &[T], v: &[T], a: &mut [T]) {
     match kind {
         // torch: F.silu(w1(x)) * w3(x)
-        ExpertKind::SwiGlu => a.iter_mut().zip(u.iter().zip(v)).for_each(|(a, (&u, &v))| *a = u * sigmoid(u) * v),
+        ExpertKind::SwiGlu => a
+            .iter_mut()
+            .zip(u.iter().zip(v))
+            .for_each(|(a, (&u, &v))| *a = u * sigmoid(u) * v),
         ExpertKind::Ffn { activation } => match activation {
-            Activation::Relu => a.iter_mut().zip(u).for_each(|(a, &u)| *a = u.max(T::zero())),
+            Activation::Relu => a
+                .iter_mut()
+                .zip(u)
+                .for_each(|(a, &u)| *a = u.max(T::zero())),
             Activation::Silu => a.iter_mut().zip(u).for_each(|(a, &u)| *a = u * sigmoid(u)),
             Activation::Gelu => a.iter_mut().zip(u).for_each(|(a, &u)| *a = gelu(u)),
         },
@@ -227,7 +234,15 @@ const LANES: usize = 16;
 
 /// [`backward_row`] for SwiGLU, in fixed 16-element blocks so it vectorises.
 #[inline(always)]
-fn swiglu_backward_row<T: KFloat>(w: T, da: &[T], u: &[T], v: &[T], du: &mut [T], dv: &mut [T], aw: &mut [T]) -> T {
+fn swiglu_backward_row<T: KFloat>(
+    w: T,
+    da: &[T],
+    u: &[T],
+    v: &[T],
+    du: &mut [T],
+    dv: &mut [T],
+    aw: &mut [T],
+) -> T {
     let h = da.len();
     let (u, v, du, dv, aw) = (&u[..h], &v[..h], &mut du[..h], &mut dv[..h], &mut aw[..h]);
     let mut acc = [T::zero(); LANES];
@@ -239,10 +254,16 @@ fn swiglu_backward_row<T: KFloat>(w: T, da: &[T], u: &[T], v: &[T], du: &mut [T]
         .zip(dv.chunks_exact_mut(LANES))
         .zip(aw.chunks_exact_mut(LANES));
     for (((((da, u), v), du), dv), aw) in blocks {
-        let (da, u, v): (&[T; LANES], &[T; LANES], &[T; LANES]) =
-            (da.try_into().unwrap(), u.try_into().unwrap(), v.try_into().unwrap());
-        let (du, dv, aw): (&mut [T; LANES], &mut [T; LANES], &mut [T; LANES]) =
-            (du.try_into().unwrap(), dv.try_into().unwrap(), aw.try_into().unwrap());
+        let (da, u, v): (&[T; LANES], &[T; LANES], &[T; LANES]) = (
+            da.try_into().unwrap(),
+            u.try_into().unwrap(),
+            v.try_into().unwrap(),
+        );
+        let (du, dv, aw): (&mut [T; LANES], &mut [T; LANES], &mut [T; LANES]) = (
+            du.try_into().unwrap(),
+            dv.try_into().unwrap(),
+            aw.try_into().unwrap(),
+        );
         for l in 0..LANES {
             let (a, a_u, a_v) = swiglu_d(u[l], v[l]);
             let g = w * da[l];
@@ -266,7 +287,14 @@ fn swiglu_backward_row<T: KFloat>(w: T, da: &[T], u: &[T], v: &[T], du: &mut [T]
 
 /// [`backward_row`] for FFN experts (no `v`); same block structure for the dot product.
 #[inline(always)]
-fn ffn_backward_row<T: KFloat>(act: Activation, w: T, da: &[T], u: &[T], du: &mut [T], aw: &mut [T]) -> T {
+fn ffn_backward_row<T: KFloat>(
+    act: Activation,
+    w: T,
+    da: &[T],
+    u: &[T],
+    du: &mut [T],
+    aw: &mut [T],
+) -> T {
     let h = da.len();
     let mut acc = [T::zero(); LANES];
     let mut tail = T::zero();

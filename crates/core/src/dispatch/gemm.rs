@@ -48,7 +48,10 @@ pub fn isa() -> GemmIsa {
 
 /// Sets the choice for the whole process (all threads).
 pub fn set_isa(isa: GemmIsa) {
-    ISA.store(if isa == GemmIsa::Avx2 { AVX2 } else { AUTO }, Ordering::Relaxed);
+    ISA.store(
+        if isa == GemmIsa::Avx2 { AVX2 } else { AUTO },
+        Ordering::Relaxed,
+    );
 }
 
 /// Runs `f` with `isa` forced, restoring the previous choice afterwards. Process-wide: do
@@ -81,11 +84,22 @@ pub trait GemmFloat: Copy + Send + Sync + 'static {
     /// As `gemm::gemm`: every access implied by the sizes and strides must be in bounds.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm_avx2(
-        m: usize, n: usize, k: usize,
-        dst: *mut Self, dst_cs: isize, dst_rs: isize, read_dst: bool,
-        lhs: *const Self, lhs_cs: isize, lhs_rs: isize,
-        rhs: *const Self, rhs_cs: isize, rhs_rs: isize,
-        alpha: Self, beta: Self, par: Parallelism,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut Self,
+        dst_cs: isize,
+        dst_rs: isize,
+        read_dst: bool,
+        lhs: *const Self,
+        lhs_cs: isize,
+        lhs_rs: isize,
+        rhs: *const Self,
+        rhs_cs: isize,
+        rhs_rs: isize,
+        alpha: Self,
+        beta: Self,
+        par: Parallelism,
     );
 }
 
@@ -94,26 +108,72 @@ macro_rules! gemm_float {
         impl GemmFloat for $t {
             #[allow(clippy::too_many_arguments)]
             unsafe fn gemm_avx2(
-                m: usize, n: usize, k: usize,
-                dst: *mut Self, dst_cs: isize, dst_rs: isize, read_dst: bool,
-                lhs: *const Self, lhs_cs: isize, lhs_rs: isize,
-                rhs: *const Self, rhs_cs: isize, rhs_rs: isize,
-                alpha: Self, beta: Self, par: Parallelism,
+                m: usize,
+                n: usize,
+                k: usize,
+                dst: *mut Self,
+                dst_cs: isize,
+                dst_rs: isize,
+                read_dst: bool,
+                lhs: *const Self,
+                lhs_cs: isize,
+                lhs_rs: isize,
+                rhs: *const Self,
+                rhs_cs: isize,
+                rhs_rs: isize,
+                alpha: Self,
+                beta: Self,
+                par: Parallelism,
             ) {
                 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
                 {
                     use gemm_common::simd::{MixedSimd, V3};
                     use $ukr as u;
-                    let simd = <V3 as MixedSimd<$t, $t, $t, $t>>::try_new().expect("the AVX2 path needs a CPU with AVX2 and FMA");
+                    let simd = <V3 as MixedSimd<$t, $t, $t, $t>>::try_new()
+                        .expect("the AVX2 path needs a CPU with AVX2 and FMA");
                     // the body of gemm's own `fma::gemm_basic` (gemm-common's `__inject_mod!`),
                     // which `gemm` selects when the CPU lacks avx512f
-                    gemm_common::gemm::gemm_basic_generic::<_, $t, $n, { u::MR_DIV_N * $n }, { u::NR }, { u::MR_DIV_N }, { u::H_M }, { u::H_N }>(
-                        simd, m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
-                        alpha, beta, false, false, false, |a, b, c| a * b + c, &u::UKR, &u::H_UKR, false, par,
+                    gemm_common::gemm::gemm_basic_generic::<
+                        _,
+                        $t,
+                        $n,
+                        { u::MR_DIV_N * $n },
+                        { u::NR },
+                        { u::MR_DIV_N },
+                        { u::H_M },
+                        { u::H_N },
+                    >(
+                        simd,
+                        m,
+                        n,
+                        k,
+                        dst,
+                        dst_cs,
+                        dst_rs,
+                        read_dst,
+                        lhs,
+                        lhs_cs,
+                        lhs_rs,
+                        rhs,
+                        rhs_cs,
+                        rhs_rs,
+                        alpha,
+                        beta,
+                        false,
+                        false,
+                        false,
+                        |a, b, c| a * b + c,
+                        &u::UKR,
+                        &u::H_UKR,
+                        false,
+                        par,
                     )
                 }
                 #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-                gemm::gemm(m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs, alpha, beta, false, false, false, par)
+                gemm::gemm(
+                    m, n, k, dst, dst_cs, dst_rs, read_dst, lhs, lhs_cs, lhs_rs, rhs, rhs_cs,
+                    rhs_rs, alpha, beta, false, false, false, par,
+                )
             }
         }
     };
@@ -148,27 +208,83 @@ pub(crate) fn mm<T: GemmFloat + num_traits::Float>(
         return;
     }
     assert!(c.len() >= m * n, "gemm: C too small");
-    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs, "gemm: A too small");
-    assert!(b.len() > (k - 1) * b_rs + (n - 1) * b_cs, "gemm: B too small");
-    let par = if par { Parallelism::Rayon(0) } else { Parallelism::None };
+    assert!(
+        a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
+        "gemm: A too small"
+    );
+    assert!(
+        b.len() > (k - 1) * b_rs + (n - 1) * b_cs,
+        "gemm: B too small"
+    );
+    let par = if par {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
     let (c_ptr, a_ptr, b_ptr) = (c.as_mut_ptr(), a.as_ptr(), b.as_ptr());
-    let (n_, a_rs, a_cs, b_rs, b_cs) = (n as isize, a_rs as isize, a_cs as isize, b_rs as isize, b_cs as isize);
+    let (n_, a_rs, a_cs, b_rs, b_cs) = (
+        n as isize,
+        a_rs as isize,
+        a_cs as isize,
+        b_rs as isize,
+        b_cs as isize,
+    );
     // SAFETY: the asserts above keep every access inside the three slices; `c` is written
     // with row stride n, column stride 1.
     unsafe {
         match isa() {
             GemmIsa::Auto => gemm::gemm(
-                m, n, k, c_ptr, 1, n_, accumulate, a_ptr, a_cs, a_rs, b_ptr, b_cs, b_rs,
-                T::one(), T::one(), false, false, false, par,
+                m,
+                n,
+                k,
+                c_ptr,
+                1,
+                n_,
+                accumulate,
+                a_ptr,
+                a_cs,
+                a_rs,
+                b_ptr,
+                b_cs,
+                b_rs,
+                T::one(),
+                T::one(),
+                false,
+                false,
+                false,
+                par,
             ),
-            GemmIsa::Avx2 => {
-                T::gemm_avx2(m, n, k, c_ptr, 1, n_, accumulate, a_ptr, a_cs, a_rs, b_ptr, b_cs, b_rs, T::one(), T::one(), par)
-            }
+            GemmIsa::Avx2 => T::gemm_avx2(
+                m,
+                n,
+                k,
+                c_ptr,
+                1,
+                n_,
+                accumulate,
+                a_ptr,
+                a_cs,
+                a_rs,
+                b_ptr,
+                b_cs,
+                b_rs,
+                T::one(),
+                T::one(),
+                par,
+            ),
         }
     }
 }
 
 /// Row-major `C[m,n] = A[m,k] · B[k,n]` on the current [`isa`] (for benchmarks and tests).
-pub fn matmul<T: GemmFloat + num_traits::Float>(m: usize, n: usize, k: usize, c: &mut [T], a: &[T], b: &[T], parallel: bool) {
+pub fn matmul<T: GemmFloat + num_traits::Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    a: &[T],
+    b: &[T],
+    parallel: bool,
+) {
     mm(m, n, k, c, false, a, (k, 1), b, (n, 1), parallel)
 }

@@ -51,7 +51,9 @@ const TOKEN_BLOCK: usize = 64;
 const POOL_MAX: usize = 8;
 
 /// The float types the kernels run in (f32 in production, f64 for gradient checks).
-pub trait KFloat: GemmFloat + num_traits::Float + Send + Sync + Default + std::iter::Sum + 'static {
+pub trait KFloat:
+    GemmFloat + num_traits::Float + Send + Sync + Default + std::iter::Sum + 'static
+{
     fn erf(self) -> Self;
     /// `e^x`; vectorisable for f32 (see `act::exp_f32`).
     fn fast_exp(self) -> Self;
@@ -155,7 +157,11 @@ impl<T: KFloat> DerefMut for PoolBuf<T> {
 /// Bytes held by the buffer pools between calls (per-thread workspaces not included).
 pub fn pooled_bytes() -> usize {
     fn of<T: KFloat>() -> usize {
-        T::pool().lock().map_or(0, |p| p.iter().map(|v| v.capacity() * std::mem::size_of::<T>()).sum())
+        T::pool().lock().map_or(0, |p| {
+            p.iter()
+                .map(|v| v.capacity() * std::mem::size_of::<T>())
+                .sum()
+        })
     }
     of::<f32>() + of::<f64>()
 }
@@ -198,13 +204,21 @@ fn row_tiles(plan: &DispatchPlan) -> Vec<Tile> {
     for e in 0..plan.num_experts {
         let n = plan.range(e).len();
         let parts = n.div_ceil(ROW_TILE);
-        tiles.extend((0..parts).map(|i| Tile { e, r0: i * n / parts, r1: (i + 1) * n / parts }));
+        tiles.extend((0..parts).map(|i| Tile {
+            e,
+            r0: i * n / parts,
+            r1: (i + 1) * n / parts,
+        }));
     }
     tiles
 }
 
 /// Start of each expert's `[n_e, width(e)]` block in a per-assignment buffer, and the total.
-fn block_offsets(layout: &ExpertLayout, plan: &DispatchPlan, width: impl Fn(&ExpertSlot) -> usize) -> Vec<usize> {
+fn block_offsets(
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+    width: impl Fn(&ExpertSlot) -> usize,
+) -> Vec<usize> {
     let mut off = Vec::with_capacity(layout.num_experts() + 1);
     off.push(0);
     for (e, s) in layout.slots.iter().enumerate() {
@@ -233,23 +247,35 @@ fn gather<T: KFloat>(src: &[T], d: usize, tokens: &[u32], dst: &mut [T]) {
 /// Runs the jobs on the rayon pool, largest `work` first, each stealable on its own.
 fn run_jobs<J: Send>(mut jobs: Vec<J>, work: impl Fn(&J) -> usize, f: impl Fn(J) + Sync + Send) {
     jobs.sort_by_key(|j| std::cmp::Reverse(work(j)));
-    jobs.into_par_iter().with_max_len(1).for_each(|j| timed(Phase::Total, || f(j)));
+    jobs.into_par_iter()
+        .with_max_len(1)
+        .for_each(|j| timed(Phase::Total, || f(j)));
 }
 
 /// `y[t] = Σ_{a ∈ token t} rows[a]`, in plan order; rows are already scaled.
 fn scatter<T: KFloat>(rows: &[T], d: usize, plan: &DispatchPlan) -> Vec<T> {
     let (off, idx) = plan.by_token();
     let mut y = vec![T::zero(); plan.num_tokens * d];
-    y.par_chunks_mut(TOKEN_BLOCK * d).enumerate().for_each(|(b, yb)| {
-        timed(Phase::Total, || {
-            timed(Phase::GatherScatter, || act::sum_rows(yb, rows, &off, &idx, b * TOKEN_BLOCK, d))
-        })
-    });
+    y.par_chunks_mut(TOKEN_BLOCK * d)
+        .enumerate()
+        .for_each(|(b, yb)| {
+            timed(Phase::Total, || {
+                timed(Phase::GatherScatter, || {
+                    act::sum_rows(yb, rows, &off, &idx, b * TOKEN_BLOCK, d)
+                })
+            })
+        });
     y
 }
 
 /// Forward: `y [T, d]` and the activations to save for the backward.
-pub fn forward<T: KFloat>(x: &[T], w: &[T], p: &[T], layout: &ExpertLayout, plan: &DispatchPlan) -> (Vec<T>, Saved<T>) {
+pub fn forward<T: KFloat>(
+    x: &[T],
+    w: &[T],
+    p: &[T],
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+) -> (Vec<T>, Saved<T>) {
     let d = layout.d_model;
     let uvoff = block_offsets(layout, plan, up_width);
     let mut uv = PoolBuf::take(uvoff[layout.num_experts()]);
@@ -258,27 +284,39 @@ pub fn forward<T: KFloat>(x: &[T], w: &[T], p: &[T], layout: &ExpertLayout, plan
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
     let uvs = split_lens(&mut uv, tiles.iter().map(uvlen));
     let os = split_lens(&mut o, tiles.iter().map(|t| (t.r1 - t.r0) * d));
-    let jobs: Vec<_> = tiles.into_iter().zip(uvs).zip(os).map(|((t, uv), o)| (t, uv, o)).collect();
-    run_jobs(jobs, |j| uvlen(&j.0), |(t, uv, o)| {
-        let s = &layout.slots[t.e];
-        let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
-        let a0 = plan.offsets[t.e] as usize + t.r0;
-        T::with_ws(|ws| {
-            let xe = grown(&mut ws.xe, m * d);
-            timed(Phase::GatherScatter, || gather(x, d, &plan.token[a0..a0 + m], xe));
-            // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
-            mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
-            if let Some(b1) = s.b1 {
-                let b1 = &p[b1..b1 + h];
-                uv.chunks_exact_mut(uw).for_each(|row| row.iter_mut().zip(b1).for_each(|(x, &b)| *x = *x + b));
-            }
-            let a = grown(&mut ws.a, m * h);
-            act::forward_tile(s.spec.kind, h, uv, a);
-            // o = a · W2t, then w·(o + b2): the scatter only adds
-            mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
-            act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
-        })
-    });
+    let jobs: Vec<_> = tiles
+        .into_iter()
+        .zip(uvs)
+        .zip(os)
+        .map(|((t, uv), o)| (t, uv, o))
+        .collect();
+    run_jobs(
+        jobs,
+        |j| uvlen(&j.0),
+        |(t, uv, o)| {
+            let s = &layout.slots[t.e];
+            let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
+            let a0 = plan.offsets[t.e] as usize + t.r0;
+            T::with_ws(|ws| {
+                let xe = grown(&mut ws.xe, m * d);
+                timed(Phase::GatherScatter, || {
+                    gather(x, d, &plan.token[a0..a0 + m], xe)
+                });
+                // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
+                mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
+                if let Some(b1) = s.b1 {
+                    let b1 = &p[b1..b1 + h];
+                    uv.chunks_exact_mut(uw)
+                        .for_each(|row| row.iter_mut().zip(b1).for_each(|(x, &b)| *x = *x + b));
+                }
+                let a = grown(&mut ws.a, m * h);
+                act::forward_tile(s.spec.kind, h, uv, a);
+                // o = a · W2t, then w·(o + b2): the scatter only adds
+                mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
+                act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
+            })
+        },
+    );
     (scatter(&o, d, plan), Saved { uv })
 }
 
@@ -305,16 +343,24 @@ fn col_blocks(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<(usize, Part, u
         Part::Down => layout.slots[e].spec.hidden,
     };
     let work = |e: usize, part: Part| plan.range(e).len() * width(e, part);
-    let total: usize = (0..plan.num_experts).map(|e| work(e, Part::Up) + work(e, Part::Down)).sum();
+    let total: usize = (0..plan.num_experts)
+        .map(|e| work(e, Part::Up) + work(e, Part::Down))
+        .sum();
     let target = total.div_ceil(MIN_WGRAD_JOBS).max(1);
     let mut blocks = Vec::new();
     for e in (0..plan.num_experts).filter(|&e| plan.range(e).len() > 0) {
         for part in [Part::Up, Part::Down] {
             let w = width(e, part);
-            let parts = work(e, part).div_ceil(target).clamp(1, w.div_ceil(COL_ALIGN));
+            let parts = work(e, part)
+                .div_ceil(target)
+                .clamp(1, w.div_ceil(COL_ALIGN));
             let mut c0 = 0;
             for i in 1..=parts {
-                let c1 = if i == parts { w } else { (i * w / parts) / COL_ALIGN * COL_ALIGN };
+                let c1 = if i == parts {
+                    w
+                } else {
+                    (i * w / parts) / COL_ALIGN * COL_ALIGN
+                };
                 if c1 > c0 {
                     blocks.push((e, part, c0, c1));
                     c0 = c1;
@@ -363,82 +409,140 @@ pub fn backward<T: KFloat>(
     let tiles = row_tiles(plan);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
     let duvs = split_lens(&mut duv, tiles.iter().map(uvlen));
-    let aws = split_lens(&mut aw, tiles.iter().map(|t| (t.r1 - t.r0) * layout.slots[t.e].spec.hidden));
+    let aws = split_lens(
+        &mut aw,
+        tiles
+            .iter()
+            .map(|t| (t.r1 - t.r0) * layout.slots[t.e].spec.hidden),
+    );
     let dxs = split_lens(&mut dxa, tiles.iter().map(|t| (t.r1 - t.r0) * d));
     let dws = split_lens(&mut dw, tiles.iter().map(|t| t.r1 - t.r0));
-    let jobs: Vec<_> =
-        tiles.into_iter().zip(duvs).zip(aws).zip(dxs.into_iter().zip(dws)).map(|(((t, duv), aw), (dx, dw))| (t, duv, aw, dx, dw)).collect();
-    run_jobs(jobs, |j| uvlen(&j.0), |(t, duv, aw, dxe, dwe)| {
-        let s = &layout.slots[t.e];
-        let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
-        let a0 = plan.offsets[t.e] as usize + t.r0;
-        let at = uvoff[t.e] + t.r0 * uw;
-        let uv = &saved.uv[at..at + m * uw];
-        T::with_ws(|ws| {
-            let ge = grown(&mut ws.ge, m * d);
-            timed(Phase::GatherScatter, || gather(gy, d, &plan.token[a0..a0 + m], ge));
-            // term 1: dA_unscaled = G · W2tᵀ  [m, h]
-            let da = grown(&mut ws.a, m * h);
-            mm(m, h, d, da, false, ge, (d, 1), &p[s.w2t..], (1, d), false);
-            // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
-            // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; and w ⊙ a
-            let b2 = s.b2.map(|b2| &p[b2..b2 + d]);
-            act::backward_tile(s.spec.kind, h, d, &w[a0..a0 + m], da, uv, duv, aw, ge, b2, dwe);
-            // term 6: dX = [dU | dV] · [W1; W3]   [m, d]
-            mm(m, d, uw, dxe, false, duv, (uw, 1), &p[s.w1..], (d, 1), false);
-        })
-    });
+    let jobs: Vec<_> = tiles
+        .into_iter()
+        .zip(duvs)
+        .zip(aws)
+        .zip(dxs.into_iter().zip(dws))
+        .map(|(((t, duv), aw), (dx, dw))| (t, duv, aw, dx, dw))
+        .collect();
+    run_jobs(
+        jobs,
+        |j| uvlen(&j.0),
+        |(t, duv, aw, dxe, dwe)| {
+            let s = &layout.slots[t.e];
+            let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
+            let a0 = plan.offsets[t.e] as usize + t.r0;
+            let at = uvoff[t.e] + t.r0 * uw;
+            let uv = &saved.uv[at..at + m * uw];
+            T::with_ws(|ws| {
+                let ge = grown(&mut ws.ge, m * d);
+                timed(Phase::GatherScatter, || {
+                    gather(gy, d, &plan.token[a0..a0 + m], ge)
+                });
+                // term 1: dA_unscaled = G · W2tᵀ  [m, h]
+                let da = grown(&mut ws.a, m * h);
+                mm(m, h, d, da, false, ge, (d, 1), &p[s.w2t..], (1, d), false);
+                // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
+                // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; and w ⊙ a
+                let b2 = s.b2.map(|b2| &p[b2..b2 + d]);
+                act::backward_tile(
+                    s.spec.kind,
+                    h,
+                    d,
+                    &w[a0..a0 + m],
+                    da,
+                    uv,
+                    duv,
+                    aw,
+                    ge,
+                    b2,
+                    dwe,
+                );
+                // term 6: dX = [dU | dV] · [W1; W3]   [m, d]
+                mm(
+                    m,
+                    d,
+                    uw,
+                    dxe,
+                    false,
+                    duv,
+                    (uw, 1),
+                    &p[s.w1..],
+                    (d, 1),
+                    false,
+                );
+            })
+        },
+    );
 
     // phase B, per column block of each expert's weights: weight (and bias) gradients
     let mut dp = vec![T::zero(); layout.total];
     let dps = Disjoint(dp.as_mut_ptr(), dp.len());
     let (duv, aw) = (&duv[..], &aw[..]);
-    run_jobs(col_blocks(layout, plan), |&(e, _, c0, c1)| plan.range(e).len() * (c1 - c0), |(e, part, c0, c1)| {
-        let s = &layout.slots[e];
-        let (n, cb, first) = (plan.range(e).len(), c1 - c0, plan.offsets[e] as usize);
-        let (src, width, off, w_at) = match part {
-            Part::Up => (duv, up_width(s), uvoff[e], s.w1),
-            Part::Down => (aw, s.spec.hidden, hoff[e], s.w2t),
-        };
-        // SAFETY: rows c0..c1 of this part's weights, entries c0..c1 of b1 (Up) and b2 (Down,
-        // c0 = 0 only) belong to this job alone.
-        let (dwt, mut db) = unsafe {
-            let bias = match part {
-                Part::Up => s.b1.map(|b1| dps.range(b1 + c0, cb)),
-                Part::Down => s.b2.filter(|_| c0 == 0).map(|b2| dps.range(b2, d)),
+    run_jobs(
+        col_blocks(layout, plan),
+        |&(e, _, c0, c1)| plan.range(e).len() * (c1 - c0),
+        |(e, part, c0, c1)| {
+            let s = &layout.slots[e];
+            let (n, cb, first) = (plan.range(e).len(), c1 - c0, plan.offsets[e] as usize);
+            let (src, width, off, w_at) = match part {
+                Part::Up => (duv, up_width(s), uvoff[e], s.w1),
+                Part::Down => (aw, s.spec.hidden, hoff[e], s.w2t),
             };
-            (dps.range(w_at + c0 * d, cb * d), bias)
-        };
-        T::with_ws(|ws| {
-            for r0 in (0..n).step_by(WGRAD_ROWS) {
-                let mr = WGRAD_ROWS.min(n - r0);
-                let toks = &plan.token[first + r0..first + r0 + mr];
-                // Up: X rows; Down: G rows
-                let rows = grown(&mut ws.xe, mr * d);
-                timed(Phase::GatherScatter, || gather(if part == Part::Up { x } else { gy }, d, toks, rows));
-                let at = off + r0 * width + c0;
-                // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
-                mm(cb, d, mr, dwt, r0 > 0, &src[at..], (1, width), rows, (d, 1), false);
-                match (part, db.as_deref_mut()) {
-                    // db1 = Σ_rows dU
-                    (Part::Up, Some(db1)) => {
-                        for r in 0..mr {
-                            let row = &src[at + r * width..at + r * width + cb];
-                            db1.iter_mut().zip(row).for_each(|(b, &g)| *b = *b + g);
+            // SAFETY: rows c0..c1 of this part's weights, entries c0..c1 of b1 (Up) and b2 (Down,
+            // c0 = 0 only) belong to this job alone.
+            let (dwt, mut db) = unsafe {
+                let bias = match part {
+                    Part::Up => s.b1.map(|b1| dps.range(b1 + c0, cb)),
+                    Part::Down => s.b2.filter(|_| c0 == 0).map(|b2| dps.range(b2, d)),
+                };
+                (dps.range(w_at + c0 * d, cb * d), bias)
+            };
+            T::with_ws(|ws| {
+                for r0 in (0..n).step_by(WGRAD_ROWS) {
+                    let mr = WGRAD_ROWS.min(n - r0);
+                    let toks = &plan.token[first + r0..first + r0 + mr];
+                    // Up: X rows; Down: G rows
+                    let rows = grown(&mut ws.xe, mr * d);
+                    timed(Phase::GatherScatter, || {
+                        gather(if part == Part::Up { x } else { gy }, d, toks, rows)
+                    });
+                    let at = off + r0 * width + c0;
+                    // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
+                    mm(
+                        cb,
+                        d,
+                        mr,
+                        dwt,
+                        r0 > 0,
+                        &src[at..],
+                        (1, width),
+                        rows,
+                        (d, 1),
+                        false,
+                    );
+                    match (part, db.as_deref_mut()) {
+                        // db1 = Σ_rows dU
+                        (Part::Up, Some(db1)) => {
+                            for r in 0..mr {
+                                let row = &src[at + r * width..at + r * width + cb];
+                                db1.iter_mut().zip(row).for_each(|(b, &g)| *b = *b + g);
+                            }
                         }
-                    }
-                    // db2 = Σ_a w_a g_t
-                    (Part::Down, Some(db2)) => {
-                        for r in 0..mr {
-                            let wa = w[first + r0 + r];
-                            db2.iter_mut().zip(&rows[r * d..(r + 1) * d]).for_each(|(b, &g)| *b = *b + wa * g);
+                        // db2 = Σ_a w_a g_t
+                        (Part::Down, Some(db2)) => {
+                            for r in 0..mr {
+                                let wa = w[first + r0 + r];
+                                db2.iter_mut()
+                                    .zip(&rows[r * d..(r + 1) * d])
+                                    .for_each(|(b, &g)| *b = *b + wa * g);
+                            }
                         }
+                        _ => {}
                     }
-                    _ => {}
                 }
-            }
-        })
-    });
+            })
+        },
+    );
 
     // phase C: dx[t] = Σ_{a ∈ token t} dX_a in plan order
     let dx = scatter(&dxa, d, plan);

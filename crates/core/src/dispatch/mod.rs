@@ -67,11 +67,19 @@ pub struct MoeDispatchOp {
 
 impl MoeDispatchOp {
     pub fn new(layout: Arc<ExpertLayout>, plan: Arc<DispatchPlan>) -> Self {
-        Self { layout, plan, saved: Mutex::new(None) }
+        Self {
+            layout,
+            plan,
+            saved: Mutex::new(None),
+        }
     }
 }
 
-fn cpu_slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
+fn cpu_slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("moe_dispatch: {what} must be contiguous"),
@@ -98,7 +106,10 @@ impl MoeDispatchOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (y, saved) = kernel::forward(x, w, p, &self.layout, &self.plan);
         *self.saved.lock().expect("dispatch op poisoned") = Some(wrap(saved));
-        Ok((T::to_cpu_storage_owned(y), Shape::from((self.plan.num_tokens, self.layout.d_model))))
+        Ok((
+            T::to_cpu_storage_owned(y),
+            Shape::from((self.plan.num_tokens, self.layout.d_model)),
+        ))
     }
 
     fn bwd_typed<T: KFloat + WithDType>(
@@ -112,7 +123,9 @@ impl MoeDispatchOp {
         let g = with_host::<T, _>(x, |x| {
             with_host::<T, _>(w, |w| {
                 with_host::<T, _>(p, |p| {
-                    with_host::<T, _>(gy, |gy| kernel::backward(x, w, p, &self.layout, &self.plan, saved, gy))
+                    with_host::<T, _>(gy, |gy| {
+                        kernel::backward(x, w, p, &self.layout, &self.plan, saved, gy)
+                    })
                 })
             })
         })????;
@@ -173,7 +186,10 @@ impl CustomOp3 for MoeDispatchOp {
         let (dx, dw, dp) = match (&*guard, x.dtype()) {
             (Some(SavedAny::F32(s)), DType::F32) => self.bwd_typed::<f32>(x, w, p, gy, s)?,
             (Some(SavedAny::F64(s)), DType::F64) => self.bwd_typed::<f64>(x, w, p, gy, s)?,
-            _ => candle_core::bail!("moe_dispatch backward: no saved forward state of dtype {:?}", x.dtype()),
+            _ => candle_core::bail!(
+                "moe_dispatch backward: no saved forward state of dtype {:?}",
+                x.dtype()
+            ),
         };
         Ok((Some(dx), Some(dw), Some(dp)))
     }
@@ -189,22 +205,46 @@ pub fn dispatch(
 ) -> Result<Tensor> {
     check_inputs(x, w, packed, layout, plan)?;
     let op = MoeDispatchOp::new(layout.clone(), plan.clone());
-    Ok(x.contiguous()?.apply_op3(&w.contiguous()?, &packed.contiguous()?, op)?)
+    Ok(x.contiguous()?
+        .apply_op3(&w.contiguous()?, &packed.contiguous()?, op)?)
 }
 
-fn check_inputs(x: &Tensor, w: &Tensor, p: &Tensor, layout: &ExpertLayout, plan: &DispatchPlan) -> Result<()> {
+fn check_inputs(
+    x: &Tensor,
+    w: &Tensor,
+    p: &Tensor,
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+) -> Result<()> {
     let bad = |why: String| Err(MoeError::input("dispatch", why));
     if x.dims() != [plan.num_tokens, layout.d_model] {
-        return bad(format!("x has shape {:?}, expected [{}, {}]", x.dims(), plan.num_tokens, layout.d_model));
+        return bad(format!(
+            "x has shape {:?}, expected [{}, {}]",
+            x.dims(),
+            plan.num_tokens,
+            layout.d_model
+        ));
     }
     if w.dims() != [plan.len()] {
-        return bad(format!("weights have shape {:?}, expected [{}] (one per assignment)", w.dims(), plan.len()));
+        return bad(format!(
+            "weights have shape {:?}, expected [{}] (one per assignment)",
+            w.dims(),
+            plan.len()
+        ));
     }
     if p.dims() != [layout.total] {
-        return bad(format!("expert params have shape {:?}, expected [{}]", p.dims(), layout.total));
+        return bad(format!(
+            "expert params have shape {:?}, expected [{}]",
+            p.dims(),
+            layout.total
+        ));
     }
     if plan.num_experts != layout.num_experts() {
-        return bad(format!("plan has {} experts, layout {}", plan.num_experts, layout.num_experts()));
+        return bad(format!(
+            "plan has {} experts, layout {}",
+            plan.num_experts,
+            layout.num_experts()
+        ));
     }
     Ok(())
 }

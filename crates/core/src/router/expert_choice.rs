@@ -3,7 +3,10 @@
 //! is perfectly balanced by construction; a token may get several experts or none (dropped).
 //! torch: `S = softmax(X·W_g); G, I = torch.topk(S.T, c)`.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput,
+    RouterOutput,
+};
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -20,8 +23,11 @@ impl ExpertChoiceRouter {
 
     /// Tokens per expert for a batch of `tokens`.
     pub fn capacity(&self, tokens: usize) -> usize {
-        let RouterConfig::ExpertChoice { capacity_factor } = self.cfg else { unreachable!() };
-        ((capacity_factor * tokens as f64 / self.experts as f64).ceil() as usize).clamp(1, tokens.max(1))
+        let RouterConfig::ExpertChoice { capacity_factor } = self.cfg else {
+            unreachable!()
+        };
+        ((capacity_factor * tokens as f64 / self.experts as f64).ceil() as usize)
+            .clamp(1, tokens.max(1))
     }
 }
 
@@ -52,6 +58,12 @@ impl Router for ExpertChoiceRouter {
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let dense = (&probs * plan_mask(&plan, &probs)?)?;
-        Ok(RouterOutput { plan, dense, probs, logits: Some(input.gate_out.clone()), load_loss: None })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs,
+            logits: Some(input.gate_out.clone()),
+            load_loss: None,
+        })
     }
 }

@@ -5,7 +5,10 @@
 //! expert (`max`) or the sum of its two best (`top2_sum`).
 //! torch (V3): `group_scores = scores_for_choice.view(-1, G, E//G).topk(2)[0].sum(-1)`.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, safe_row_normalize, softmax, top_k, BiasBalancer, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, plan_mask, safe_row_normalize, softmax, top_k,
+    BiasBalancer, Router, RouterInput, RouterOutput,
+};
 use crate::config::{GroupScore, RouterConfig, ScoreFn};
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -18,8 +21,17 @@ pub struct GroupLimitedRouter {
 
 impl GroupLimitedRouter {
     pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::GroupLimited { bias_update_rate, .. } = cfg else { unreachable!() };
-        Self { cfg, experts, balancer: BiasBalancer::new(experts, bias_update_rate) }
+        let RouterConfig::GroupLimited {
+            bias_update_rate, ..
+        } = cfg
+        else {
+            unreachable!()
+        };
+        Self {
+            cfg,
+            experts,
+            balancer: BiasBalancer::new(experts, bias_update_rate),
+        }
     }
 }
 
@@ -31,11 +43,21 @@ impl Router for GroupLimitedRouter {
         self.experts
     }
     fn weight_scale(&self) -> f64 {
-        let RouterConfig::GroupLimited { scaling, .. } = self.cfg else { unreachable!() };
+        let RouterConfig::GroupLimited { scaling, .. } = self.cfg else {
+            unreachable!()
+        };
         scaling
     }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
-        let RouterConfig::GroupLimited { k, groups, topk_groups, score, group_score, .. } = self.cfg else {
+        let RouterConfig::GroupLimited {
+            k,
+            groups,
+            topk_groups,
+            score,
+            group_score,
+            ..
+        } = self.cfg
+        else {
             unreachable!()
         };
         let e = self.experts;
@@ -76,7 +98,13 @@ impl Router for GroupLimitedRouter {
             ScoreFn::Softmax => scores,
             ScoreFn::Sigmoid => safe_row_normalize(&scores)?,
         };
-        Ok(RouterOutput { plan, dense, probs, logits: Some(input.gate_out.clone()), load_loss: None })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs,
+            logits: Some(input.gate_out.clone()),
+            load_loss: None,
+        })
     }
     fn after_step(&mut self, tokens_per_expert: &[usize]) {
         self.balancer.update(tokens_per_expert);

@@ -25,7 +25,9 @@ pub fn splitmix64(mut z: u64) -> u64 {
 
 impl HashRouter {
     pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::Hash { seed } = cfg else { unreachable!() };
+        let RouterConfig::Hash { seed } = cfg else {
+            unreachable!()
+        };
         Self { cfg, experts, seed }
     }
 
@@ -49,10 +51,16 @@ impl Router for HashRouter {
         let e = self.experts;
         let t = input.num_tokens();
         let ids = input.token_ids.ok_or_else(|| {
-            MoeError::input("hash router", "needs token ids; pass them in ForwardCtx::token_ids")
+            MoeError::input(
+                "hash router",
+                "needs token ids; pass them in ForwardCtx::token_ids",
+            )
         })?;
         if ids.len() != t {
-            return Err(MoeError::input("hash router", format!("{} token ids for {t} tokens", ids.len())));
+            return Err(MoeError::input(
+                "hash router",
+                format!("{} token ids for {t} tokens", ids.len()),
+            ));
         }
         let mut pairs = Vec::with_capacity(t);
         for (tok, &id) in ids.iter().enumerate() {
@@ -62,7 +70,16 @@ impl Router for HashRouter {
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        let dense = super::plan_mask(&plan, &Tensor::zeros((t, e), input.gate_out.dtype(), input.gate_out.device())?)?;
-        Ok(RouterOutput { plan, probs: dense.clone(), dense, logits: None, load_loss: None })
+        let dense = super::plan_mask(
+            &plan,
+            &Tensor::zeros((t, e), input.gate_out.dtype(), input.gate_out.device())?,
+        )?;
+        Ok(RouterOutput {
+            plan,
+            probs: dense.clone(),
+            dense,
+            logits: None,
+            load_loss: None,
+        })
     }
 }

@@ -8,7 +8,9 @@
 
 use candle_core::{Tensor, D};
 
-use super::{expect_cols, host, masked_softmax, plan_mask, top_k, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, masked_softmax, plan_mask, top_k, Router, RouterInput, RouterOutput,
+};
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -23,8 +25,21 @@ pub struct HierarchicalRouter {
 
 impl HierarchicalRouter {
     pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::Hierarchical { groups, k_groups, k_inner } = cfg else { unreachable!() };
-        Self { cfg, experts, groups, k_groups, k_inner }
+        let RouterConfig::Hierarchical {
+            groups,
+            k_groups,
+            k_inner,
+        } = cfg
+        else {
+            unreachable!()
+        };
+        Self {
+            cfg,
+            experts,
+            groups,
+            k_groups,
+            k_inner,
+        }
     }
 
     /// Softmax inside each group of `x [T, E]` over the entries where `mask` is 1.
@@ -44,7 +59,9 @@ impl HierarchicalRouter {
     fn expand_groups(&self, g: &Tensor) -> Result<Tensor> {
         let t = g.dims2()?.0;
         let per = self.experts / self.groups;
-        Ok(g.unsqueeze(2)?.broadcast_as((t, self.groups, per))?.reshape((t, self.experts))?)
+        Ok(g.unsqueeze(2)?
+            .broadcast_as((t, self.groups, per))?
+            .reshape((t, self.experts))?)
     }
 }
 
@@ -65,13 +82,19 @@ impl Router for HierarchicalRouter {
         let per = e / gn;
         let primary = input.gate_out.narrow(1, 0, gn)?;
         let secondary = input.gate_out.narrow(1, gn, e)?;
-        let group_ok: Vec<bool> = (0..gn).map(|g| (g * per..(g + 1) * per).any(|x| input.is_available(x))).collect();
+        let group_ok: Vec<bool> = (0..gn)
+            .map(|g| (g * per..(g + 1) * per).any(|x| input.is_available(x)))
+            .collect();
         let (pv, _) = host(&primary)?;
         let (sv, _) = host(&secondary)?;
         let mut pairs = Vec::with_capacity(t * self.k_groups * self.k_inner);
         let mut gmask = vec![0f64; t * gn];
         for tok in 0..t {
-            for g in top_k(&pv[tok * gn..(tok + 1) * gn], self.k_groups, (0..gn).filter(|&g| group_ok[g])) {
+            for g in top_k(
+                &pv[tok * gn..(tok + 1) * gn],
+                self.k_groups,
+                (0..gn).filter(|&g| group_ok[g]),
+            ) {
                 gmask[tok * gn + g] = 1.0;
                 let inner = (g * per..(g + 1) * per).filter(|&x| input.is_available(x));
                 for x in top_k(&sv[tok * e..(tok + 1) * e], self.k_inner, inner) {
@@ -80,16 +103,23 @@ impl Router for HierarchicalRouter {
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        let gmask = Tensor::from_vec(gmask, (t, gn), primary.device())?.to_dtype(primary.dtype())?;
+        let gmask =
+            Tensor::from_vec(gmask, (t, gn), primary.device())?.to_dtype(primary.dtype())?;
         let gp = masked_softmax(&primary, &gmask)?;
         let gs = self.groupwise_softmax(&secondary, &plan_mask(&plan, &secondary)?)?;
         let dense = (self.expand_groups(&gp)? * gs)?;
         // the full two-level distribution, for balancing losses and entropy
         let ones_p = primary.ones_like()?;
         let ones_s = secondary.ones_like()?;
-        let probs =
-            (self.expand_groups(&masked_softmax(&primary, &ones_p)?)? * self.groupwise_softmax(&secondary, &ones_s)?)?;
+        let probs = (self.expand_groups(&masked_softmax(&primary, &ones_p)?)?
+            * self.groupwise_softmax(&secondary, &ones_s)?)?;
         // z-loss on the secondary logits, which score the experts themselves
-        Ok(RouterOutput { plan, dense, probs, logits: Some(secondary), load_loss: None })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs,
+            logits: Some(secondary),
+            load_loss: None,
+        })
     }
 }

@@ -96,7 +96,10 @@ pub trait Router: Send + Sync {
     }
     /// Restores a buffer written by [`Router::buffers`].
     fn load_buffer(&mut self, name: &str, _values: &[f32]) -> Result<()> {
-        Err(MoeError::input("Router::load_buffer", format!("router `{}` has no buffer `{name}`", self.config().name())))
+        Err(MoeError::input(
+            "Router::load_buffer",
+            format!("router `{}` has no buffer `{name}`", self.config().name()),
+        ))
     }
 }
 
@@ -107,11 +110,17 @@ pub fn build(cfg: &RouterConfig, experts: usize) -> Result<Box<dyn Router>> {
         RouterConfig::TopK { .. } => Box::new(TopKRouter::new(cfg.clone(), experts)),
         RouterConfig::NoisyTopK { .. } => Box::new(NoisyTopKRouter::new(cfg.clone(), experts)),
         RouterConfig::Switch { .. } => Box::new(SwitchRouter::new(cfg.clone(), experts)),
-        RouterConfig::ExpertChoice { .. } => Box::new(ExpertChoiceRouter::new(cfg.clone(), experts)),
+        RouterConfig::ExpertChoice { .. } => {
+            Box::new(ExpertChoiceRouter::new(cfg.clone(), experts))
+        }
         RouterConfig::Hash { .. } => Box::new(HashRouter::new(cfg.clone(), experts)),
         RouterConfig::SigmoidBias { .. } => Box::new(SigmoidBiasRouter::new(cfg.clone(), experts)),
-        RouterConfig::GroupLimited { .. } => Box::new(GroupLimitedRouter::new(cfg.clone(), experts)),
-        RouterConfig::Hierarchical { .. } => Box::new(HierarchicalRouter::new(cfg.clone(), experts)),
+        RouterConfig::GroupLimited { .. } => {
+            Box::new(GroupLimitedRouter::new(cfg.clone(), experts))
+        }
+        RouterConfig::Hierarchical { .. } => {
+            Box::new(HierarchicalRouter::new(cfg.clone(), experts))
+        }
         RouterConfig::Sinkhorn { .. } => Box::new(SinkhornRouter::new(cfg.clone(), experts)),
     })
 }
@@ -121,7 +130,10 @@ pub fn build(cfg: &RouterConfig, experts: usize) -> Result<Box<dyn Router>> {
 /// Host copy of a 2-D tensor as row-major f64 plus its column count.
 pub fn host(t: &Tensor) -> Result<(Vec<f64>, usize)> {
     let (_, cols) = t.dims2()?;
-    Ok((t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?, cols))
+    Ok((
+        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?,
+        cols,
+    ))
 }
 
 /// Indices of the `k` largest values among `candidates`, descending; ties go to the lower
@@ -138,8 +150,19 @@ const INSERTION_TOP_K: usize = 16;
 
 /// [`top_k`] into a reused buffer (cleared first): no allocation once `out` has capacity,
 /// and no full sort of the candidates.
-pub fn top_k_into(values: &[f64], k: usize, candidates: impl Iterator<Item = usize>, out: &mut Vec<usize>) {
-    let key = |i: usize| if values[i].is_nan() { f64::NEG_INFINITY } else { values[i] };
+pub fn top_k_into(
+    values: &[f64],
+    k: usize,
+    candidates: impl Iterator<Item = usize>,
+    out: &mut Vec<usize>,
+) {
+    let key = |i: usize| {
+        if values[i].is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            values[i]
+        }
+    };
     // `a` ranks before `b`: larger value, then lower index
     let before = |a: usize, b: usize| key(b).total_cmp(&key(a)).then(a.cmp(&b));
     out.clear();
@@ -207,8 +230,12 @@ pub(crate) fn mask_unavailable(logits: &Tensor, available: Option<&[bool]>) -> R
     match available {
         None => Ok(logits.clone()),
         Some(a) => {
-            let row: Vec<f64> = a.iter().map(|&ok| if ok { 0.0 } else { UNAVAILABLE_LOGIT }).collect();
-            let row = Tensor::from_vec(row, (1, a.len()), logits.device())?.to_dtype(logits.dtype())?;
+            let row: Vec<f64> = a
+                .iter()
+                .map(|&ok| if ok { 0.0 } else { UNAVAILABLE_LOGIT })
+                .collect();
+            let row =
+                Tensor::from_vec(row, (1, a.len()), logits.device())?.to_dtype(logits.dtype())?;
             Ok(logits.broadcast_add(&row)?)
         }
     }
@@ -218,7 +245,10 @@ pub(crate) fn mask_unavailable(logits: &Tensor, available: Option<&[bool]>) -> R
 pub(crate) fn expect_cols(input: &RouterInput<'_>, cols: usize, who: &'static str) -> Result<()> {
     let dims = input.gate_out.dims();
     if dims.len() != 2 || dims[1] != cols {
-        return Err(MoeError::input(who, format!("gate output has shape {dims:?}, expected [T, {cols}]")));
+        return Err(MoeError::input(
+            who,
+            format!("gate output has shape {dims:?}, expected [T, {cols}]"),
+        ));
     }
     Ok(())
 }

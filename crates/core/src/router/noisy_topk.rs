@@ -6,7 +6,10 @@
 use candle_core::Tensor;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::{expect_cols, host, mask_unavailable, masked_softmax, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, masked_softmax, plan_mask, softmax, top_k, Router,
+    RouterInput, RouterOutput,
+};
 use crate::config::RouterConfig;
 use crate::expert::softplus;
 use crate::plan::DispatchPlan;
@@ -47,7 +50,9 @@ impl Router for NoisyTopKRouter {
         let (noisy, std) = if input.train {
             // std = softplus(x · W_noise) + noise_epsilon
             let std = (softplus(&input.gate_out.narrow(1, e, e)?)? + NOISE_FLOOR)?;
-            let eps: Vec<f64> = (0..t * e).map(|_| StandardNormal.sample(&mut *input.rng)).collect();
+            let eps: Vec<f64> = (0..t * e)
+                .map(|_| StandardNormal.sample(&mut *input.rng))
+                .collect();
             let eps = Tensor::from_vec(eps, (t, e), clean.device())?.to_dtype(clean.dtype())?;
             ((&clean + (eps * &std)?)?, Some(std))
         } else {
@@ -56,7 +61,11 @@ impl Router for NoisyTopKRouter {
         let (vals, _) = host(&noisy)?;
         let mut pairs = Vec::with_capacity(t * self.k);
         for tok in 0..t {
-            for x in top_k(&vals[tok * e..(tok + 1) * e], self.k, (0..e).filter(|&x| input.is_available(x))) {
+            for x in top_k(
+                &vals[tok * e..(tok + 1) * e],
+                self.k,
+                (0..e).filter(|&x| input.is_available(x)),
+            ) {
                 pairs.push((tok as u32, x as u32));
             }
         }
@@ -67,6 +76,12 @@ impl Router for NoisyTopKRouter {
             Some(std) => Some(losses::load(&clean, &noisy, std, self.k)?),
             None => None,
         };
-        Ok(RouterOutput { plan, dense, probs: softmax(&clean)?, logits: Some(raw), load_loss })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs: softmax(&clean)?,
+            logits: Some(raw),
+            load_loss,
+        })
     }
 }

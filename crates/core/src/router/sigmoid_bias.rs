@@ -6,7 +6,10 @@
 //! each optimiser step `b_i += γ · sign(mean_load − load_i)`: overloaded experts become less
 //! attractive. The bias is not a parameter and gets no gradient.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, safe_row_normalize, top_k, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, plan_mask, safe_row_normalize, top_k, Router, RouterInput,
+    RouterOutput,
+};
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::{MoeError, Result};
@@ -20,7 +23,10 @@ pub struct BiasBalancer {
 
 impl BiasBalancer {
     pub fn new(experts: usize, rate: f64) -> Self {
-        Self { bias: vec![0.0; experts], rate }
+        Self {
+            bias: vec![0.0; experts],
+            rate,
+        }
     }
 
     /// `b_i += γ · sign(mean − load_i)` (no change for an expert exactly at the mean).
@@ -41,7 +47,11 @@ impl BiasBalancer {
         if name != "selection_bias" || values.len() != self.bias.len() {
             return Err(MoeError::input(
                 "BiasBalancer::load",
-                format!("expected `selection_bias` with {} values, got `{name}` with {}", self.bias.len(), values.len()),
+                format!(
+                    "expected `selection_bias` with {} values, got `{name}` with {}",
+                    self.bias.len(),
+                    values.len()
+                ),
             ));
         }
         self.bias.copy_from_slice(values);
@@ -59,8 +69,21 @@ pub struct SigmoidBiasRouter {
 
 impl SigmoidBiasRouter {
     pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::SigmoidBias { k, bias_update_rate, scaling } = cfg else { unreachable!() };
-        Self { cfg, experts, k, scaling, balancer: BiasBalancer::new(experts, bias_update_rate) }
+        let RouterConfig::SigmoidBias {
+            k,
+            bias_update_rate,
+            scaling,
+        } = cfg
+        else {
+            unreachable!()
+        };
+        Self {
+            cfg,
+            experts,
+            k,
+            scaling,
+            balancer: BiasBalancer::new(experts, bias_update_rate),
+        }
     }
 }
 

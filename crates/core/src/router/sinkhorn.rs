@@ -7,7 +7,10 @@
 //! torch (Megatron): `norm_logits = sinkhorn(logits); _, idx = torch.topk(norm_logits, k);
 //! scores = torch.gather(torch.sigmoid(logits), 1, idx)`.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput,
+    RouterOutput,
+};
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -25,7 +28,11 @@ pub struct SinkhornRouter {
 pub fn sinkhorn(logits: &[f64], t: usize, e: usize, max_iter: usize) -> Vec<f64> {
     const EPS: f64 = 1e-8;
     // shift by the global max: a constant factor the scalings absorb
-    let m = logits.iter().cloned().filter(|x| x.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+    let m = logits
+        .iter()
+        .cloned()
+        .filter(|x| x.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
     let m = if m.is_finite() { m } else { 0.0 };
     let cost: Vec<f64> = logits.iter().map(|&x| (x - m).exp()).collect();
     let (mut d0, mut d1) = (vec![1.0; t], vec![1.0; e]);
@@ -44,7 +51,9 @@ pub fn sinkhorn(logits: &[f64], t: usize, e: usize, max_iter: usize) -> Vec<f64>
             break;
         }
     }
-    (0..t * e).map(|i| d1[i % e] * cost[i] * d0[i / e]).collect()
+    (0..t * e)
+        .map(|i| d1[i % e] * cost[i] * d0[i / e])
+        .collect()
 }
 
 impl SinkhornRouter {
@@ -61,22 +70,38 @@ impl Router for SinkhornRouter {
         self.experts
     }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
-        let RouterConfig::Sinkhorn { k, iterations } = self.cfg else { unreachable!() };
+        let RouterConfig::Sinkhorn { k, iterations } = self.cfg else {
+            unreachable!()
+        };
         let e = self.experts;
         expect_cols(&input, e, "sinkhorn router")?;
         let t = input.num_tokens();
         let logits = mask_unavailable(input.gate_out, input.available)?;
         let (l, _) = host(&logits)?;
-        let select = if input.train { sinkhorn(&l, t, e, iterations) } else { l };
+        let select = if input.train {
+            sinkhorn(&l, t, e, iterations)
+        } else {
+            l
+        };
         let mut pairs = Vec::with_capacity(t * k);
         for tok in 0..t {
-            for x in top_k(&select[tok * e..(tok + 1) * e], k, (0..e).filter(|&x| input.is_available(x))) {
+            for x in top_k(
+                &select[tok * e..(tok + 1) * e],
+                k,
+                (0..e).filter(|&x| input.is_available(x)),
+            ) {
                 pairs.push((tok as u32, x as u32));
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let scores = candle_nn::ops::sigmoid(&logits)?;
         let dense = (&scores * plan_mask(&plan, &scores)?)?;
-        Ok(RouterOutput { plan, dense, probs: softmax(&logits)?, logits: Some(input.gate_out.clone()), load_loss: None })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs: softmax(&logits)?,
+            logits: Some(input.gate_out.clone()),
+            load_loss: None,
+        })
     }
 }

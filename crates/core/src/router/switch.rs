@@ -8,7 +8,10 @@
 //! higher router probability first (Batch Prioritized Routing, Riquelme et al. 2021).
 //! Weights are the router probabilities of the kept experts, `p_i(x)` as in Switch.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput,
+    RouterOutput,
+};
 use crate::config::{DropPolicy, RouterConfig};
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -25,10 +28,20 @@ impl SwitchRouter {
 
     /// Tokens each expert may take for a batch of `tokens`.
     pub fn capacity(&self, tokens: usize, train: bool) -> usize {
-        let RouterConfig::Switch { k, capacity_factor, eval_capacity_factor, .. } = self.cfg else {
+        let RouterConfig::Switch {
+            k,
+            capacity_factor,
+            eval_capacity_factor,
+            ..
+        } = self.cfg
+        else {
             unreachable!("SwitchRouter holds a switch config")
         };
-        let cf = if train { capacity_factor } else { eval_capacity_factor.unwrap_or(capacity_factor) };
+        let cf = if train {
+            capacity_factor
+        } else {
+            eval_capacity_factor.unwrap_or(capacity_factor)
+        };
         ((cf * (tokens * k) as f64 / self.experts as f64).ceil() as usize).max(1)
     }
 }
@@ -41,7 +54,9 @@ impl Router for SwitchRouter {
         self.experts
     }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
-        let RouterConfig::Switch { k, drop_policy, .. } = self.cfg else { unreachable!() };
+        let RouterConfig::Switch { k, drop_policy, .. } = self.cfg else {
+            unreachable!()
+        };
         let e = self.experts;
         expect_cols(&input, e, "switch router")?;
         let t = input.num_tokens();
@@ -49,7 +64,13 @@ impl Router for SwitchRouter {
         let probs = softmax(&logits)?;
         let (p, _) = host(&probs)?;
         let choices: Vec<Vec<usize>> = (0..t)
-            .map(|tok| top_k(&p[tok * e..(tok + 1) * e], k, (0..e).filter(|&x| input.is_available(x))))
+            .map(|tok| {
+                top_k(
+                    &p[tok * e..(tok + 1) * e],
+                    k,
+                    (0..e).filter(|&x| input.is_available(x)),
+                )
+            })
             .collect();
         let cap = self.capacity(t, input.train);
         let mut used = vec![0usize; e];
@@ -70,6 +91,12 @@ impl Router for SwitchRouter {
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let dense = (&probs * plan_mask(&plan, &probs)?)?;
-        Ok(RouterOutput { plan, dense, probs, logits: Some(input.gate_out.clone()), load_loss: None })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs,
+            logits: Some(input.gate_out.clone()),
+            load_loss: None,
+        })
     }
 }

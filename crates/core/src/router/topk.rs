@@ -1,7 +1,10 @@
 //! Softmax top-k token-choice routing (Shazeer et al. 2017 without noise; GShard, Mixtral).
 //! torch: `probs = softmax(logits); w, idx = torch.topk(probs, k)`.
 
-use super::{expect_cols, host, mask_unavailable, plan_mask, softmax, top_k_into, Router, RouterInput, RouterOutput};
+use super::{
+    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k_into, Router, RouterInput,
+    RouterOutput,
+};
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::Result;
@@ -35,12 +38,23 @@ impl Router for TopKRouter {
         let mut chosen = Vec::with_capacity(self.k);
         for tok in 0..t {
             let row = &vals[tok * e..(tok + 1) * e];
-            top_k_into(row, self.k, (0..e).filter(|&x| input.is_available(x)), &mut chosen);
+            top_k_into(
+                row,
+                self.k,
+                (0..e).filter(|&x| input.is_available(x)),
+                &mut chosen,
+            );
             pairs.extend(chosen.iter().map(|&x| (tok as u32, x as u32)));
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let probs = softmax(&logits)?;
         let dense = (&probs * plan_mask(&plan, &probs)?)?;
-        Ok(RouterOutput { plan, dense, probs, logits: Some(input.gate_out.clone()), load_loss: None })
+        Ok(RouterOutput {
+            plan,
+            dense,
+            probs,
+            logits: Some(input.gate_out.clone()),
+            load_loss: None,
+        })
     }
 }

@@ -7,10 +7,19 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-pub const ARCHS: [&str; 6] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"];
+pub const ARCHS: [&str; 6] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+];
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A fresh, empty scratch directory under the system temp dir.
@@ -44,21 +53,53 @@ pub struct Expected {
 }
 
 pub fn expected(name: &str) -> Expected {
-    let t = candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu).unwrap();
-    let ids = t["input_ids"].flatten_all().unwrap().to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect();
-    let greedy = t["greedy"].to_vec1::<i64>().unwrap().into_iter().map(|x| x as u32).collect();
+    let t =
+        candle_core::safetensors::load(fixture(name).join("expected.safetensors"), &Device::Cpu)
+            .unwrap();
+    let ids = t["input_ids"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
+    let greedy = t["greedy"]
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
     let mut layers = BTreeMap::new();
     for k in t.keys() {
         if let Some(i) = k.strip_prefix("router_logits.") {
             let chosen = t[&format!("chosen_experts.{i}")].to_vec2::<i64>().unwrap();
-            let w = t[&format!("routing_weights.{i}")].to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+            let w = t[&format!("routing_weights.{i}")]
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
             layers.insert(i.parse().unwrap(), (t[k].clone(), chosen, w));
         }
     }
-    Expected { ids, logits: t["logits"].squeeze(0).unwrap(), layers, greedy }
+    Expected {
+        ids,
+        logits: t["logits"].squeeze(0).unwrap(),
+        layers,
+        greedy,
+    }
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

@@ -25,14 +25,20 @@ pub fn tiny_cfg() -> LmConfig {
         n_layers: 2,
         n_heads: 2,
         max_seq_len: 32,
-        ffn: FfnConfig { dense_hidden: 24, sparse: LayerFfn::Moe(tiny_moe(D)), moe_every: 1, first_dense: 0 },
+        ffn: FfnConfig {
+            dense_hidden: 24,
+            sparse: LayerFfn::Moe(tiny_moe(D)),
+            moe_every: 1,
+            first_dense: 0,
+        },
         ..Default::default()
     }
 }
 
 pub fn build(cfg: &LmConfig, seed: u64, dtype: DType) -> (ParamStore, MoeLm) {
     let store = ParamStore::new();
-    let lm = MoeLm::new(&ParamBuilder::new(&store, seed, dtype, &Device::Cpu), cfg).expect("valid config");
+    let lm = MoeLm::new(&ParamBuilder::new(&store, seed, dtype, &Device::Cpu), cfg)
+        .expect("valid config");
     (store, lm)
 }
 
@@ -43,8 +49,23 @@ pub fn ids(b: usize, l: usize) -> Tensor {
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let b = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let a = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     assert_eq!(a.len(), b.len());
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }

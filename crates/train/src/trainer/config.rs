@@ -204,7 +204,11 @@ impl Default for LoopConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { metrics: true, every: 10, progress: true }
+        Self {
+            metrics: true,
+            every: 10,
+            progress: true,
+        }
     }
 }
 
@@ -212,11 +216,16 @@ impl TrainConfig {
     /// Checks every key once, at the boundary; the error names the key and how to fix it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate().map_err(|e| match e {
-            ModelError::Config { field, reason } => ConfigError::invalid(format!("model.{field}"), reason),
+            ModelError::Config { field, reason } => {
+                ConfigError::invalid(format!("model.{field}"), reason)
+            }
             other => ConfigError::invalid("model", other.to_string()),
         })?;
         if self.run_dir.as_os_str().is_empty() {
-            return Err(ConfigError::invalid("run_dir", "must name a directory, e.g. \"runs/tiny\""));
+            return Err(ConfigError::invalid(
+                "run_dir",
+                "must name a directory, e.g. \"runs/tiny\"",
+            ));
         }
         self.validate_data()?;
         self.validate_loop()?;
@@ -226,7 +235,10 @@ impl TrainConfig {
     fn validate_data(&self) -> Result<(), ConfigError> {
         let d = &self.data;
         if d.seq_len == 0 {
-            return Err(ConfigError::invalid("data.seq_len", "must be at least 1; 128 is usual"));
+            return Err(ConfigError::invalid(
+                "data.seq_len",
+                "must be at least 1; 128 is usual",
+            ));
         }
         if d.seq_len > self.model.max_seq_len {
             return Err(ConfigError::invalid(
@@ -240,18 +252,28 @@ impl TrainConfig {
         if !(d.valid_fraction > 0.0 && d.valid_fraction < 1.0) {
             return Err(ConfigError::invalid(
                 "data.valid_fraction",
-                format!("{} must be strictly between 0 and 1, e.g. 0.1", d.valid_fraction),
+                format!(
+                    "{} must be strictly between 0 and 1, e.g. 0.1",
+                    d.valid_fraction
+                ),
             ));
         }
         if d.path.is_none() && (d.docs_per_domain < 2 || d.doc_bytes == 0) {
-            let key = if d.doc_bytes == 0 { "data.doc_bytes" } else { "data.docs_per_domain" };
+            let key = if d.doc_bytes == 0 {
+                "data.doc_bytes"
+            } else {
+                "data.docs_per_domain"
+            };
             return Err(ConfigError::invalid(
                 key,
                 "the built-in corpus needs at least 2 documents per domain (one for validation) of at least 1 byte",
             ));
         }
         if d.max_valid_windows == 0 {
-            return Err(ConfigError::invalid("data.max_valid_windows", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "data.max_valid_windows",
+                "must be at least 1",
+            ));
         }
         if self.model.vocab_size < BYTE_VOCAB_SIZE {
             return Err(ConfigError::invalid(
@@ -271,7 +293,10 @@ impl TrainConfig {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(ConfigError::invalid(key, format!("{v} must be a finite number >= 0; {hint}")))
+                Err(ConfigError::invalid(
+                    key,
+                    format!("{v} must be a finite number >= 0; {hint}"),
+                ))
             }
         };
         finite_nonneg("optim.lr", o.lr, "3e-3 suits the small models here")?;
@@ -279,31 +304,51 @@ impl TrainConfig {
         if o.min_lr > o.lr {
             return Err(ConfigError::invalid(
                 "optim.min_lr",
-                format!("{} exceeds optim.lr = {}; the schedule decays from lr to min_lr", o.min_lr, o.lr),
+                format!(
+                    "{} exceeds optim.lr = {}; the schedule decays from lr to min_lr",
+                    o.min_lr, o.lr
+                ),
             ));
         }
         if o.warmup_steps > self.train.steps {
             return Err(ConfigError::invalid(
                 "optim.warmup_steps",
-                format!("{} exceeds train.steps = {}; warm up for a fraction of the run", o.warmup_steps, self.train.steps),
+                format!(
+                    "{} exceeds train.steps = {}; warm up for a fraction of the run",
+                    o.warmup_steps, self.train.steps
+                ),
             ));
         }
         finite_nonneg("optim.weight_decay", o.weight_decay, "0 turns decay off")?;
-        finite_nonneg("optim.clip_grad_norm", o.clip_grad_norm, "0 turns clipping off, 1.0 is usual")?;
+        finite_nonneg(
+            "optim.clip_grad_norm",
+            o.clip_grad_norm,
+            "0 turns clipping off, 1.0 is usual",
+        )?;
         for (key, b) in [("optim.beta1", o.beta1), ("optim.beta2", o.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(ConfigError::invalid(key, format!("{b} is outside [0, 1); 0.9 and 0.95 are usual")));
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{b} is outside [0, 1); 0.9 and 0.95 are usual"),
+                ));
             }
         }
         if !(o.eps.is_finite() && o.eps > 0.0) {
-            return Err(ConfigError::invalid("optim.eps", format!("{} must be finite and > 0, e.g. 1e-8", o.eps)));
+            return Err(ConfigError::invalid(
+                "optim.eps",
+                format!("{} must be finite and > 0, e.g. 1e-8", o.eps),
+            ));
         }
         Ok(())
     }
 
     fn validate_loop(&self) -> Result<(), ConfigError> {
         let t = &self.train;
-        for (key, v) in [("train.steps", t.steps as usize), ("train.batch_size", t.batch_size), ("train.grad_accum", t.grad_accum)] {
+        for (key, v) in [
+            ("train.steps", t.steps as usize),
+            ("train.batch_size", t.batch_size),
+            ("train.grad_accum", t.grad_accum),
+        ] {
             if v == 0 {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
             }
@@ -311,7 +356,10 @@ impl TrainConfig {
         if !(t.spike_factor.is_finite() && (t.spike_factor == 0.0 || t.spike_factor > 1.0)) {
             return Err(ConfigError::invalid(
                 "train.spike_factor",
-                format!("{} must be 0 (off) or a finite number > 1, e.g. 3", t.spike_factor),
+                format!(
+                    "{} must be 0 (off) or a finite number > 1, e.g. 3",
+                    t.spike_factor
+                ),
             ));
         }
         if !(t.collapse_share > 0.0 && t.collapse_share <= 1.0) {

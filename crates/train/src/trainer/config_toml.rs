@@ -30,18 +30,29 @@ const SPARSE_D_MODEL: &[&str] = &["model", "ffn", "sparse", "d_model"];
 /// Deserialises `model.ffn.sparse` as an [`MoeConfig`] on its own, for an error whose key
 /// reaches inside it (up to the next tagged enum, e.g. `model.ffn.sparse.router`).
 fn moe_error(input: &Value) -> Option<ConfigError> {
-    let mut sparse = input.get("model")?.get("ffn")?.get("sparse")?.as_table()?.clone();
+    let mut sparse = input
+        .get("model")?
+        .get("ffn")?
+        .get("sparse")?
+        .as_table()?
+        .clone();
     if sparse.remove("type")?.as_str()? != "moe" {
         return None;
     }
     let err = serde_path_to_error::deserialize::<_, MoeConfig>(Value::Table(sparse)).err()?;
-    Some(ConfigError::BadValue { key: format!("{SPARSE_KEY}.{}", err.path()), message: value_message(err.into_inner()) })
+    Some(ConfigError::BadValue {
+        key: format!("{SPARSE_KEY}.{}", err.path()),
+        message: value_message(err.into_inner()),
+    })
 }
 
 /// toml's message without its own trailing "in `key`" line (the error names the key).
 fn value_message(e: toml::de::Error) -> String {
     let text = e.to_string();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("in `") && !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("in `") && !l.trim().is_empty())
+        .collect();
     lines.join("; ")
 }
 
@@ -50,7 +61,10 @@ fn to_table(cfg: &TrainConfig) -> Result<Table, ConfigError> {
     match Value::try_from(cfg) {
         Ok(Value::Table(t)) => Ok(t),
         Ok(_) => unreachable!("a struct serialises to a table"),
-        Err(e) => Err(ConfigError::BadValue { key: "(config)".into(), message: format!("cannot be represented as TOML: {e}") }),
+        Err(e) => Err(ConfigError::BadValue {
+            key: "(config)".into(),
+            message: format!("cannot be represented as TOML: {e}"),
+        }),
     }
 }
 
@@ -64,7 +78,9 @@ fn lookup<'a>(table: &'a Table, path: &[&str]) -> Option<&'a Value> {
 }
 
 fn remove(table: &mut Table, path: &[&str]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut t = table;
     for p in parents {
         match t.get_mut(*p).and_then(Value::as_table_mut) {
@@ -78,11 +94,17 @@ fn remove(table: &mut Table, path: &[&str]) {
 impl TrainConfig {
     /// Parses `text`, applies `overrides` (`key.path=value`, in order), validates.
     /// `origin` names the file in syntax errors.
-    pub fn from_toml_str(text: &str, origin: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
-        let file: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.map(Path::to_path_buf),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+    pub fn from_toml_str(
+        text: &str,
+        origin: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<Self, ConfigError> {
+        let file: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                path: origin.map(Path::to_path_buf),
+                message: e.to_string().trim_end().to_string(),
+            })?;
         let sparse_d_model_given = lookup(&file, SPARSE_D_MODEL).is_some();
         let mut cfg = Self::from_table(file)?;
         if !overrides.is_empty() {
@@ -105,8 +127,10 @@ impl TrainConfig {
 
     /// [`TrainConfig::from_toml_str`] of a file's contents.
     pub fn from_toml_file(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml_str(&text, Some(path), overrides)
     }
 
@@ -126,8 +150,15 @@ impl TrainConfig {
                     return inner;
                 }
             }
-            let key = if key == "." { "(top level)".to_string() } else { key };
-            ConfigError::BadValue { key, message: value_message(e.into_inner()) }
+            let key = if key == "." {
+                "(top level)".to_string()
+            } else {
+                key
+            };
+            ConfigError::BadValue {
+                key,
+                message: value_message(e.into_inner()),
+            }
         })?;
         check_known_keys(&input, &Value::Table(to_table(&cfg)?), "")?;
         Ok(cfg)
@@ -144,23 +175,34 @@ impl TrainConfig {
 /// one is taken as a bare string, so `run_dir=runs/x` needs no quotes. Missing tables on the
 /// path are created; a numeric segment indexes an array (`experts.0.hidden=32`).
 pub fn apply_override(table: &mut Table, assignment: &str) -> Result<(), ConfigError> {
-    let fail = |reason: String| ConfigError::Override { assignment: assignment.to_string(), reason };
+    let fail = |reason: String| ConfigError::Override {
+        assignment: assignment.to_string(),
+        reason,
+    };
     let Some((key, raw)) = assignment.split_once('=') else {
         return Err(fail("expected KEY=VALUE, e.g. optim.lr=1e-3".into()));
     };
     let key = key.trim();
     let path: Vec<&str> = key.split('.').collect();
     if key.is_empty() || path.iter().any(|s| s.is_empty()) {
-        return Err(fail(format!("`{key}` is not a dotted key path like train.steps")));
+        return Err(fail(format!(
+            "`{key}` is not a dotted key path like train.steps"
+        )));
     }
-    let (last, parents) = path.split_last().expect("split yields at least one segment");
-    let (first, rest) = parents.split_first().map_or((*last, &[][..]), |(f, r)| (*f, r));
+    let (last, parents) = path
+        .split_last()
+        .expect("split yields at least one segment");
+    let (first, rest) = parents
+        .split_first()
+        .map_or((*last, &[][..]), |(f, r)| (*f, r));
     let value = parse_value(raw.trim());
     if parents.is_empty() {
         table.insert(last.to_string(), value);
         return Ok(());
     }
-    let mut node = table.entry(first.to_string()).or_insert_with(|| Value::Table(Table::new()));
+    let mut node = table
+        .entry(first.to_string())
+        .or_insert_with(|| Value::Table(Table::new()));
     for (i, seg) in rest.iter().enumerate() {
         let at = path[..=i + 1].join(".");
         node = child_mut(node, seg).map_err(|r| fail(format!("at `{at}`: {r}")))?;
@@ -173,17 +215,26 @@ pub fn apply_override(table: &mut Table, assignment: &str) -> Result<(), ConfigE
         Value::Array(a) => {
             let len = a.len();
             let slot = last.parse::<usize>().ok().and_then(|i| a.get_mut(i));
-            *slot.ok_or_else(|| fail(format!("`{last}` is not an index of the array's {len} entries")))? = value;
+            *slot.ok_or_else(|| {
+                fail(format!(
+                    "`{last}` is not an index of the array's {len} entries"
+                ))
+            })? = value;
             Ok(())
         }
-        _ => Err(fail(format!("`{}` holds a value, not a table", parents.join(".")))),
+        _ => Err(fail(format!(
+            "`{}` holds a value, not a table",
+            parents.join(".")
+        ))),
     }
 }
 
 /// The child `seg` of a table (created as an empty table if missing) or array (by index).
 fn child_mut<'a>(node: &'a mut Value, seg: &str) -> Result<&'a mut Value, String> {
     match node {
-        Value::Table(t) => Ok(t.entry(seg.to_string()).or_insert_with(|| Value::Table(Table::new()))),
+        Value::Table(t) => Ok(t
+            .entry(seg.to_string())
+            .or_insert_with(|| Value::Table(Table::new()))),
         Value::Array(a) => {
             let len = a.len();
             seg.parse::<usize>()
@@ -191,7 +242,10 @@ fn child_mut<'a>(node: &'a mut Value, seg: &str) -> Result<&'a mut Value, String
                 .and_then(move |i| a.get_mut(i))
                 .ok_or_else(|| format!("`{seg}` is not an index of the array's {len} entries"))
         }
-        other => Err(format!("holds the {} {other}, not a table", other.type_str())),
+        other => Err(format!(
+            "holds the {} {other}, not a table",
+            other.type_str()
+        )),
     }
 }
 
@@ -216,17 +270,29 @@ fn expand_shorthands(table: &mut Table) -> Result<(), ConfigError> {
 
 /// `model.ffn.sparse` when it is an MoE layer; a missing `type` is taken to be `"moe"`.
 fn moe_table(table: &mut Table) -> Option<&mut Table> {
-    let sparse = table.get_mut("model")?.as_table_mut()?.get_mut("ffn")?.as_table_mut()?.get_mut("sparse")?.as_table_mut()?;
-    let ty = sparse.entry("type").or_insert_with(|| Value::String("moe".into()));
+    let sparse = table
+        .get_mut("model")?
+        .as_table_mut()?
+        .get_mut("ffn")?
+        .as_table_mut()?
+        .get_mut("sparse")?
+        .as_table_mut()?;
+    let ty = sparse
+        .entry("type")
+        .or_insert_with(|| Value::String("moe".into()));
     let is_moe = ty.as_str() == Some("moe");
     is_moe.then_some(sparse)
 }
 
 /// `experts = { count = N, ... }` → an array of N equal experts (also `shared_experts`).
 fn expand_expert_counts(table: &mut Table) -> Result<(), ConfigError> {
-    let Some(sparse) = moe_table(table) else { return Ok(()) };
+    let Some(sparse) = moe_table(table) else {
+        return Ok(());
+    };
     for list in ["experts", "shared_experts"] {
-        let Some(Value::Table(spec)) = sparse.get(list) else { continue };
+        let Some(Value::Table(spec)) = sparse.get(list) else {
+            continue;
+        };
         let key = format!("model.ffn.sparse.{list}");
         let mut spec = spec.clone();
         let count = match spec.remove(COUNT_KEY) {
@@ -258,12 +324,20 @@ fn check_known_keys(input: &Value, known: &Value, prefix: &str) -> Result<(), Co
     match (input, known) {
         (Value::Table(a), Value::Table(b)) => {
             for (k, v) in a {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 match b.get(k) {
                     Some(kv) => check_known_keys(v, kv, &key)?,
                     None => {
                         let suggestion = closest(k, b.keys()).map(|s| {
-                            if prefix.is_empty() { s.to_string() } else { format!("{prefix}.{s}") }
+                            if prefix.is_empty() {
+                                s.to_string()
+                            } else {
+                                format!("{prefix}.{s}")
+                            }
                         });
                         return Err(ConfigError::UnknownKey { key, suggestion });
                     }
@@ -298,7 +372,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, &x) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, &y) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(x != y)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(x != y))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

@@ -12,7 +12,10 @@ use switchyard_models::ModelError;
 pub enum ConfigError {
     /// The TOML text does not parse; `message` carries the line and column.
     #[error("{}: {message}", path.as_ref().map_or("config".into(), |p| p.display().to_string()))]
-    Syntax { path: Option<PathBuf>, message: String },
+    Syntax {
+        path: Option<PathBuf>,
+        message: String,
+    },
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
         path: PathBuf,
@@ -21,7 +24,10 @@ pub enum ConfigError {
     },
     /// A key that no part of the config knows (a typo, or a key in the wrong section).
     #[error("unknown config key `{key}`{}", suggestion.as_ref().map_or(String::new(), |s| format!("; did you mean `{s}`?")))]
-    UnknownKey { key: String, suggestion: Option<String> },
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
     /// A value of the wrong type or shape for its key.
     #[error("config key `{key}`: {message}")]
     BadValue { key: String, message: String },
@@ -35,7 +41,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { key: key.into(), reason: reason.into() }
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -51,7 +60,12 @@ pub enum RunError {
          and no checkpoint written{}",
         last_checkpoint.as_ref().map_or(String::new(), |p| format!(", the last good checkpoint is {}", p.display()))
     )]
-    NonFinite { step: u64, what: &'static str, value: f64, last_checkpoint: Option<PathBuf> },
+    NonFinite {
+        step: u64,
+        what: &'static str,
+        value: f64,
+        last_checkpoint: Option<PathBuf>,
+    },
     /// A checkpoint cannot be resumed with this config.
     #[error("cannot resume from {}: {reason}", path.display())]
     Resume { path: PathBuf, reason: String },
@@ -81,7 +95,10 @@ impl From<switchyard_core::MoeError> for RunError {
 }
 
 impl RunError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| RunError::Io { op, path, source }
     }

@@ -61,7 +61,10 @@ pub fn evaluate(model: &MoeLm, data: &Dataset, max_windows: usize) -> RunResult<
     let moe_layers = model.cfg.moe_layers();
     let mut routing: Vec<LayerRouting> = moe_layers
         .iter()
-        .map(|&layer| LayerRouting { layer, counts: vec![Vec::new(); n_domains] })
+        .map(|&layer| LayerRouting {
+            layer,
+            counts: vec![Vec::new(); n_domains],
+        })
         .collect();
     let mut ctx = LmCtx::new(false, 0);
     let mut domains = Vec::with_capacity(n_domains);
@@ -83,7 +86,9 @@ pub fn evaluate(model: &MoeLm, data: &Dataset, max_windows: usize) -> RunResult<
                 if let Some(stats) = &report.stats {
                     let row = &mut slot.counts[d];
                     row.resize(stats.tokens_per_expert.len(), 0);
-                    row.iter_mut().zip(&stats.tokens_per_expert).for_each(|(r, c)| *r += c);
+                    row.iter_mut()
+                        .zip(&stats.tokens_per_expert)
+                        .for_each(|(r, c)| *r += c);
                 }
             }
         }
@@ -96,5 +101,9 @@ pub fn evaluate(model: &MoeLm, data: &Dataset, max_windows: usize) -> RunResult<
         total_tokens += tokens;
     }
     model.moe_layers().for_each(|m| m.discard_pending_load());
-    Ok(EvalResult { loss: total_nll / total_tokens.max(1) as f64, domains, routing })
+    Ok(EvalResult {
+        loss: total_nll / total_tokens.max(1) as f64,
+        domains,
+        routing,
+    })
 }

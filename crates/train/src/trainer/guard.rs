@@ -27,10 +27,14 @@ pub struct SpikeGuard {
 pub enum SpikeVerdict {
     Accept,
     /// Skip it: `loss > factor × mean`.
-    Skip { mean: f64 },
+    Skip {
+        mean: f64,
+    },
     /// Accept it although it is a spike, because too many steps in a row were skipped; the
     /// running window restarts.
-    Reset { mean: f64 },
+    Reset {
+        mean: f64,
+    },
 }
 
 impl SpikeGuard {

@@ -48,17 +48,36 @@ impl LayerAccumulator {
     pub fn add(&mut self, reports: &[LayerReport], tokens: usize) {
         let moe: Vec<&LayerReport> = reports.iter().filter(|r| r.is_moe).collect();
         if self.layers.is_empty() {
-            self.layers = moe.iter().map(|r| (LayerMetrics { layer: r.layer, ..Default::default() }, 0)).collect();
+            self.layers = moe
+                .iter()
+                .map(|r| {
+                    (
+                        LayerMetrics {
+                            layer: r.layer,
+                            ..Default::default()
+                        },
+                        0,
+                    )
+                })
+                .collect();
         }
         for ((m, dropped_tokens), r) in self.layers.iter_mut().zip(moe) {
-            let LossValues { switch_balance, importance, load, z } = r.losses;
+            let LossValues {
+                switch_balance,
+                importance,
+                load,
+                z,
+            } = r.losses;
             m.switch_balance += switch_balance;
             m.importance += importance;
             m.load += load;
             m.z += z;
             if let Some(s) = &r.stats {
                 m.tokens_per_expert.resize(s.tokens_per_expert.len(), 0);
-                m.tokens_per_expert.iter_mut().zip(&s.tokens_per_expert).for_each(|(a, b)| *a += b);
+                m.tokens_per_expert
+                    .iter_mut()
+                    .zip(&s.tokens_per_expert)
+                    .for_each(|(a, b)| *a += b);
                 m.entropy += s.entropy;
                 *dropped_tokens += (s.dropped_fraction * tokens as f64).round() as usize;
             }
@@ -74,14 +93,27 @@ impl LayerAccumulator {
         let out = std::mem::take(&mut self.layers)
             .into_iter()
             .map(|(mut m, dropped)| {
-                for v in [&mut m.switch_balance, &mut m.importance, &mut m.load, &mut m.z, &mut m.entropy] {
+                for v in [
+                    &mut m.switch_balance,
+                    &mut m.importance,
+                    &mut m.load,
+                    &mut m.z,
+                    &mut m.entropy,
+                ] {
                     *v /= n;
                 }
                 m.dropped_fraction = dropped as f64 / tokens;
                 let counts: Vec<f64> = m.tokens_per_expert.iter().map(|&c| c as f64).collect();
                 m.load_cv = coefficient_of_variation(&counts);
-                m.dead_experts = m.tokens_per_expert.iter().enumerate().filter(|(_, &c)| c == 0).map(|(e, _)| e).collect();
-                m.max_expert_share = m.tokens_per_expert.iter().copied().max().unwrap_or(0) as f64 / tokens;
+                m.dead_experts = m
+                    .tokens_per_expert
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c == 0)
+                    .map(|(e, _)| e)
+                    .collect();
+                m.max_expert_share =
+                    m.tokens_per_expert.iter().copied().max().unwrap_or(0) as f64 / tokens;
                 m
             })
             .collect();
@@ -140,7 +172,11 @@ impl EvalRecord {
             event: "eval".into(),
             step,
             val_loss: r.loss,
-            domains: r.domains.iter().map(|d| (d.domain.clone(), d.loss)).collect(),
+            domains: r
+                .domains
+                .iter()
+                .map(|d| (d.domain.clone(), d.loss))
+                .collect(),
         }
     }
 }
@@ -170,8 +206,12 @@ impl MetricsWriter {
             .truncate(true)
             .open(&path)
             .map_err(RunError::io("open", &path))?;
-        file.write_all(kept.as_bytes()).map_err(RunError::io("write", &path))?;
-        Ok(Self { out: Some(BufWriter::new(file)), path })
+        file.write_all(kept.as_bytes())
+            .map_err(RunError::io("write", &path))?;
+        Ok(Self {
+            out: Some(BufWriter::new(file)),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -179,15 +219,21 @@ impl MetricsWriter {
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> RunResult<()> {
-        let Some(out) = &mut self.out else { return Ok(()) };
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
         let line = serde_json::to_string(record).expect("metrics records serialise");
-        writeln!(out, "{line}").and_then(|()| out.flush()).map_err(RunError::io("write", &self.path))
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(RunError::io("write", &self.path))
     }
 }
 
 /// The lines of an existing metrics file whose `step` is at most `step`.
 fn lines_up_to(path: &Path, step: u64) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else { return String::new() };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
     text.lines()
         .filter(|l| {
             serde_json::from_str::<serde_json::Value>(l)

@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often the bar redraws at most.
 const REDRAW_HZ: u8 = 4;
-const TEMPLATE: &str = "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}";
+const TEMPLATE: &str =
+    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg} ETA {eta}";
 
 pub struct Progress {
     bar: ProgressBar,
@@ -19,8 +20,15 @@ impl Progress {
     pub fn new(total: u64, done: u64, enabled: bool) -> Self {
         let visible = enabled && std::io::stderr().is_terminal();
         let bar = if visible {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(REDRAW_HZ));
-            bar.set_style(ProgressStyle::with_template(TEMPLATE).expect("valid template").progress_chars("=> "));
+            let bar = ProgressBar::with_draw_target(
+                Some(total),
+                ProgressDrawTarget::stderr_with_hz(REDRAW_HZ),
+            );
+            bar.set_style(
+                ProgressStyle::with_template(TEMPLATE)
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
             bar.enable_steady_tick(Duration::from_millis(250));
             bar
         } else {
@@ -37,7 +45,8 @@ impl Progress {
 
     pub fn update(&self, step: u64, loss: f64, tokens_per_s: f64) {
         self.bar.set_position(step);
-        self.bar.set_message(format!("loss {loss:.4} | {tokens_per_s:.0} tok/s"));
+        self.bar
+            .set_message(format!("loss {loss:.4} | {tokens_per_s:.0} tok/s"));
     }
 
     /// Runs `f` (which prints or logs) with the bar cleared, then redraws it.

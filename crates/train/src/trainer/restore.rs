@@ -41,11 +41,17 @@ pub fn router_buffers(model: &MoeLm) -> BTreeMap<String, Vec<f32>> {
 
 /// Restores router buffers saved by [`router_buffers`]; every buffer the model has must be
 /// present and nothing else.
-pub fn load_router_buffers(model: &mut MoeLm, saved: &BTreeMap<String, Vec<f32>>, from: &Path) -> RunResult<()> {
+pub fn load_router_buffers(
+    model: &mut MoeLm,
+    saved: &BTreeMap<String, Vec<f32>>,
+    from: &Path,
+) -> RunResult<()> {
     let mut problems = Vec::new();
     let mut used = 0;
     for (i, block) in model.layers.iter_mut().enumerate() {
-        let Ffn::Moe(m) = &mut block.ffn else { continue };
+        let Ffn::Moe(m) = &mut block.ffn else {
+            continue;
+        };
         for (name, _) in m.router.buffers() {
             let key = buffer_key(i, &name);
             match saved.get(&key) {
@@ -61,24 +67,36 @@ pub fn load_router_buffers(model: &mut MoeLm, saved: &BTreeMap<String, Vec<f32>>
     }
     if used < saved.len() {
         let known = router_buffers(model);
-        problems.extend(saved.keys().filter(|k| !known.contains_key(*k)).map(|k| format!("unexpected router buffer `{k}`")));
+        problems.extend(
+            saved
+                .keys()
+                .filter(|k| !known.contains_key(*k))
+                .map(|k| format!("unexpected router buffer `{k}`")),
+        );
     }
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(RunError::Resume { path: from.into(), reason: format!("router buffers do not match: {}", problems.join("; ")) })
+        Err(RunError::Resume {
+            path: from.into(),
+            reason: format!("router buffers do not match: {}", problems.join("; ")),
+        })
     }
 }
 
 /// The run config stored in a checkpoint's `config.json`.
 pub fn checkpoint_config(ckpt: &Checkpoint) -> RunResult<TrainConfig> {
     let path = ckpt.dir.join(CONFIG_FILE);
-    let cfg: TrainConfig = serde_json::from_value(ckpt.config.clone()).map_err(|e| RunError::Resume {
-        path: path.clone(),
-        reason: format!("not a Switchyard training config: {e}"),
-    })?;
+    let cfg: TrainConfig =
+        serde_json::from_value(ckpt.config.clone()).map_err(|e| RunError::Resume {
+            path: path.clone(),
+            reason: format!("not a Switchyard training config: {e}"),
+        })?;
     // Only the model must be sound to load it; the rest is checked when training resumes.
-    cfg.model.validate().map_err(|e| RunError::Resume { path, reason: e.to_string() })?;
+    cfg.model.validate().map_err(|e| RunError::Resume {
+        path,
+        reason: e.to_string(),
+    })?;
     Ok(cfg)
 }
 
@@ -98,5 +116,10 @@ pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
     let (store, mut model) = build_model(&cfg)?;
     restore_into(&store, &checkpoint)?;
     load_router_buffers(&mut model, &checkpoint.state.buffers, &checkpoint.dir)?;
-    Ok(LoadedModel { cfg, model, store, checkpoint })
+    Ok(LoadedModel {
+        cfg,
+        model,
+        store,
+        checkpoint,
+    })
 }

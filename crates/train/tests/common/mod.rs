@@ -108,7 +108,10 @@ pub fn store_bits(store: &ParamStore) -> Vec<(String, Vec<u32>)> {
 /// 16, top-2) on a few tiny documents per domain of the built-in corpus, 16-token windows.
 pub fn tiny_run(run_dir: &Path) -> switchyard_train::TrainConfig {
     let cfg = switchyard_train::TrainConfig::from_overrides(&[
-        format!("run_dir={}", toml::Value::String(run_dir.display().to_string())),
+        format!(
+            "run_dir={}",
+            toml::Value::String(run_dir.display().to_string())
+        ),
         "model.d_model=16".into(),
         "model.n_layers=1".into(),
         "model.n_heads=2".into(),
