@@ -95,6 +95,8 @@ pub struct Trainer {
     resumed: bool,
     /// Per MoE layer: whether the collapse warning is currently raised (warn on entering).
     collapsed: Vec<bool>,
+    /// The bar of the current `run` (hidden outside it); logs go through `suspend`.
+    progress: Progress,
 }
 
 impl Trainer {
@@ -141,6 +143,7 @@ impl Trainer {
             tokens_seen: 0,
             last_checkpoint: None,
             resumed: false,
+            progress: Progress::new(0, 0, false),
         })
     }
 
@@ -221,7 +224,7 @@ impl Trainer {
             self.cfg.log.metrics,
             self.resumed.then_some(self.step),
         )?;
-        let progress = Progress::new(total, self.step, self.cfg.log.progress);
+        self.progress = Progress::new(total, self.step, self.cfg.log.progress);
         tracing::info!(
             run_dir = %self.cfg.run_dir.display(),
             params_total = self.model.num_params_total(),
@@ -235,27 +238,28 @@ impl Trainer {
             let record = match self.train_step() {
                 Ok(r) => r,
                 Err(e) => {
-                    progress.abandon();
+                    self.progress.abandon();
                     return Err(e);
                 }
             };
             metrics.write(&record)?;
-            progress.update(self.step, record.loss, record.tokens_per_s);
-            self.log_step(&record, &progress);
+            self.progress
+                .update(self.step, record.loss, record.tokens_per_s);
+            self.log_step(&record);
             let at = |every: u64| (every > 0 && self.step % every == 0) || self.step == total;
             if at(self.cfg.train.eval_every) {
                 let result = self.evaluate()?;
                 metrics.write(&EvalRecord::new(self.step, &result))?;
-                progress.suspend(|| log_eval(self.step, &result));
+                self.progress.suspend(|| log_eval(self.step, &result));
                 last_eval = Some(result);
             }
             if at(self.cfg.train.checkpoint_every) {
                 let dir = self.save_checkpoint()?;
-                progress
+                self.progress
                     .suspend(|| tracing::info!("step {}: checkpoint {}", self.step, dir.display()));
             }
         }
-        progress.finish();
+        self.progress.finish();
         let eval = match last_eval {
             Some(e) => e,
             None => self.evaluate()?, // resumed at the end: nothing was trained
@@ -337,19 +341,18 @@ impl Trainer {
             .spike
             .judge(loss, self.cfg.train.spike_factor, after_warmup);
         let skipped = matches!(verdict, SpikeVerdict::Skip { .. });
-        match verdict {
-            SpikeVerdict::Skip { mean } => tracing::warn!(
-                "step {step}: loss {loss:.4} > {} x running mean {mean:.4}; update skipped",
-                self.cfg.train.spike_factor
-            ),
+        let factor = self.cfg.train.spike_factor;
+        self.progress.suspend(|| match verdict {
+            SpikeVerdict::Skip { mean } => {
+                tracing::warn!("step {step}: loss {loss:.4} > {factor} x running mean {mean:.4}; update skipped")
+            }
             SpikeVerdict::Reset { mean } => tracing::warn!(
-                "step {step}: loss {loss:.4} is still above {} x {mean:.4} after {} skipped steps; \
+                "step {step}: loss {loss:.4} is still above {factor} x {mean:.4} after {} skipped steps; \
                  accepting it as the new level",
-                self.cfg.train.spike_factor,
                 guard::MAX_CONSECUTIVE_SKIPS
             ),
             SpikeVerdict::Accept => {}
-        }
+        });
         if skipped {
             self.model
                 .moe_layers()
@@ -448,22 +451,23 @@ impl Trainer {
                     .enumerate()
                     .max_by_key(|(_, &c)| c)
                     .map_or(0, |(e, _)| e);
-                tracing::warn!(
+                let step = self.step;
+                self.progress.suspend(|| tracing::warn!(
                     "step {}: expert collapse in layer {}: expert {expert} received {:.0}% of the tokens \
                      (more than {:.0}%); consider a larger balancing-loss weight or the sigmoid_bias router",
-                    self.step,
+                    step,
                     m.layer,
                     100.0 * m.max_expert_share,
                     100.0 * limit
-                );
+                ));
             }
             *flag = collapsed;
         }
     }
 
-    fn log_step(&self, r: &StepRecord, progress: &Progress) {
+    fn log_step(&self, r: &StepRecord) {
         let every = self.cfg.log.every;
-        if every == 0 || (r.step % every != 0 && r.step != 1) || progress.is_visible() {
+        if every == 0 || (r.step % every != 0 && r.step != 1) || self.progress.is_visible() {
             return;
         }
         tracing::info!(
