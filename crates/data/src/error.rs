@@ -91,4 +91,13 @@ pub enum DataError {
         "document domain `{domain}` is not in the domain index; build the index from the same documents"
     )]
     UnknownDomain { domain: String },
+
+    #[error(
+        "no tokenizer at {}; give the path of a HuggingFace tokenizer.json (or a directory holding one)",
+        path.display()
+    )]
+    MissingTokenizer { path: PathBuf },
+
+    #[error("cannot use the tokenizer {}: {reason}", path.display())]
+    Tokenizer { path: PathBuf, reason: String },
 }

@@ -6,6 +6,7 @@
 //!
 //! - [`corpus`]: seven seeded generators (`prose`, `arith`, `json`, `code`, `dna`, `logs`,
 //!   `cjk`) with clearly different byte statistics; same seed, same bytes.
+//! - [`hf_tokenizer`]: [`HfTokenizer`], a HuggingFace `tokenizer.json` behind the same trait.
 //! - [`tokenizer`]: the [`Tokenizer`] trait and the default [`ByteTokenizer`] (256 bytes +
 //!   BOS/EOS/PAD = 259 ids).
 //! - [`dataset`]: train/validation split by document, packing into `seq_len + 1` windows,
@@ -47,6 +48,7 @@ pub mod batch;
 pub mod corpus;
 pub mod dataset;
 pub mod error;
+pub mod hf_tokenizer;
 pub mod load;
 pub mod tokenizer;
 
@@ -54,6 +56,7 @@ pub use batch::{epoch_order, Batch, BatchIter, Cursor};
 pub use corpus::{generate, generate_domain, CorpusConfig, Document, Domain};
 pub use dataset::{split_documents, Dataset, DatasetConfig, DomainIndex, PackedSequences, Split};
 pub use error::DataError;
+pub use hf_tokenizer::{HfTokenizer, SpecialIds};
 pub use load::{chunk_text, load_domain_dir, load_text_file, DOC_CHUNK_BYTES};
 pub use tokenizer::{ByteTokenizer, Tokenizer};
 

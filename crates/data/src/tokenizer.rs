@@ -1,6 +1,6 @@
 //! Tokenizers: the small [`Tokenizer`] trait the dataset code is written against, and the
-//! default byte-level [`ByteTokenizer`]. A HuggingFace `tokenizer.json` tokenizer (the
-//! `tokenizers` crate) plugs in by implementing the trait in the crate that imports HF models.
+//! default byte-level [`ByteTokenizer`]. A HuggingFace `tokenizer.json` is
+//! [`crate::HfTokenizer`].
 
 /// Ids 0..=255 are the raw bytes; the specials follow them.
 pub const BYTE_VOCAB: usize = 256;

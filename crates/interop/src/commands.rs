@@ -100,7 +100,7 @@ pub fn resolve_ids(m: &LoadedModel, input: &IdsInput) -> Result<Vec<u32>> {
     match input {
         IdsInput::Ids(ids) => Ok(ids.clone()),
         IdsInput::Text(t) => match &m.tokenizer {
-            Some(tok) => tok.try_encode(t, true),
+            Some(tok) => Ok(tok.try_encode(t, true)?),
             None => {
                 let byte = ByteTokenizer;
                 Ok(std::iter::once(byte.bos()).chain(byte.encode(t)).collect())

@@ -87,9 +87,6 @@ pub enum InteropError {
     #[error("{path}: {reason}")]
     Safetensors { path: PathBuf, reason: String },
 
-    #[error("tokenizer {path}: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
-
     /// A Switchyard checkpoint directory could not be read or written.
     #[error(transparent)]
     Checkpoint(#[from] switchyard_train::CheckpointError),
@@ -102,6 +99,10 @@ pub enum InteropError {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// Reading a tokenizer (or data) failed.
+    #[error(transparent)]
+    Data(#[from] switchyard_data::DataError),
 }
 
 fn preview(names: &[String]) -> String {

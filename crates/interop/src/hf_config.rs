@@ -573,32 +573,7 @@ pub fn infer_arch(cfg: &LmConfig) -> Option<HfArch> {
         .find(|&a| check_representable(a, cfg).is_ok())
 }
 
-/// Token ids that `config.json` and `generation_config.json` carry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SpecialIds {
-    pub bos: Option<u32>,
-    pub eos: Option<u32>,
-    pub pad: Option<u32>,
-}
-
-impl SpecialIds {
-    pub fn from_config(config: &Value) -> Self {
-        let id = |k: &str| config.get(k).and_then(Value::as_u64).map(|n| n as u32);
-        // eos_token_id may be a list; take the first
-        let eos = id("eos_token_id").or_else(|| {
-            config
-                .get("eos_token_id")
-                .and_then(|v| v.get(0))
-                .and_then(Value::as_u64)
-                .map(|n| n as u32)
-        });
-        Self {
-            bos: id("bos_token_id"),
-            eos,
-            pad: id("pad_token_id"),
-        }
-    }
-}
+pub use switchyard_data::SpecialIds;
 
 /// A Hub-layout `config.json` for `cfg` as `arch` (call [`check_representable`] first).
 pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Result<Value> {

@@ -42,7 +42,9 @@ use crate::checkpoint::{
     RngState, SaveOptions, TrainState,
 };
 use crate::{accumulate_grads, clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule};
-pub use config::{DataConfig, FaultConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig};
+pub use config::{
+    DataConfig, FaultConfig, InitConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig,
+};
 pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
 use guard::{SpikeGuard, SpikeVerdict};
@@ -100,11 +102,19 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A fresh run: validates `cfg`, builds the data and the model.
+    /// A fresh run: validates `cfg`, builds the data and the model (from `init.from`'s
+    /// weights when set).
     pub fn new(cfg: TrainConfig) -> RunResult<Self> {
+        Self::build(cfg, true)
+    }
+
+    fn build(cfg: TrainConfig, load_init: bool) -> RunResult<Self> {
         cfg.validate()?;
         let data = data::build_dataset(&cfg)?;
-        let (store, model) = build_model(&cfg)?;
+        let (store, mut model) = build_model(&cfg)?;
+        if let (true, Some(from)) = (load_init, &cfg.init.from) {
+            restore::load_init_weights(&store, &mut model, from)?;
+        }
         let o = &cfg.optim;
         let opt = AdamW::new(
             &store,
@@ -179,7 +189,7 @@ impl Trainer {
                 ckpt.step, cfg.train.steps
             )));
         }
-        let mut t = Self::new(cfg)?;
+        let mut t = Self::build(cfg, false)?;
         if ckpt.state.lr_schedule.is_some_and(|s| s != t.schedule) {
             tracing::warn!("the learning-rate schedule differs from the checkpoint's; continuing with the new one");
         }
@@ -417,6 +427,7 @@ impl Trainer {
         };
         let dir = save_checkpoint_with(&self.cfg.run_dir, self.step, &contents, &opts)?;
         self.last_checkpoint = Some(dir.clone());
+        restore::carry_model_files(&self.cfg)?;
         Ok(dir)
     }
 

@@ -26,7 +26,7 @@
 //! as `old-<step>-<pid>/`, and loading the run falls back to the newest `step-*` directory.
 
 mod error;
-mod fsio;
+pub(crate) mod fsio;
 mod state;
 
 use std::collections::BTreeMap;
@@ -195,9 +195,13 @@ fn serialize_tensors(tensors: Vec<(String, Tensor)>, path: PathBuf) -> Result<Ve
 /// or, if `latest` is missing or names a directory that is gone, the newest complete
 /// `step-*` directory. Every file is size- and checksum-verified before it is parsed.
 pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint> {
-    let path = path.as_ref();
+    load_step_dir(&find_step_dir(path.as_ref())?)
+}
+
+/// The step directory [`load_checkpoint`] would read for `path`, without reading it.
+pub fn find_step_dir(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).is_file() {
-        return load_step_dir(path);
+        return Ok(path.to_path_buf());
     }
     if !path.is_dir() {
         return Err(CheckpointError::NotFound { path: path.into() });
@@ -205,11 +209,11 @@ pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint> {
     if let Some(name) = fsio::read_latest(path)? {
         let dir = path.join(name);
         if dir.join(STATE_FILE).is_file() {
-            return load_step_dir(&dir);
+            return Ok(dir);
         }
     }
     match fsio::list_step_dirs(path)?.pop() {
-        Some((_, dir)) => load_step_dir(&dir),
+        Some((_, dir)) => Ok(dir),
         None => Err(CheckpointError::NotFound { path: path.into() }),
     }
 }

@@ -19,6 +19,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Checkpoints (`step-*/`, `latest`) and `metrics.jsonl` go here.
     pub run_dir: PathBuf,
+    /// Start from another checkpoint's weights (fine-tuning); unset: a fresh initialisation.
+    pub init: InitConfig,
     pub model: LmConfig,
     pub data: DataConfig,
     pub optim: OptimConfig,
@@ -28,6 +30,18 @@ pub struct TrainConfig {
     pub fault: FaultConfig,
 }
 
+/// Where the first weights come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InitConfig {
+    /// A Switchyard checkpoint (a run or step directory, e.g. one `switchyard import` wrote)
+    /// whose parameters and router buffers the run starts from, at step 0 with a fresh
+    /// optimiser, LR schedule, data order and routing noise. Without a `[model]` section the
+    /// model is the checkpoint's (`--set model.key=value` still edits it), and without
+    /// `data.tokenizer` the checkpoint's `tokenizer.json`, if it carries one, tokenizes the data.
+    pub from: Option<PathBuf>,
+}
+
 /// Where the text comes from and how it is cut.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -35,6 +49,10 @@ pub struct DataConfig {
     /// A `.txt` file (one domain, named after the file) or a directory `<dir>/<domain>/*.txt`.
     /// Unset: the built-in synthetic corpus.
     pub path: Option<PathBuf>,
+    /// A HuggingFace `tokenizer.json` (or a directory holding one) to tokenize the text with.
+    /// Unset: the byte tokenizer (259 ids). The run directory gets a copy, so `generate`,
+    /// `eval`, `analyze` and `export` of the run use it too.
+    pub tokenizer: Option<PathBuf>,
     /// Built-in corpus only: generator seed, documents per domain, bytes per document.
     pub corpus_seed: u64,
     pub docs_per_domain: usize,
@@ -120,6 +138,7 @@ impl Default for TrainConfig {
         Self {
             seed: 0,
             run_dir: PathBuf::from("runs/default"),
+            init: InitConfig::default(),
             model: default_model(),
             data: DataConfig::default(),
             optim: OptimConfig::default(),
@@ -161,6 +180,7 @@ impl Default for DataConfig {
         let corpus = CorpusConfig::default();
         Self {
             path: None,
+            tokenizer: None,
             corpus_seed: corpus.seed,
             docs_per_domain: corpus.docs_per_domain,
             doc_bytes: corpus.doc_bytes,
@@ -275,7 +295,9 @@ impl TrainConfig {
                 "must be at least 1",
             ));
         }
-        if self.model.vocab_size < BYTE_VOCAB_SIZE {
+        // with a HF tokenizer the ids are checked against model.vocab_size once the text is
+        // tokenized (trainer::data::build_dataset)
+        if d.tokenizer.is_none() && self.model.vocab_size < BYTE_VOCAB_SIZE {
             return Err(ConfigError::invalid(
                 "model.vocab_size",
                 format!(

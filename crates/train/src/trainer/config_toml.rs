@@ -56,6 +56,14 @@ fn value_message(e: toml::de::Error) -> String {
     lines.join("; ")
 }
 
+/// A model config as a TOML tree (for `init.from`'s model).
+fn model_value(model: &switchyard_models::LmConfig) -> Result<Value, ConfigError> {
+    Value::try_from(model).map_err(|e| ConfigError::BadValue {
+        key: "model".into(),
+        message: format!("the init checkpoint's model cannot be represented as TOML: {e}"),
+    })
+}
+
 /// The config as a TOML tree, every key present.
 fn to_table(cfg: &TrainConfig) -> Result<Table, ConfigError> {
     match Value::try_from(cfg) {
@@ -94,6 +102,11 @@ fn remove(table: &mut Table, path: &[&str]) {
 impl TrainConfig {
     /// Parses `text`, applies `overrides` (`key.path=value`, in order), validates.
     /// `origin` names the file in syntax errors.
+    ///
+    /// With `init.from` set, the text has no `[model]` section and the checkpoint's model is
+    /// used (overrides still apply to it), and an unset `data.tokenizer` becomes the
+    /// checkpoint's `tokenizer.json` when it carries one; this reads the checkpoint's
+    /// `config.json` (not its weights).
     pub fn from_toml_str(
         text: &str,
         origin: Option<&Path>,
@@ -105,6 +118,31 @@ impl TrainConfig {
                 path: origin.map(Path::to_path_buf),
                 message: e.to_string().trim_end().to_string(),
             })?;
+        let mut cfg = Self::resolve(file.clone(), overrides)?;
+        if let Some(from) = cfg.init.from.clone() {
+            let model_given = file.contains_key("model");
+            if !model_given {
+                let init = super::restore::init_source(&from)?;
+                let mut with_model = file;
+                with_model.insert("model".into(), model_value(&init.model)?);
+                cfg = Self::resolve(with_model, overrides)?;
+                if cfg.data.tokenizer.is_none() {
+                    cfg.data.tokenizer = init.tokenizer;
+                }
+            } else if cfg.data.tokenizer.is_none() {
+                // e.g. a resumed run's own config.json: the weights come from the run, and an
+                // init checkpoint that is gone by now does not matter
+                if let Ok(init) = super::restore::init_source(&from) {
+                    cfg.data.tokenizer = init.tokenizer;
+                }
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The file's tree with `overrides` applied, deserialised; no `validate()`.
+    fn resolve(file: Table, overrides: &[String]) -> Result<Self, ConfigError> {
         let sparse_d_model_given = lookup(&file, SPARSE_D_MODEL).is_some();
         let mut cfg = Self::from_table(file)?;
         if !overrides.is_empty() {
@@ -121,7 +159,6 @@ impl TrainConfig {
             }
             cfg = Self::from_table(full)?;
         }
-        cfg.validate()?;
         Ok(cfg)
     }
 

@@ -1,12 +1,14 @@
-//! The run's [`Dataset`] from its [`DataConfig`]: the built-in corpus, one text file, or a
-//! directory of domains, byte-tokenized and packed.
+//! The run's [`Dataset`] from its [`DataConfig`](super::DataConfig): the built-in corpus, one
+//! text file, or a directory of domains, tokenized (bytes, or the HF tokenizer
+//! `data.tokenizer` names) and packed.
 
 use switchyard_data::{
     generate, load_domain_dir, load_text_file, ByteTokenizer, Dataset, DatasetConfig, Document,
+    HfTokenizer, Tokenizer,
 };
 
 use super::config::TrainConfig;
-use super::error::RunResult;
+use super::error::{ConfigError, RunResult};
 
 /// The documents the config names (generated or read from disk).
 pub fn load_documents(cfg: &TrainConfig) -> RunResult<Vec<Document>> {
@@ -17,13 +19,45 @@ pub fn load_documents(cfg: &TrainConfig) -> RunResult<Vec<Document>> {
     })
 }
 
-/// Split, tokenize and pack the run's data.
+/// The tokenizer `data.tokenizer` names, else the byte tokenizer.
+pub fn load_tokenizer(cfg: &TrainConfig) -> RunResult<Box<dyn Tokenizer>> {
+    Ok(match &cfg.data.tokenizer {
+        None => Box::new(ByteTokenizer),
+        Some(p) => Box::new(HfTokenizer::from_path(p)?),
+    })
+}
+
+/// Split, tokenize (with the config's tokenizer) and pack the run's data.
 pub fn build_dataset(cfg: &TrainConfig) -> RunResult<Dataset> {
+    build_dataset_with(cfg, load_tokenizer(cfg)?.as_ref())
+}
+
+/// Split, tokenize with `tok` and pack the run's data; every id must be below
+/// `model.vocab_size`.
+pub fn build_dataset_with(cfg: &TrainConfig, tok: &dyn Tokenizer) -> RunResult<Dataset> {
     let docs = load_documents(cfg)?;
     let dcfg = DatasetConfig {
         seq_len: cfg.data.seq_len,
         valid_fraction: cfg.data.valid_fraction,
         split_seed: cfg.data.split_seed,
     };
-    Ok(Dataset::build(&docs, &ByteTokenizer, &dcfg)?)
+    let data = Dataset::build(&docs, tok, &dcfg)?;
+    let vocab = cfg.model.vocab_size;
+    let max_id = std::iter::once(&data.train)
+        .chain(data.valid.iter())
+        .filter_map(|s| s.tokens().iter().max())
+        .max();
+    if let Some(&id) = max_id.filter(|&&id| id as usize >= vocab) {
+        return Err(ConfigError::invalid(
+            "model.vocab_size",
+            format!(
+                "{vocab} is too small for the tokenizer ({} ids, the text uses id {id}); \
+                 raise model.vocab_size to at least {} or use a smaller tokenizer",
+                tok.vocab_size(),
+                id + 1
+            ),
+        )
+        .into());
+    }
+    Ok(data)
 }

@@ -37,6 +37,9 @@ pub enum ConfigError {
     /// A `--set key=value` that cannot be applied.
     #[error("cannot apply override `{assignment}`: {reason}")]
     Override { assignment: String, reason: String },
+    /// `init.from` does not name a usable checkpoint.
+    #[error("init.from = {}: {reason}", path.display())]
+    Init { path: PathBuf, reason: String },
 }
 
 impl ConfigError {

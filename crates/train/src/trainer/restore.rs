@@ -2,15 +2,20 @@
 //! optimiser state: router buffers and the run's config.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use switchyard_core::{ParamBuilder, ParamStore};
 use switchyard_models::{ffn::Ffn, MoeLm};
 
 use super::config::TrainConfig;
-use super::error::{RunError, RunResult};
-use crate::checkpoint::{load_checkpoint, restore_into, Checkpoint, CONFIG_FILE};
+use super::error::{ConfigError, RunError, RunResult};
+use crate::checkpoint::{
+    find_step_dir, load_checkpoint, restore_into, Checkpoint, CONFIG_FILE, STATE_FILE,
+};
+use switchyard_data::hf_tokenizer::TOKENIZER_FILE;
+use switchyard_data::HfTokenizer;
+use switchyard_models::LmConfig;
 
 /// A fresh model of `cfg.model`, initialised from `cfg.seed`, with its parameter store.
 pub fn build_model(cfg: &TrainConfig) -> RunResult<(ParamStore, MoeLm)> {
@@ -106,6 +111,82 @@ pub struct LoadedModel {
     pub model: MoeLm,
     pub store: ParamStore,
     pub checkpoint: Checkpoint,
+    /// The HF tokenizer the model carries ([`carried_tokenizer`]); `None`: bytes.
+    pub tokenizer: Option<HfTokenizer>,
+}
+
+/// What `init.from` names, read without loading the weights.
+#[derive(Clone, Debug)]
+pub struct InitSource {
+    /// The step directory whose weights the run starts from.
+    pub step_dir: PathBuf,
+    /// The model of its `config.json`.
+    pub model: LmConfig,
+    /// The `tokenizer.json` it carries, if any (see [`carried_tokenizer_file`]).
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// The `tokenizer.json` that goes with a checkpoint: in the directory given, in the step
+/// directory, or in its run directory (where `switchyard import` and a fine-tuning run put it).
+pub fn carried_tokenizer_file(given: &Path, step_dir: &Path) -> Option<PathBuf> {
+    [Some(given), Some(step_dir), step_dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(TOKENIZER_FILE))
+        .find(|p| p.is_file())
+}
+
+/// The HF tokenizer a checkpoint carries (see [`carried_tokenizer_file`]); `None` when it
+/// carries none (a byte-level model).
+pub fn carried_tokenizer(given: &Path, ckpt: &Checkpoint) -> RunResult<Option<HfTokenizer>> {
+    match carried_tokenizer_file(given, &ckpt.dir) {
+        Some(p) => Ok(Some(HfTokenizer::from_file(&p)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads what `init.from` names: its step directory, model config and tokenizer.
+pub fn init_source(from: &Path) -> Result<InitSource, ConfigError> {
+    let fail = |reason: String| ConfigError::Init {
+        path: from.to_path_buf(),
+        reason,
+    };
+    let step_dir = find_step_dir(from).map_err(|e| {
+        let hf = from.join(CONFIG_FILE).is_file() && !from.join(STATE_FILE).is_file();
+        if hf {
+            fail(format!(
+                "this looks like a HuggingFace checkpoint; convert it first with \
+                 `switchyard import {} --out <run-dir>` and start from <run-dir>",
+                from.display()
+            ))
+        } else {
+            fail(e.to_string())
+        }
+    })?;
+    let config_path = step_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", config_path.display())))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| fail(format!("{}: invalid JSON: {e}", config_path.display())))?;
+    let model = config
+        .get("model")
+        .cloned()
+        .ok_or_else(|| fail(format!("{} has no `model` section", config_path.display())))?;
+    let model: LmConfig = serde_json::from_value(model)
+        .map_err(|e| fail(format!("{}: `model`: {e}", config_path.display())))?;
+    Ok(InitSource {
+        tokenizer: carried_tokenizer_file(from, &step_dir),
+        step_dir,
+        model,
+    })
+}
+
+/// Loads the weights and router buffers of `from` into a freshly built model (the config's
+/// `init.from`); names and shapes must match exactly.
+pub fn load_init_weights(store: &ParamStore, model: &mut MoeLm, from: &Path) -> RunResult<()> {
+    let ckpt = load_checkpoint(from)?;
+    restore_into(store, &ckpt)?;
+    load_router_buffers(model, &ckpt.state.buffers, &ckpt.dir)
 }
 
 /// Loads a checkpoint (a step directory, or a run directory's latest) into a model built from
@@ -116,10 +197,62 @@ pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
     let (store, mut model) = build_model(&cfg)?;
     restore_into(&store, &checkpoint)?;
     load_router_buffers(&mut model, &checkpoint.state.buffers, &checkpoint.dir)?;
+    let tokenizer = carried_tokenizer(path, &checkpoint)?;
     Ok(LoadedModel {
         cfg,
         model,
         store,
         checkpoint,
+        tokenizer,
     })
+}
+
+/// Files beside an imported model's checkpoints that describe it beyond its weights (what
+/// `switchyard import` writes next to `latest`): the tokenizer, its special tokens, and
+/// `hf_source.json` (the HF architecture, for `export`).
+const TOKENIZER_CONFIG_FILE: &str = switchyard_data::hf_tokenizer::TOKENIZER_CONFIG_FILE;
+const HF_SOURCE_FILE: &str = "hf_source.json";
+
+/// Copies into the run directory, once, the tokenizer the run uses (`data.tokenizer`, with
+/// its `tokenizer_config.json`) and the init checkpoint's `hf_source.json`, so that the run's
+/// checkpoints are used with the same tokenizer and export to the same architecture. Each file
+/// is written to a temporary name, synced and renamed.
+pub fn carry_model_files(cfg: &TrainConfig) -> RunResult<()> {
+    let mut copies: Vec<(PathBuf, &str)> = Vec::new();
+    if let Some(tok) = &cfg.data.tokenizer {
+        let file = if tok.is_dir() {
+            tok.join(TOKENIZER_FILE)
+        } else {
+            tok.clone()
+        };
+        if let Some(dir) = file.parent() {
+            copies.push((dir.join(TOKENIZER_CONFIG_FILE), TOKENIZER_CONFIG_FILE));
+        }
+        copies.push((file, TOKENIZER_FILE));
+    }
+    if let Some(from) = &cfg.init.from {
+        if let Ok(step_dir) = find_step_dir(from) {
+            let found = [
+                Some(from.as_path()),
+                Some(step_dir.as_path()),
+                step_dir.parent(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|d| d.join(HF_SOURCE_FILE))
+            .find(|p| p.is_file());
+            copies.extend(found.map(|p| (p, HF_SOURCE_FILE)));
+        }
+    }
+    for (src, name) in copies {
+        let dst = cfg.run_dir.join(name);
+        if dst.exists() || !src.is_file() {
+            continue;
+        }
+        let data = std::fs::read(&src).map_err(RunError::io("read", &src))?;
+        let tmp = cfg.run_dir.join(format!(".{name}.tmp"));
+        crate::checkpoint::fsio::write_synced(&tmp, &data)?;
+        std::fs::rename(&tmp, &dst).map_err(RunError::io("rename", &tmp))?;
+    }
+    Ok(())
 }
