@@ -50,16 +50,30 @@ impl LayerBench {
             .forward(self.x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
     }
 
-    /// Forward, then the backward of `sum(y) + aux_loss`; returns the gradient bytes.
+    /// Forward, then the backward of `sum(y) + aux_loss` through
+    /// [`switchyard_core::dispatch::backward`]; returns the gradient bytes.
     fn fwd_bwd(&self) -> switchyard_core::Result<usize> {
+        self.fwd_bwd_with(false)
+    }
+
+    /// [`Self::fwd_bwd`], through candle's plain `loss.backward()` when `plain`.
+    fn fwd_bwd_with(&self, plain: bool) -> switchyard_core::Result<usize> {
         let out = self.forward()?;
         let loss = (out.y.sum_all()? + &out.aux_loss)?;
-        let grads = loss.backward()?;
+        let grads = backward(&loss, plain)?;
         let vars =
             std::iter::once(self.x.clone()).chain(self.store.all().into_iter().map(|(_, v)| v));
         Ok(vars
             .filter_map(|v| grads.get(v.as_tensor()).map(|g| g.elem_count() * 4))
             .sum())
+    }
+}
+
+fn backward(loss: &Tensor, plain: bool) -> candle_core::Result<candle_core::backprop::GradStore> {
+    if plain {
+        loss.backward()
+    } else {
+        dispatch::backward(loss)
     }
 }
 
@@ -148,13 +162,22 @@ fn memory(
     probe: &dyn MemProbe,
     row: &mut BenchRow,
 ) -> switchyard_core::Result<()> {
+    memory_with(lb, probe, row, false)
+}
+
+fn memory_with(
+    lb: &LayerBench,
+    probe: &dyn MemProbe,
+    row: &mut BenchRow,
+    plain: bool,
+) -> switchyard_core::Result<()> {
     kernel::clear_pool();
     let base = probe.live_bytes();
     probe.reset_peak();
     let out = lb.forward()?;
     let kept = (probe.live_bytes() - kernel::pooled_bytes()).saturating_sub(base);
     let loss = (out.y.sum_all()? + &out.aux_loss)?;
-    let grads = loss.backward()?;
+    let grads = backward(&loss, plain)?;
     let peak = probe.peak_bytes().saturating_sub(base);
     let vars = std::iter::once(lb.x.clone()).chain(lb.store.all().into_iter().map(|(_, v)| v));
     let grad_bytes: usize = vars
@@ -186,7 +209,7 @@ fn dispatch_only(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, 
             &layout,
             &routing.plan,
         )?;
-        y.sum_all()?.backward()?;
+        dispatch::backward(&y.sum_all()?)?;
         Ok(())
     };
     let (layer_s, disp_s) = paired_median_secs(reps, || lb.fwd_bwd().map(drop), once)?;
@@ -196,4 +219,102 @@ fn dispatch_only(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, 
     let p = profile::take();
     profile::set_enabled(false);
     Ok((layer_s, disp_s, p.gather_scatter_share()))
+}
+
+/// One setting of the knobs an A/B run compares (see [`ab_rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    /// Candle's plain `loss.backward()` instead of `dispatch::backward`.
+    pub plain_backward: bool,
+    /// [`kernel::set_wave_rows`] (0: default; `usize::MAX`: one wave).
+    pub wave_rows: usize,
+    /// [`kernel::set_huge_pages`].
+    pub huge_pages: bool,
+}
+
+impl Variant {
+    /// What the suite measures.
+    pub const CURRENT: Self = Self {
+        plain_backward: false,
+        wave_rows: 0,
+        huge_pages: true,
+    };
+    /// The kernel and backward before waves, `dispatch::backward` and huge pages.
+    pub const BEFORE: Self = Self {
+        plain_backward: true,
+        wave_rows: usize::MAX,
+        huge_pages: false,
+    };
+
+    fn apply(&self) {
+        kernel::set_wave_rows(self.wave_rows);
+        kernel::set_huge_pages(self.huge_pages);
+    }
+}
+
+/// fwd+bwd of `s` under each variant, timed round-robin with the dense ceiling (`reps`
+/// rounds after one warm-up round), each with its ratio to the ceiling; with `mem`, each
+/// variant's peak-memory figures. Rows: the ceiling, then one per variant (in the row's
+/// `config`: `<name>[<i>]`). Leaves the knobs at [`Variant::CURRENT`].
+pub fn ab_rows(
+    s: &LayerShape,
+    threads: usize,
+    reps: usize,
+    mem: Option<&dyn MemProbe>,
+    variants: &[Variant],
+) -> Result<Vec<BenchRow>> {
+    let err = moe_err(s);
+    let lb = LayerBench::new(s).map_err(&err)?;
+    let mut ceil = DenseCeiling::new(s);
+    let mut tc = Vec::new();
+    let mut tv = vec![Vec::new(); variants.len()];
+    for round in 0..=reps {
+        let t = std::time::Instant::now();
+        ceil.fwd_bwd();
+        let c = t.elapsed().as_secs_f64();
+        if round > 0 {
+            tc.push(c);
+        }
+        for (v, times) in variants.iter().zip(&mut tv) {
+            v.apply();
+            let t = std::time::Instant::now();
+            lb.fwd_bwd_with(v.plain_backward).map_err(&err)?;
+            if round > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let c_row = ceiling_row(s, "fwd_bwd", threads, median(tc));
+    let mut rows = vec![c_row.clone()];
+    for (i, (v, times)) in variants.iter().zip(tv).enumerate() {
+        let l = median(times);
+        let gflops = s.flops("fwd_bwd") / l / 1e9;
+        let mut row = BenchRow {
+            config: format!("{}[{i}]", s.name),
+            mode: "fwd_bwd".into(),
+            threads,
+            experts: s.experts,
+            k: s.k,
+            d: s.d,
+            h: s.h,
+            tokens: s.tokens,
+            seconds: l,
+            gflops,
+            ratio_to_ceiling: gflops / c_row.gflops,
+            ceiling_gflops: c_row.gflops,
+            ns_per_token: l * 1e9 / s.tokens as f64,
+            ..Default::default()
+        };
+        if let Some(probe) = mem {
+            v.apply();
+            memory_with(&lb, probe, &mut row, v.plain_backward).map_err(&err)?;
+        }
+        rows.push(row);
+    }
+    Variant::CURRENT.apply();
+    Ok(rows)
 }

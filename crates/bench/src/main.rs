@@ -73,7 +73,12 @@ static ALLOC: Counting = Counting {
     peak: AtomicUsize::new(0),
 };
 
-const USAGE: &str = "usage: switchyard-bench [--quick] [--json PATH] [--threads 1,2] [--configs mixtral8,fine64] [--sweep] [--reps N]";
+const USAGE: &str = "usage: switchyard-bench [--quick] [--json PATH] [--threads 1,2] [--configs mixtral8,fine64] [--sweep] [--reps N] [--ab]
+
+--ab: instead of the suite, fwd+bwd of each config under three variants timed round-robin with
+the dense ceiling, plus each one's peak memory: [0] before this round of work (plain
+loss.backward(), one wave, no huge pages), [1] the kernel's waves and huge pages with plain
+loss.backward(), [2] current (dispatch::backward).";
 
 fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
     v.split(',')
@@ -81,17 +86,19 @@ fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
         .collect()
 }
 
-fn parse(args: &[String]) -> Result<(BenchOpts, Option<PathBuf>), String> {
+fn parse(args: &[String]) -> Result<(BenchOpts, Option<PathBuf>, bool), String> {
     let mut opts = BenchOpts {
         mem: Some(&ALLOC),
         ..Default::default()
     };
     let mut json = None;
+    let mut ab = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
         match a.as_str() {
             "--quick" => opts.quick = true,
+            "--ab" => ab = true,
             "--sweep" => opts.sweep = true,
             "--json" => json = Some(PathBuf::from(val("--json")?)),
             "--threads" => opts.threads = list(&val("--threads")?, "thread count")?,
@@ -107,19 +114,20 @@ fn parse(args: &[String]) -> Result<(BenchOpts, Option<PathBuf>), String> {
             other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
-    Ok((opts, json))
+    Ok((opts, json, ab))
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (opts, json) = match parse(&args) {
+    let (opts, json, ab) = match parse(&args) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
         }
     };
-    match run(&opts) {
+    let rows = if ab { run_ab(&opts) } else { run(&opts) };
+    match rows {
         Ok(rows) => {
             print!("{}", format_table(&rows));
             if let Some(path) = json {
@@ -135,4 +143,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--ab`: see [`USAGE`].
+fn run_ab(opts: &BenchOpts) -> switchyard_bench::Result<Vec<switchyard_bench::BenchRow>> {
+    use switchyard_bench::layer::{ab_rows, Variant};
+    let variants = [
+        Variant::BEFORE,
+        Variant {
+            plain_backward: true,
+            ..Variant::CURRENT
+        },
+        Variant::CURRENT,
+    ];
+    let reps = opts.reps.unwrap_or(if opts.quick { 2 } else { 5 }).max(1);
+    let mut rows = Vec::new();
+    for &threads in &opts.threads {
+        for name in &opts.configs {
+            let s = switchyard_bench::shapes::named(name, opts.quick)
+                .ok_or_else(|| switchyard_bench::BenchError::UnknownConfig(name.clone()))?;
+            let r = switchyard_bench::timing::with_threads(threads, || {
+                ab_rows(&s, threads, reps, opts.mem, &variants)
+            })??;
+            eprint!("{}", format_table(&r));
+            rows.extend(r);
+        }
+    }
+    Ok(rows)
 }

@@ -26,6 +26,7 @@
 
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rayon::prelude::*;
@@ -47,6 +48,10 @@ pub const MIN_WGRAD_JOBS: usize = 16;
 const COL_ALIGN: usize = 16;
 /// Tokens per scatter job.
 const TOKEN_BLOCK: usize = 64;
+/// A wave (see `waves`) holds at most about 1/this of the assignments...
+pub const WAVE_PARTS: usize = 8;
+/// ...unless that is fewer than this many rows.
+pub const WAVE_MIN_ROWS: usize = 2048;
 /// Buffers the pool keeps between calls.
 const POOL_MAX: usize = 8;
 
@@ -198,10 +203,11 @@ struct Tile {
     r1: usize,
 }
 
-/// Every expert's rows cut into near-equal tiles of at most [`ROW_TILE`] rows, in plan order.
-fn row_tiles(plan: &DispatchPlan) -> Vec<Tile> {
+/// The rows of experts `es` cut into near-equal tiles of at most [`ROW_TILE`] rows, in plan
+/// order.
+fn row_tiles(plan: &DispatchPlan, es: std::ops::Range<usize>) -> Vec<Tile> {
     let mut tiles = Vec::new();
-    for e in 0..plan.num_experts {
+    for e in es {
         let n = plan.range(e).len();
         let parts = n.div_ceil(ROW_TILE);
         tiles.extend((0..parts).map(|i| Tile {
@@ -211,6 +217,30 @@ fn row_tiles(plan: &DispatchPlan) -> Vec<Tile> {
         }));
     }
     tiles
+}
+
+/// Consecutive ranges of experts ("waves") processed one after the other, each with at most
+/// `max(n / WAVE_PARTS, WAVE_MIN_ROWS)` rows unless a single expert has more. Only the
+/// current wave's per-assignment temporaries are alive at a time. Depends on the plan only.
+fn waves(plan: &DispatchPlan) -> Vec<std::ops::Range<usize>> {
+    let budget = match WAVE_ROWS.load(Ordering::Relaxed) {
+        0 => plan.len().div_ceil(WAVE_PARTS).max(WAVE_MIN_ROWS),
+        rows => rows,
+    };
+    let mut out = Vec::new();
+    let (mut e0, mut rows) = (0, 0);
+    for e in 0..plan.num_experts {
+        let n = plan.range(e).len();
+        if rows > 0 && rows + n > budget {
+            out.push(e0..e);
+            (e0, rows) = (e, 0);
+        }
+        rows += n;
+    }
+    if e0 < plan.num_experts {
+        out.push(e0..plan.num_experts);
+    }
+    out
 }
 
 /// Start of each expert's `[n_e, width(e)]` block in a per-assignment buffer, and the total.
@@ -252,20 +282,79 @@ fn run_jobs<J: Send>(mut jobs: Vec<J>, work: impl Fn(&J) -> usize, f: impl Fn(J)
         .for_each(|j| timed(Phase::Total, || f(j)));
 }
 
-/// `y[t] = Σ_{a ∈ token t} rows[a]`, in plan order; rows are already scaled.
-fn scatter<T: KFloat>(rows: &[T], d: usize, plan: &DispatchPlan) -> Vec<T> {
-    let (off, idx) = plan.by_token();
-    let mut y = vec![T::zero(); plan.num_tokens * d];
+/// `y[t] += Σ rows[a − a0]` over token `t`'s assignments `a ∈ a0..a1`, in plan order; rows
+/// are already scaled. Waves call this in ascending order, so every token's sum runs in plan
+/// order from zero, as one pass over all assignments would.
+fn scatter_add<T: KFloat>(
+    y: &mut [T],
+    rows: &[T],
+    d: usize,
+    by_token: &(Vec<u32>, Vec<u32>),
+    a0: usize,
+    a1: usize,
+) {
+    let (off, idx) = by_token;
     y.par_chunks_mut(TOKEN_BLOCK * d)
         .enumerate()
         .for_each(|(b, yb)| {
             timed(Phase::Total, || {
                 timed(Phase::GatherScatter, || {
-                    act::sum_rows(yb, rows, &off, &idx, b * TOKEN_BLOCK, d)
+                    act::sum_rows(yb, rows, off, idx, b * TOKEN_BLOCK, d, a0, a1)
                 })
             })
         });
-    y
+}
+
+static WAVE_ROWS: AtomicUsize = AtomicUsize::new(0);
+static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
+
+/// Overrides the rows per wave for the whole process (`0`: the default rule, `usize::MAX`:
+/// one wave, i.e. every per-assignment temporary alive at once), for A/B measurements. Waves
+/// change memory and speed, and may change how weight-gradient GEMMs are blocked; the results
+/// stay independent of the thread count for any setting.
+pub fn set_wave_rows(rows: usize) {
+    WAVE_ROWS.store(rows, Ordering::Relaxed);
+}
+
+/// Whether large fresh results ask for transparent huge pages (default on), for A/B
+/// measurements.
+pub fn set_huge_pages(on: bool) {
+    HUGE_PAGES.store(on, Ordering::Relaxed);
+}
+
+/// A zeroed vector for a large result. Fresh memory is faulted in page by page as it is first
+/// written; on Linux, ask for transparent huge pages so that costs one fault per 2 MiB.
+fn zeroed<T: KFloat>(len: usize) -> Vec<T> {
+    let v = vec![T::zero(); len];
+    advise_huge(v.as_ptr() as *const u8, len * std::mem::size_of::<T>());
+    v
+}
+
+/// `madvise(MADV_HUGEPAGE)` over the 2 MiB-aligned interior of a buffer (a hint; failures
+/// are ignored).
+fn advise_huge(ptr: *const u8, bytes: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        if bytes < 2 * HUGE || !HUGE_PAGES.load(Ordering::Relaxed) {
+            return;
+        }
+        extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        const MADV_HUGEPAGE: i32 = 14;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside the live allocation; MADV_HUGEPAGE changes no
+            // contents, only how the kernel backs the pages.
+            unsafe {
+                madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, bytes);
 }
 
 /// Forward: `y [T, d]` and the activations to save for the backward.
@@ -279,45 +368,61 @@ pub fn forward<T: KFloat>(
     let d = layout.d_model;
     let uvoff = block_offsets(layout, plan, up_width);
     let mut uv = PoolBuf::take(uvoff[layout.num_experts()]);
-    let mut o = PoolBuf::take(plan.len() * d);
-    let tiles = row_tiles(plan);
+    let waves = waves(plan);
+    let wave_rows = |es: &std::ops::Range<usize>| {
+        plan.offsets[es.end] as usize - plan.offsets[es.start] as usize
+    };
+    let mut o = PoolBuf::take(waves.iter().map(wave_rows).max().unwrap_or(0) * d);
+    let by_token = plan.by_token();
+    let mut y = zeroed(plan.num_tokens * d);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
-    let uvs = split_lens(&mut uv, tiles.iter().map(uvlen));
-    let os = split_lens(&mut o, tiles.iter().map(|t| (t.r1 - t.r0) * d));
-    let jobs: Vec<_> = tiles
-        .into_iter()
-        .zip(uvs)
-        .zip(os)
-        .map(|((t, uv), o)| (t, uv, o))
-        .collect();
-    run_jobs(
-        jobs,
-        |j| uvlen(&j.0),
-        |(t, uv, o)| {
-            let s = &layout.slots[t.e];
-            let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
-            let a0 = plan.offsets[t.e] as usize + t.r0;
-            T::with_ws(|ws| {
-                let xe = grown(&mut ws.xe, m * d);
-                timed(Phase::GatherScatter, || {
-                    gather(x, d, &plan.token[a0..a0 + m], xe)
-                });
-                // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
-                mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
-                if let Some(b1) = s.b1 {
-                    let b1 = &p[b1..b1 + h];
-                    uv.chunks_exact_mut(uw)
-                        .for_each(|row| row.iter_mut().zip(b1).for_each(|(x, &b)| *x = *x + b));
-                }
-                let a = grown(&mut ws.a, m * h);
-                act::forward_tile(s.spec.kind, h, uv, a);
-                // o = a · W2t, then w·(o + b2): the scatter only adds
-                mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
-                act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
-            })
-        },
-    );
-    (scatter(&o, d, plan), Saved { uv })
+    for es in waves {
+        let (a0, a1) = (
+            plan.offsets[es.start] as usize,
+            plan.offsets[es.end] as usize,
+        );
+        let tiles = row_tiles(plan, es.clone());
+        let uvs = split_lens(
+            &mut uv[uvoff[es.start]..uvoff[es.end]],
+            tiles.iter().map(uvlen),
+        );
+        let os = split_lens(&mut o[..], tiles.iter().map(|t| (t.r1 - t.r0) * d));
+        let jobs: Vec<_> = tiles
+            .into_iter()
+            .zip(uvs)
+            .zip(os)
+            .map(|((t, uv), o)| (t, uv, o))
+            .collect();
+        run_jobs(
+            jobs,
+            |j| uvlen(&j.0),
+            |(t, uv, o)| {
+                let s = &layout.slots[t.e];
+                let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
+                let a0 = plan.offsets[t.e] as usize + t.r0;
+                T::with_ws(|ws| {
+                    let xe = grown(&mut ws.xe, m * d);
+                    timed(Phase::GatherScatter, || {
+                        gather(x, d, &plan.token[a0..a0 + m], xe)
+                    });
+                    // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
+                    mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
+                    if let Some(b1) = s.b1 {
+                        let b1 = &p[b1..b1 + h];
+                        uv.chunks_exact_mut(uw)
+                            .for_each(|row| row.iter_mut().zip(b1).for_each(|(x, &b)| *x = *x + b));
+                    }
+                    let a = grown(&mut ws.a, m * h);
+                    act::forward_tile(s.spec.kind, h, uv, a);
+                    // o = a · W2t, then w·(o + b2): the scatter only adds
+                    mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
+                    act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
+                })
+            },
+        );
+        scatter_add(&mut y, &o[..(a1 - a0) * d], d, &by_token, a0, a1);
+    }
+    (y, Saved { uv })
 }
 
 /// Gradients of a dispatch: `(dx [T, d], dw [n], dp [total])`.
@@ -336,19 +441,25 @@ enum Part {
     Down,
 }
 
-/// Column blocks `(e, part, c0, c1)` of the weight-gradient jobs (see the module docs).
-fn col_blocks(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<(usize, Part, usize, usize)> {
+/// Column blocks `(e, part, c0, c1)` of the weight-gradient jobs of experts `es` (see the
+/// module docs).
+fn col_blocks(
+    layout: &ExpertLayout,
+    plan: &DispatchPlan,
+    es: std::ops::Range<usize>,
+) -> Vec<(usize, Part, usize, usize)> {
     let width = |e: usize, part: Part| match part {
         Part::Up => up_width(&layout.slots[e]),
         Part::Down => layout.slots[e].spec.hidden,
     };
     let work = |e: usize, part: Part| plan.range(e).len() * width(e, part);
-    let total: usize = (0..plan.num_experts)
+    let total: usize = es
+        .clone()
         .map(|e| work(e, Part::Up) + work(e, Part::Down))
         .sum();
     let target = total.div_ceil(MIN_WGRAD_JOBS).max(1);
     let mut blocks = Vec::new();
-    for e in (0..plan.num_experts).filter(|&e| plan.range(e).len() > 0) {
+    for e in es.filter(|&e| plan.range(e).len() > 0) {
         for part in [Part::Up, Part::Down] {
             let w = width(e, part);
             let parts = work(e, part)
@@ -388,6 +499,11 @@ impl<T> Disjoint<T> {
 }
 
 /// Backward of [`forward`] given the upstream gradient `gy [T, d]`.
+///
+/// Runs wave by wave (see [`waves`]): phase A (per row tile: the activation's backward and
+/// the input-gradient rows), phase B (per column block: the weight gradients) and phase C
+/// (adding the wave's input-gradient rows into `dx`), so the per-assignment temporaries
+/// (`[dU | dV]`, `w ⊙ a`, `dX` rows) exist for one wave at a time.
 pub fn backward<T: KFloat>(
     x: &[T],
     w: &[T],
@@ -400,151 +516,165 @@ pub fn backward<T: KFloat>(
     let d = layout.d_model;
     let uvoff = block_offsets(layout, plan, up_width);
     let hoff = block_offsets(layout, plan, |s| s.spec.hidden);
-
-    // phase A, per row tile: dA, the activation's backward ([dU | dV], w⊙a, dw) and dX rows
-    let mut duv = PoolBuf::take(uvoff[layout.num_experts()]);
-    let mut aw = PoolBuf::take(hoff[layout.num_experts()]);
-    let mut dxa = PoolBuf::take(plan.len() * d);
+    let waves = waves(plan);
+    let span = |off: &[usize], es: &std::ops::Range<usize>| off[es.end] - off[es.start];
+    let rows = |es: &std::ops::Range<usize>| {
+        plan.offsets[es.end] as usize - plan.offsets[es.start] as usize
+    };
+    let mut duv = PoolBuf::take(waves.iter().map(|es| span(&uvoff, es)).max().unwrap_or(0));
+    let mut aw = PoolBuf::take(waves.iter().map(|es| span(&hoff, es)).max().unwrap_or(0));
+    let mut dxa = PoolBuf::take(waves.iter().map(rows).max().unwrap_or(0) * d);
     let mut dw = vec![T::zero(); plan.len()];
-    let tiles = row_tiles(plan);
+    let mut dp = zeroed::<T>(layout.total);
+    let mut dx = zeroed::<T>(plan.num_tokens * d);
+    let by_token = plan.by_token();
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
-    let duvs = split_lens(&mut duv, tiles.iter().map(uvlen));
-    let aws = split_lens(
-        &mut aw,
-        tiles
-            .iter()
-            .map(|t| (t.r1 - t.r0) * layout.slots[t.e].spec.hidden),
-    );
-    let dxs = split_lens(&mut dxa, tiles.iter().map(|t| (t.r1 - t.r0) * d));
-    let dws = split_lens(&mut dw, tiles.iter().map(|t| t.r1 - t.r0));
-    let jobs: Vec<_> = tiles
-        .into_iter()
-        .zip(duvs)
-        .zip(aws)
-        .zip(dxs.into_iter().zip(dws))
-        .map(|(((t, duv), aw), (dx, dw))| (t, duv, aw, dx, dw))
-        .collect();
-    run_jobs(
-        jobs,
-        |j| uvlen(&j.0),
-        |(t, duv, aw, dxe, dwe)| {
-            let s = &layout.slots[t.e];
-            let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
-            let a0 = plan.offsets[t.e] as usize + t.r0;
-            let at = uvoff[t.e] + t.r0 * uw;
-            let uv = &saved.uv[at..at + m * uw];
-            T::with_ws(|ws| {
-                let ge = grown(&mut ws.ge, m * d);
-                timed(Phase::GatherScatter, || {
-                    gather(gy, d, &plan.token[a0..a0 + m], ge)
-                });
-                // term 1: dA_unscaled = G · W2tᵀ  [m, h]
-                let da = grown(&mut ws.a, m * h);
-                mm(m, h, d, da, false, ge, (d, 1), &p[s.w2t..], (1, d), false);
-                // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
-                // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; and w ⊙ a
-                let b2 = s.b2.map(|b2| &p[b2..b2 + d]);
-                act::backward_tile(
-                    s.spec.kind,
-                    h,
-                    d,
-                    &w[a0..a0 + m],
-                    da,
-                    uv,
-                    duv,
-                    aw,
-                    ge,
-                    b2,
-                    dwe,
-                );
-                // term 6: dX = [dU | dV] · [W1; W3]   [m, d]
-                mm(
-                    m,
-                    d,
-                    uw,
-                    dxe,
-                    false,
-                    duv,
-                    (uw, 1),
-                    &p[s.w1..],
-                    (d, 1),
-                    false,
-                );
-            })
-        },
-    );
+    for es in waves {
+        let (a0w, a1w) = (
+            plan.offsets[es.start] as usize,
+            plan.offsets[es.end] as usize,
+        );
+        let (uv0, h0) = (uvoff[es.start], hoff[es.start]);
 
-    // phase B, per column block of each expert's weights: weight (and bias) gradients
-    let mut dp = vec![T::zero(); layout.total];
-    let dps = Disjoint(dp.as_mut_ptr(), dp.len());
-    let (duv, aw) = (&duv[..], &aw[..]);
-    run_jobs(
-        col_blocks(layout, plan),
-        |&(e, _, c0, c1)| plan.range(e).len() * (c1 - c0),
-        |(e, part, c0, c1)| {
-            let s = &layout.slots[e];
-            let (n, cb, first) = (plan.range(e).len(), c1 - c0, plan.offsets[e] as usize);
-            let (src, width, off, w_at) = match part {
-                Part::Up => (duv, up_width(s), uvoff[e], s.w1),
-                Part::Down => (aw, s.spec.hidden, hoff[e], s.w2t),
-            };
-            // SAFETY: rows c0..c1 of this part's weights, entries c0..c1 of b1 (Up) and b2 (Down,
-            // c0 = 0 only) belong to this job alone.
-            let (dwt, mut db) = unsafe {
-                let bias = match part {
-                    Part::Up => s.b1.map(|b1| dps.range(b1 + c0, cb)),
-                    Part::Down => s.b2.filter(|_| c0 == 0).map(|b2| dps.range(b2, d)),
-                };
-                (dps.range(w_at + c0 * d, cb * d), bias)
-            };
-            T::with_ws(|ws| {
-                for r0 in (0..n).step_by(WGRAD_ROWS) {
-                    let mr = WGRAD_ROWS.min(n - r0);
-                    let toks = &plan.token[first + r0..first + r0 + mr];
-                    // Up: X rows; Down: G rows
-                    let rows = grown(&mut ws.xe, mr * d);
+        // phase A, per row tile: dA, the activation's backward ([dU | dV], w⊙a, dw), dX rows
+        let tiles = row_tiles(plan, es.clone());
+        let duvs = split_lens(&mut duv[..], tiles.iter().map(uvlen));
+        let aws = split_lens(
+            &mut aw[..],
+            tiles
+                .iter()
+                .map(|t| (t.r1 - t.r0) * layout.slots[t.e].spec.hidden),
+        );
+        let dxs = split_lens(&mut dxa[..], tiles.iter().map(|t| (t.r1 - t.r0) * d));
+        let dws = split_lens(&mut dw[a0w..a1w], tiles.iter().map(|t| t.r1 - t.r0));
+        let jobs: Vec<_> = tiles
+            .into_iter()
+            .zip(duvs)
+            .zip(aws)
+            .zip(dxs.into_iter().zip(dws))
+            .map(|(((t, duv), aw), (dx, dw))| (t, duv, aw, dx, dw))
+            .collect();
+        run_jobs(
+            jobs,
+            |j| uvlen(&j.0),
+            |(t, duv, aw, dxe, dwe)| {
+                let s = &layout.slots[t.e];
+                let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
+                let a0 = plan.offsets[t.e] as usize + t.r0;
+                let at = uvoff[t.e] + t.r0 * uw;
+                let uv = &saved.uv[at..at + m * uw];
+                T::with_ws(|ws| {
+                    let ge = grown(&mut ws.ge, m * d);
                     timed(Phase::GatherScatter, || {
-                        gather(if part == Part::Up { x } else { gy }, d, toks, rows)
+                        gather(gy, d, &plan.token[a0..a0 + m], ge)
                     });
-                    let at = off + r0 * width + c0;
-                    // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
-                    mm(
-                        cb,
+                    // term 1: dA_unscaled = G · W2tᵀ  [m, h]
+                    let da = grown(&mut ws.a, m * h);
+                    mm(m, h, d, da, false, ge, (d, 1), &p[s.w2t..], (1, d), false);
+                    // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
+                    // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; w ⊙ a
+                    let b2 = s.b2.map(|b2| &p[b2..b2 + d]);
+                    act::backward_tile(
+                        s.spec.kind,
+                        h,
                         d,
-                        mr,
-                        dwt,
-                        r0 > 0,
-                        &src[at..],
-                        (1, width),
-                        rows,
+                        &w[a0..a0 + m],
+                        da,
+                        uv,
+                        duv,
+                        aw,
+                        ge,
+                        b2,
+                        dwe,
+                    );
+                    // term 6: dX = [dU | dV] · [W1; W3]   [m, d]
+                    mm(
+                        m,
+                        d,
+                        uw,
+                        dxe,
+                        false,
+                        duv,
+                        (uw, 1),
+                        &p[s.w1..],
                         (d, 1),
                         false,
                     );
-                    match (part, db.as_deref_mut()) {
-                        // db1 = Σ_rows dU
-                        (Part::Up, Some(db1)) => {
-                            for r in 0..mr {
-                                let row = &src[at + r * width..at + r * width + cb];
-                                db1.iter_mut().zip(row).for_each(|(b, &g)| *b = *b + g);
-                            }
-                        }
-                        // db2 = Σ_a w_a g_t
-                        (Part::Down, Some(db2)) => {
-                            for r in 0..mr {
-                                let wa = w[first + r0 + r];
-                                db2.iter_mut()
-                                    .zip(&rows[r * d..(r + 1) * d])
-                                    .for_each(|(b, &g)| *b = *b + wa * g);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            })
-        },
-    );
+                })
+            },
+        );
 
-    // phase C: dx[t] = Σ_{a ∈ token t} dX_a in plan order
-    let dx = scatter(&dxa, d, plan);
+        // phase B, per column block of each expert's weights: weight (and bias) gradients
+        let dps = Disjoint(dp.as_mut_ptr(), dp.len());
+        let (duv, aw) = (&duv[..], &aw[..]);
+        run_jobs(
+            col_blocks(layout, plan, es.clone()),
+            |&(e, _, c0, c1)| plan.range(e).len() * (c1 - c0),
+            |(e, part, c0, c1)| {
+                let s = &layout.slots[e];
+                let (n, cb, first) = (plan.range(e).len(), c1 - c0, plan.offsets[e] as usize);
+                let (src, width, off, w_at) = match part {
+                    Part::Up => (duv, up_width(s), uvoff[e] - uv0, s.w1),
+                    Part::Down => (aw, s.spec.hidden, hoff[e] - h0, s.w2t),
+                };
+                // SAFETY: rows c0..c1 of this part's weights, entries c0..c1 of b1 (Up) and b2
+                // (Down, c0 = 0 only) belong to this job alone.
+                let (dwt, mut db) = unsafe {
+                    let bias = match part {
+                        Part::Up => s.b1.map(|b1| dps.range(b1 + c0, cb)),
+                        Part::Down => s.b2.filter(|_| c0 == 0).map(|b2| dps.range(b2, d)),
+                    };
+                    (dps.range(w_at + c0 * d, cb * d), bias)
+                };
+                T::with_ws(|ws| {
+                    for r0 in (0..n).step_by(WGRAD_ROWS) {
+                        let mr = WGRAD_ROWS.min(n - r0);
+                        let toks = &plan.token[first + r0..first + r0 + mr];
+                        // Up: X rows; Down: G rows
+                        let rows = grown(&mut ws.xe, mr * d);
+                        timed(Phase::GatherScatter, || {
+                            gather(if part == Part::Up { x } else { gy }, d, toks, rows)
+                        });
+                        let at = off + r0 * width + c0;
+                        // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
+                        mm(
+                            cb,
+                            d,
+                            mr,
+                            dwt,
+                            r0 > 0,
+                            &src[at..],
+                            (1, width),
+                            rows,
+                            (d, 1),
+                            false,
+                        );
+                        match (part, db.as_deref_mut()) {
+                            // db1 = Σ_rows dU
+                            (Part::Up, Some(db1)) => {
+                                for r in 0..mr {
+                                    let row = &src[at + r * width..at + r * width + cb];
+                                    db1.iter_mut().zip(row).for_each(|(b, &g)| *b = *b + g);
+                                }
+                            }
+                            // db2 = Σ_a w_a g_t
+                            (Part::Down, Some(db2)) => {
+                                for r in 0..mr {
+                                    let wa = w[first + r0 + r];
+                                    db2.iter_mut()
+                                        .zip(&rows[r * d..(r + 1) * d])
+                                        .for_each(|(b, &g)| *b = *b + wa * g);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                })
+            },
+        );
+
+        // phase C: dx[t] += the wave's dX rows of token t, in plan order
+        scatter_add(&mut dx, &dxa[..(a1w - a0w) * d], d, &by_token, a0w, a1w);
+    }
     Grads { dx, dw, dp }
 }

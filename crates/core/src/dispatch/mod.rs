@@ -13,9 +13,11 @@ pub mod gemm;
 pub mod kernel;
 pub mod profile;
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 
 use crate::expert::{expert_forward_with, ExpertLayout};
@@ -112,14 +114,14 @@ impl MoeDispatchOp {
         ))
     }
 
-    fn bwd_typed<T: KFloat + WithDType>(
+    fn bwd_typed<T: KFloat + WithDType + Deferrable>(
         &self,
         x: &Tensor,
         w: &Tensor,
         p: &Tensor,
         gy: &Tensor,
         saved: &Saved<T>,
-    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
         let g = with_host::<T, _>(x, |x| {
             with_host::<T, _>(w, |w| {
                 with_host::<T, _>(p, |p| {
@@ -130,10 +132,14 @@ impl MoeDispatchOp {
             })
         })????;
         let dev = x.device();
+        let dp = match defer(p, g.dp) {
+            None => None,
+            Some(dp) => Some(Tensor::from_vec(dp, p.shape(), dev)?),
+        };
         Ok((
             Tensor::from_vec(g.dx, x.shape(), dev)?,
             Tensor::from_vec(g.dw, w.shape(), dev)?,
-            Tensor::from_vec(g.dp, p.shape(), dev)?,
+            dp,
         ))
     }
 }
@@ -191,7 +197,7 @@ impl CustomOp3 for MoeDispatchOp {
                 x.dtype()
             ),
         };
-        Ok((Some(dx), Some(dw), Some(dp)))
+        Ok((Some(dx), Some(dw), dp))
     }
 }
 
@@ -275,4 +281,111 @@ pub fn run(
             dispatch_reference(x, w, packed, layout, plan)
         }
     }
+}
+
+/// An expert-parameter gradient held back from candle's accumulation (see [`backward`]).
+enum DeferredGrad {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+trait Deferrable: Sized {
+    fn wrap(v: Vec<Self>) -> DeferredGrad;
+    fn add_into(g: &mut DeferredGrad, v: &[Self]) -> bool;
+}
+
+macro_rules! deferrable {
+    ($t:ident, $v:ident) => {
+        impl Deferrable for $t {
+            fn wrap(v: Vec<Self>) -> DeferredGrad {
+                DeferredGrad::$v(v)
+            }
+            fn add_into(g: &mut DeferredGrad, v: &[Self]) -> bool {
+                match g {
+                    DeferredGrad::$v(acc) if acc.len() == v.len() => {
+                        acc.iter_mut().zip(v).for_each(|(a, &b)| *a += b);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+deferrable!(f32, F32);
+deferrable!(f64, F64);
+
+type Deferred = Vec<(Tensor, DeferredGrad)>;
+
+thread_local! {
+    /// `Some` while [`backward`] runs on this thread.
+    static DEFERRED: RefCell<Option<Deferred>> = const { RefCell::new(None) };
+}
+
+/// Inside [`backward`], keeps the gradient `dp` of a packed-parameter variable `p` aside
+/// (summed with any earlier one of the same variable, in the order candle visits the ops) and
+/// returns `None`; otherwise returns `dp` for candle to accumulate.
+fn defer<T: Deferrable>(p: &Tensor, dp: Vec<T>) -> Option<Vec<T>> {
+    if !p.is_variable() {
+        return Some(dp);
+    }
+    DEFERRED.with(|d| {
+        let mut d = d.borrow_mut();
+        let Some(list) = d.as_mut() else {
+            return Some(dp);
+        };
+        match list.iter_mut().find(|(t, _)| t.id() == p.id()) {
+            Some((_, acc)) => {
+                if T::add_into(acc, &dp) {
+                    None
+                } else {
+                    Some(dp)
+                }
+            }
+            None => {
+                list.push((p.clone(), T::wrap(dp)));
+                None
+            }
+        }
+    })
+}
+
+/// `loss.backward()`, with the dispatch ops' gradients of the packed expert parameters
+/// handed to the [`GradStore`] directly instead of through candle's accumulation.
+///
+/// candle 0.11 adds every gradient into `zeros_like(param)` and allocates the sum
+/// (`GradStore::or_insert` then `add`), so for the packed expert weights — most of a layer's
+/// parameters — a plain `loss.backward()` allocates and writes the parameter size three times.
+/// Here each packed variable's gradient is the kernel's own buffer (summed in place when
+/// several dispatch calls use the same variable), inserted into the store once candle is done;
+/// a gradient that candle also holds for that variable (from other ops) is added to it.
+///
+/// Plain `loss.backward()` stays correct and returns the same values (bitwise, when only
+/// dispatch ops use the packed variables); this is an optimisation, not a requirement.
+/// No buffer is reused: each returned gradient owns fresh memory.
+pub fn backward(loss: &Tensor) -> candle_core::Result<GradStore> {
+    struct Restore(Option<Option<Deferred>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let prev = self.0.take().flatten();
+            DEFERRED.with(|d| *d.borrow_mut() = prev);
+        }
+    }
+    let restore = Restore(Some(DEFERRED.with(|d| d.replace(Some(Vec::new())))));
+    let grads = loss.backward();
+    let deferred = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
+    let mut grads = grads?;
+    for (var, g) in deferred {
+        let g = match g {
+            DeferredGrad::F32(v) => Tensor::from_vec(v, var.shape(), var.device())?,
+            DeferredGrad::F64(v) => Tensor::from_vec(v, var.shape(), var.device())?,
+        };
+        let g = match grads.remove(&var) {
+            Some(prev) => prev.add(&g)?,
+            None => g,
+        };
+        grads.insert(&var, g);
+    }
+    Ok(grads)
 }
