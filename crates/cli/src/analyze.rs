@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use switchyard_analyze::{trace, AnalysisSummary, AnalyzeOptions};
-use switchyard_data::{Batch, ByteTokenizer, Dataset};
+use switchyard_data::{Batch, ByteTokenizer, Dataset, Tokenizer};
 use switchyard_train::trainer::{self, restore::load_model};
 
 /// Windows per traced batch: every batch must have the same shape for replay.
@@ -57,7 +57,12 @@ pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
     if let Some(p) = &a.data {
         cfg.data.path = Some(p.clone());
     }
-    let data = trainer::data::build_dataset(&cfg)?;
+    // the model's own tokenizer: an imported or fine-tuned HF model carries tokenizer.json
+    let tok: &dyn Tokenizer = match &loaded.tokenizer {
+        Some(t) => t,
+        None => &ByteTokenizer,
+    };
+    let data = trainer::data::build_dataset_with(&cfg, tok)?;
     let batches = validation_batches(&data, a.windows_per_domain);
     anyhow::ensure!(
         !batches.is_empty(),
@@ -73,7 +78,7 @@ pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
         "Switchyard routing report: {}",
         loaded.checkpoint.dir.display()
     );
-    switchyard_analyze::analyze(&loaded.model, &batches, &names, &ByteTokenizer, &opts)
+    switchyard_analyze::analyze(&loaded.model, &batches, &names, tok, &opts)
         .context("analysing the routing")
 }
 

@@ -141,8 +141,9 @@ pub fn generate(
     Ok(())
 }
 
-/// `eval` with the model's HF tokenizer on `data` (default: the built-in corpus); prints the
-/// loss per domain.
+/// `eval` of an HF directory (not a Switchyard checkpoint) with its tokenizer on `data`
+/// (default: the built-in corpus); prints the loss per domain. Checkpoints, imported or
+/// trained, go through the ordinary `eval`, which uses the tokenizer they carry.
 pub fn eval(
     ckpt: &std::path::Path,
     data: Option<PathBuf>,

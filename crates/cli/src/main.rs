@@ -88,6 +88,10 @@ struct TrainArgs {
     /// data.path: a .txt file or a directory of <domain>/*.txt (default: built-in corpus)
     #[arg(long)]
     data: Option<PathBuf>,
+    /// init.from: start from this checkpoint's weights (a run or step directory, e.g. written
+    /// by `switchyard import`) with a fresh optimiser; its model and tokenizer are used.
+    #[arg(long, value_name = "CKPT")]
+    init_from: Option<PathBuf>,
     /// Continue from the latest checkpoint in run_dir, or from the given checkpoint directory.
     #[arg(long, value_name = "CKPT", num_args = 0..=1)]
     resume: Option<Option<PathBuf>>,
@@ -265,6 +269,11 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         "data.path",
         args.data.map(|p| toml_string(&p.display().to_string())),
     );
+    flag(
+        "init.from",
+        args.init_from
+            .map(|p| toml_string(&p.display().to_string())),
+    );
     if quiet {
         overrides.push("log.progress=false".into());
     }
@@ -352,7 +361,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    if interop::uses_hf_tokenizer(&args.ckpt) {
+    if switchyard_interop::ckpt::is_hf_dir(&args.ckpt) {
         return interop::eval(&args.ckpt, args.data, args.max_windows, args.json);
     }
     let loaded = load_model(&args.ckpt)?;
@@ -360,7 +369,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = args.data {
         cfg.data.path = Some(path);
     }
-    let data = trainer::data::build_dataset(&cfg)?;
+    // the tokenizer the model carries (imported or fine-tuned HF models), else bytes
+    let data = match &loaded.tokenizer {
+        Some(tok) => trainer::data::build_dataset_with(&cfg, tok)?,
+        None => trainer::data::build_dataset_with(&cfg, &ByteTokenizer)?,
+    };
     let windows = args.max_windows.unwrap_or(cfg.data.max_valid_windows);
     let result = trainer::evaluate(&loaded.model, &data, windows)?;
     if args.json {

@@ -301,3 +301,82 @@ fn demo_quick_writes_its_summary() {
         "{stdout}"
     );
 }
+
+#[test]
+fn an_imported_model_fine_tunes_evaluates_analyses_and_exports() {
+    let dir = TempDir::new("finetune");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/qwen3_moe");
+    let imported = dir.0.join("imported");
+    let run = dir.0.join("ft");
+    let (imp, run_s) = (imported.to_str().unwrap(), run.to_str().unwrap());
+    let out = switchyard(&["import", fixture.to_str().unwrap(), "--out", imp]);
+    assert!(out.status.success(), "import failed: {:?}", text(&out));
+    let out = switchyard(&[
+        "train",
+        "--init-from",
+        imp,
+        "--run-dir",
+        run_s,
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--set",
+        "data.seq_len=16",
+        "--set",
+        "data.docs_per_domain=3",
+        "--set",
+        "data.doc_bytes=300",
+        "--set",
+        "data.max_valid_windows=2",
+        "--set",
+        "optim.warmup_steps=1",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "fine-tuning failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("trained 3 steps"), "{stdout}");
+    for f in ["tokenizer.json", "hf_source.json", "latest"] {
+        assert!(run.join(f).is_file(), "{f} missing in the run directory");
+    }
+    // the run's config names the imported tokenizer and model
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.join("step-00000003/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cfg["data"]["tokenizer"]
+        .as_str()
+        .unwrap()
+        .ends_with("tokenizer.json"));
+    assert_eq!(cfg["model"]["vocab_size"], 384);
+
+    let out = switchyard(&["eval", "--ckpt", run_s, "--max-windows", "2"]);
+    assert!(out.status.success(), "eval failed: {:?}", text(&out));
+    assert!(text(&out).0.contains("overall"));
+    let an = dir.0.join("an");
+    let out = switchyard(&[
+        "analyze",
+        "--ckpt",
+        run_s,
+        "--out",
+        an.to_str().unwrap(),
+        "--no-ablation",
+        "--windows",
+        "2",
+    ]);
+    assert!(out.status.success(), "analyze failed: {:?}", text(&out));
+    assert!(an.join("report.html").is_file());
+    let hf = dir.0.join("hf");
+    let out = switchyard(&["export", "--ckpt", run_s, "--out", hf.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "export failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("qwen3_moe"), "{stdout}");
+
+    // an HF directory is not a checkpoint to start from: the error says to import it
+    let out = switchyard(&["train", "--init-from", fixture.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("switchyard import"), "{stderr}");
+}

@@ -24,17 +24,43 @@ fn moe(cfg: &TrainConfig) -> &switchyard_core::MoeConfig {
     }
 }
 
+/// A checkpoint of `configs/tiny.toml`'s model (untrained), for `init.from`.
+fn tiny_checkpoint(tag: &str) -> (PathBuf, TrainConfig) {
+    let dir = std::env::temp_dir().join(format!("switchyard-cfg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cfg = TrainConfig::from_toml_file(&configs_dir().join("tiny.toml"), &[]).unwrap();
+    cfg.run_dir = dir.clone();
+    let (store, _model) = switchyard_train::trainer::build_model(&cfg).unwrap();
+    let contents = switchyard_train::CheckpointContents {
+        params: &store,
+        optimizer: None,
+        state: Default::default(),
+        config: serde_json::to_value(&cfg).unwrap(),
+    };
+    switchyard_train::save_checkpoint(&dir, 0, &contents).unwrap();
+    (dir, cfg)
+}
+
 #[test]
 fn every_shipped_config_parses_and_validates() {
+    // configs/finetune.toml starts from a checkpoint; give it one
+    let (init, tiny_cfg) = tiny_checkpoint("shipped");
+    let init_override = format!("init.from={:?}", init.display().to_string());
     let mut n = 0;
     for entry in std::fs::read_dir(configs_dir()).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            TrainConfig::from_toml_file(&path, &[])
+            let cfg = TrainConfig::from_toml_file(&path, std::slice::from_ref(&init_override))
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if path.ends_with("finetune.toml") {
+                // no [model]: the checkpoint's model; no tokenizer.json there: bytes
+                assert_eq!(cfg.model, tiny_cfg.model);
+                assert_eq!(cfg.data.tokenizer, None);
+            }
             n += 1;
         }
     }
+    std::fs::remove_dir_all(&init).unwrap();
     assert!(n >= 2, "found {n} configs");
     let tiny = TrainConfig::from_toml_file(&configs_dir().join("tiny.toml"), &[]).unwrap();
     assert_eq!(moe(&tiny).experts, vec![ExpertSpec::swiglu(64); 4]);
