@@ -325,7 +325,8 @@ impl Trainer {
             } else {
                 objective
             };
-            let grads = scaled.backward()?;
+            // the packed expert gradients skip candle's zeros-then-add (see dispatch::backward)
+            let grads = switchyard_core::dispatch::backward(&scaled)?;
             match &mut acc {
                 None if accum == 1 => acc = Some(grads),
                 slot => accumulate_grads(
