@@ -318,10 +318,5 @@ pub fn check_fits(need_bytes: u64, available: Option<u64>) -> Result<()> {
     }
 }
 
-/// Linux `MemAvailable` (free memory plus reclaimable caches), if readable.
-pub fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+/// Linux `MemAvailable` (shared with the checkpoint loader).
+pub use switchyard_train::mem_available_bytes;

@@ -48,8 +48,9 @@ pub mod schedule;
 pub mod trainer;
 
 pub use checkpoint::{
-    load_checkpoint, restore_into, restore_optimizer, save_checkpoint, save_checkpoint_with,
-    Checkpoint, CheckpointContents, CheckpointError, RngState, SaveOptions, TrainState,
+    check_load_fits, load_checkpoint, mem_available_bytes, restore_into, restore_optimizer,
+    save_checkpoint, save_checkpoint_with, Checkpoint, CheckpointContents, CheckpointError,
+    RngState, SaveOptions, TrainState,
 };
 pub use error::{Result, TrainError};
 pub use grads::{accumulate_grads, clip_grad_norm, grad_norm, scale_grads};

@@ -242,3 +242,17 @@ fn not_a_checkpoint_says_what_was_expected() {
     assert!(matches!(err, CheckpointError::Format { .. }), "{err:?}");
     assert!(err.to_string().contains("delete the file"), "{err}");
 }
+
+#[test]
+fn a_checkpoint_too_large_for_the_memory_is_refused_with_both_sizes() {
+    let (_run, dir, _) = saved_run("too-large");
+    let bytes = std::fs::metadata(dir.join(MODEL_FILE)).unwrap().len()
+        + std::fs::metadata(dir.join(OPTIMIZER_FILE)).unwrap().len();
+    let e = switchyard_train::check_load_fits(&dir, Some(bytes)).unwrap_err();
+    assert!(matches!(e, CheckpointError::TooLarge { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("GiB") && msg.contains("available"), "{msg}");
+    assert!(msg.contains(&dir.display().to_string()), "{msg}");
+    assert!(switchyard_train::check_load_fits(&dir, Some(2 * bytes)).is_ok());
+    assert!(switchyard_train::check_load_fits(&dir, None).is_ok());
+}

@@ -51,6 +51,17 @@ pub enum CheckpointError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    /// Loading would need more memory than the machine has available.
+    #[error(
+        "{path} needs about {need_gib:.1} GiB of memory to load (its files are read, then \
+         turned into tensors), but only {available_gib:.1} GiB are available; free memory or \
+         load it on a larger machine"
+    )]
+    TooLarge {
+        path: PathBuf,
+        need_gib: f64,
+        available_gib: f64,
+    },
     /// What the caller asked to save or restore is unusable.
     #[error("invalid checkpoint contents: {0}")]
     Invalid(String),

@@ -218,7 +218,37 @@ pub fn find_step_dir(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Linux `MemAvailable` (free memory plus reclaimable caches), if readable.
+pub fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses, before reading, a checkpoint whose tensor files would not fit in memory: each
+/// file's bytes and the tensors made from them are alive together, so 2× their size.
+/// Unknown availability passes.
+pub fn check_load_fits(dir: &Path, available: Option<u64>) -> Result<()> {
+    let bytes: u64 = [MODEL_FILE, OPTIMIZER_FILE]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let need = 2 * bytes;
+    const GIB: f64 = (1u64 << 30) as f64;
+    match available {
+        Some(avail) if need > avail => Err(CheckpointError::TooLarge {
+            path: dir.to_path_buf(),
+            need_gib: need as f64 / GIB,
+            available_gib: avail as f64 / GIB,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn load_step_dir(dir: &Path) -> Result<Checkpoint> {
+    check_load_fits(dir, mem_available_bytes())?;
     let state_path = dir.join(STATE_FILE);
     let decoded = state::decode(&state_path, &fsio::read(&state_path)?)?;
     let mut verified = BTreeMap::new();
