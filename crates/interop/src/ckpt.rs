@@ -9,7 +9,6 @@
 //! - `hf_source.json`: the architecture, the special token ids and the source `config.json`,
 //!   so `export` writes the same architecture back.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -33,23 +32,9 @@ const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 /// model's `max_seq_len`.
 const DEFAULT_TRAIN_SEQ_LEN: usize = 128;
 
-/// Name of a router buffer in `state.json`; the same key `switchyard_train`'s trainer uses
-/// (`trainer/restore.rs`), so its `load_model` restores them.
-fn buffer_key(layer: usize, name: &str) -> String {
-    format!("model.layers.{layer}.block_sparse_moe.router.{name}")
-}
-
-fn router_buffers(model: &MoeLm) -> BTreeMap<String, Vec<f32>> {
-    let mut out = BTreeMap::new();
-    for (i, block) in model.layers.iter().enumerate() {
-        if let Ffn::Moe(m) = &block.ffn {
-            for (name, values) in m.router.buffers() {
-                out.insert(buffer_key(i, &name), values);
-            }
-        }
-    }
-    out
-}
+// Router buffers (e.g. V3's correction bias) are stored under the trainer's keys, so an
+// import and a training run read and write them the same way.
+use switchyard_train::trainer::restore::{buffer_key, router_buffers};
 
 /// Writes `m` as a Switchyard run directory `out` (step 0); returns the step directory.
 pub fn save_checkpoint_dir(m: &ImportedModel, out: &Path) -> Result<PathBuf> {

@@ -27,7 +27,7 @@ pub fn build_model(cfg: &TrainConfig) -> RunResult<(ParamStore, MoeLm)> {
 
 /// Name of a router buffer in `state.json`: `model.layers.{i}.block_sparse_moe.router.{name}`,
 /// next to the layer's parameters.
-fn buffer_key(layer: usize, name: &str) -> String {
+pub fn buffer_key(layer: usize, name: &str) -> String {
     format!("model.layers.{layer}.block_sparse_moe.router.{name}")
 }
 
