@@ -2,107 +2,14 @@
 //! `dispatch::backward` (candle's backward with the packed expert gradients handed over
 //! directly) against plain `loss.backward()`.
 
+mod big_plan;
 mod common;
 
-use std::sync::Arc;
-
-use candle_core::{DType, Device, Tensor, Var};
+use big_plan::*;
+use candle_core::DType;
 use common::*;
-use switchyard_core::dispatch::{self, dispatch, dispatch_reference, kernel};
-use switchyard_core::expert::ExpertLayout;
-use switchyard_core::{
-    Activation, DispatchImpl, DispatchPlan, ExpertSpec, Init, MoeConfig, ParamBuilder, ParamStore,
-    RouterConfig,
-};
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
-
-fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-    a.iter()
-        .zip(&b)
-        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
-const TOKENS: usize = 2600;
-const D_MODEL: usize = 16;
-const K: usize = 4;
-const E: usize = 10;
-
-struct Big {
-    layout: Arc<ExpertLayout>,
-    plan: Arc<DispatchPlan>,
-    x: Var,
-    w: Var,
-    p: Var,
-    proj: Tensor,
-}
-
-/// 2600 tokens × top-4 over 10 experts of mixed kinds: 10 400 assignments, so several waves
-/// of at least `WAVE_MIN_ROWS` rows, experts of ~1000 rows (several row tiles each).
-fn big() -> Big {
-    let specs: Vec<ExpertSpec> = (0..E)
-        .map(|e| match e % 3 {
-            0 => ExpertSpec::swiglu(8 + e),
-            1 => ExpertSpec::ffn(Activation::Gelu, 12),
-            _ => ExpertSpec::ffn(Activation::Relu, 5 + e),
-        })
-        .collect();
-    let dev = Device::Cpu;
-    let pb = ParamBuilder::new(&ParamStore::new(), 8, DType::F32, &dev);
-    let layout = Arc::new(ExpertLayout::new(D_MODEL, &specs));
-    let mut pairs: Vec<(u32, u32)> = (0..TOKENS as u32)
-        .flat_map(|t| (0..K as u32).map(move |j| (t, (t * 3 + j * 2 + t / 7) % E as u32)))
-        .collect();
-    pairs.sort();
-    pairs.dedup();
-    let plan = Arc::new(DispatchPlan::from_assignments(TOKENS, E, &pairs).unwrap());
-    assert!(plan.len() > 3 * kernel::WAVE_MIN_ROWS, "several waves");
-    let mk = |n: usize, shape: &[usize]| {
-        let t = Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        Var::from_tensor(&t).unwrap()
-    };
-    Big {
-        x: mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]),
-        w: mk(plan.len(), &[plan.len()]),
-        p: mk(layout.total, &[layout.total]),
-        proj: mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]).as_tensor().clone(),
-        layout,
-        plan,
-    }
-}
-
-impl Big {
-    fn vars(&self) -> [&Var; 3] {
-        [&self.x, &self.w, &self.p]
-    }
-
-    /// `(y, loss)` through the kernel or the reference.
-    fn run(&self, reference: bool) -> (Tensor, Tensor) {
-        let (x, w, p) = (self.x.as_tensor(), self.w.as_tensor(), self.p.as_tensor());
-        let y = if reference {
-            dispatch_reference(x, w, p, &self.layout, &self.plan).unwrap()
-        } else {
-            dispatch(x, w, p, &self.layout, &self.plan).unwrap()
-        };
-        let loss = (y.clone() * &self.proj).unwrap().sum_all().unwrap();
-        (y, loss)
-    }
-}
+use switchyard_core::dispatch::{self, dispatch};
+use switchyard_core::{DispatchImpl, ExpertSpec, MoeConfig, RouterConfig};
 
 #[test]
 fn several_waves_match_the_reference() {

@@ -50,8 +50,9 @@ const COL_ALIGN: usize = 16;
 const TOKEN_BLOCK: usize = 64;
 /// A wave (see `waves`) holds at most about 1/this of the assignments...
 pub const WAVE_PARTS: usize = 8;
-/// ...unless that is fewer than this many rows.
-pub const WAVE_MIN_ROWS: usize = 2048;
+/// ...and its per-row temporaries at most about this many bytes (but at least
+/// [`WGRAD_ROWS`] rows).
+pub const WAVE_BYTES: usize = 8 << 20;
 /// Buffers the pool keeps between calls.
 const POOL_MAX: usize = 8;
 
@@ -203,43 +204,101 @@ struct Tile {
     r1: usize,
 }
 
-/// The rows of experts `es` cut into near-equal tiles of at most [`ROW_TILE`] rows, in plan
-/// order.
-fn row_tiles(plan: &DispatchPlan, es: std::ops::Range<usize>) -> Vec<Tile> {
-    let mut tiles = Vec::new();
-    for e in es {
-        let n = plan.range(e).len();
-        let parts = n.div_ceil(ROW_TILE);
-        tiles.extend((0..parts).map(|i| Tile {
-            e,
-            r0: i * n / parts,
-            r1: (i + 1) * n / parts,
-        }));
-    }
-    tiles
+/// Rows of some experts processed together: segments `(e, r0..r1)` in plan order, covering the
+/// assignments `a0..a1` without gaps. An expert appears at most once per wave; a segment
+/// that does not end its expert ends at a multiple of [`WGRAD_ROWS`], so the weight-gradient
+/// row chunks are the same whatever the waves.
+struct Wave {
+    segs: Vec<Tile>,
+    a0: usize,
+    a1: usize,
 }
 
-/// Consecutive ranges of experts ("waves") processed one after the other, each with at most
-/// `max(n / WAVE_PARTS, WAVE_MIN_ROWS)` rows unless a single expert has more. Only the
-/// current wave's per-assignment temporaries are alive at a time. Depends on the plan only.
-fn waves(plan: &DispatchPlan) -> Vec<std::ops::Range<usize>> {
+impl Wave {
+    /// The wave's segments cut into near-equal row tiles of at most [`ROW_TILE`] rows.
+    fn tiles(&self) -> Vec<Tile> {
+        let mut tiles = Vec::new();
+        for g in &self.segs {
+            let n = g.r1 - g.r0;
+            let parts = n.div_ceil(ROW_TILE);
+            tiles.extend((0..parts).map(|i| Tile {
+                e: g.e,
+                r0: g.r0 + i * n / parts,
+                r1: g.r0 + (i + 1) * n / parts,
+            }));
+        }
+        tiles
+    }
+
+    fn rows(&self) -> usize {
+        self.a1 - self.a0
+    }
+
+    /// Elements of a per-row buffer of `width(e)` columns over the wave.
+    fn len(&self, layout: &ExpertLayout, width: impl Fn(&ExpertSlot) -> usize) -> usize {
+        self.segs
+            .iter()
+            .map(|g| (g.r1 - g.r0) * width(&layout.slots[g.e]))
+            .sum()
+    }
+}
+
+/// The waves processed one after the other: consecutive assignments, at most `budget` rows
+/// each (`min(n / WAVE_PARTS, WAVE_BYTES / bytes per row)`, rounded down to a multiple of
+/// [`WGRAD_ROWS`], at least one). Only the current wave's per-assignment temporaries are alive at a time.
+/// Depends on the plan and the shapes only.
+fn waves<T>(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<Wave> {
+    let row_bytes = layout
+        .slots
+        .iter()
+        .map(|s| up_width(s) + s.spec.hidden + layout.d_model)
+        .max()
+        .unwrap_or(1)
+        * std::mem::size_of::<T>();
     let budget = match WAVE_ROWS.load(Ordering::Relaxed) {
-        0 => plan.len().div_ceil(WAVE_PARTS).max(WAVE_MIN_ROWS),
+        0 => (WAVE_BYTES / row_bytes).min(plan.len().div_ceil(WAVE_PARTS)),
         rows => rows,
     };
+    let budget = if budget >= plan.len() {
+        plan.len().max(1)
+    } else {
+        budget.max(WGRAD_ROWS) / WGRAD_ROWS * WGRAD_ROWS
+    };
     let mut out = Vec::new();
-    let (mut e0, mut rows) = (0, 0);
+    let mut segs = Vec::new();
+    let mut rows = 0;
+    let close = |segs: &mut Vec<Tile>, rows: &mut usize, out: &mut Vec<Wave>| {
+        if let (Some(f), Some(l)) = (segs.first(), segs.last()) {
+            let (f, l): (&Tile, &Tile) = (f, l);
+            out.push(Wave {
+                a0: plan.offsets[f.e] as usize + f.r0,
+                a1: plan.offsets[l.e] as usize + l.r1,
+                segs: std::mem::take(segs),
+            });
+        }
+        *rows = 0;
+    };
     for e in 0..plan.num_experts {
         let n = plan.range(e).len();
-        if rows > 0 && rows + n > budget {
-            out.push(e0..e);
-            (e0, rows) = (e, 0);
+        let mut r = 0;
+        while r < n {
+            let mut end = n.min(r + (budget - rows));
+            if end < n {
+                end = end / WGRAD_ROWS * WGRAD_ROWS;
+                if end <= r {
+                    close(&mut segs, &mut rows, &mut out);
+                    continue;
+                }
+            }
+            segs.push(Tile { e, r0: r, r1: end });
+            rows += end - r;
+            r = end;
+            if rows >= budget {
+                close(&mut segs, &mut rows, &mut out);
+            }
         }
-        rows += n;
     }
-    if e0 < plan.num_experts {
-        out.push(e0..plan.num_experts);
-    }
+    close(&mut segs, &mut rows, &mut out);
     out
 }
 
@@ -368,24 +427,19 @@ pub fn forward<T: KFloat>(
     let d = layout.d_model;
     let uvoff = block_offsets(layout, plan, up_width);
     let mut uv = PoolBuf::take(uvoff[layout.num_experts()]);
-    let waves = waves(plan);
-    let wave_rows = |es: &std::ops::Range<usize>| {
-        plan.offsets[es.end] as usize - plan.offsets[es.start] as usize
-    };
-    let mut o = PoolBuf::take(waves.iter().map(wave_rows).max().unwrap_or(0) * d);
+    let waves = waves::<T>(layout, plan);
+    // wave-sized buffers are small: allocated per call and freed, not pooled (idle pooled
+    // memory would count against the peak of the next backward)
+    let mut o = vec![T::zero(); waves.iter().map(Wave::rows).max().unwrap_or(0) * d];
     let by_token = plan.by_token();
     let mut y = zeroed(plan.num_tokens * d);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
-    for es in waves {
-        let (a0, a1) = (
-            plan.offsets[es.start] as usize,
-            plan.offsets[es.end] as usize,
-        );
-        let tiles = row_tiles(plan, es.clone());
-        let uvs = split_lens(
-            &mut uv[uvoff[es.start]..uvoff[es.end]],
-            tiles.iter().map(uvlen),
-        );
+    for wave in waves {
+        let (a0, a1) = (wave.a0, wave.a1);
+        let tiles = wave.tiles();
+        let f = &wave.segs[0];
+        let at = uvoff[f.e] + f.r0 * up_width(&layout.slots[f.e]);
+        let uvs = split_lens(&mut uv[at..], tiles.iter().map(uvlen));
         let os = split_lens(&mut o[..], tiles.iter().map(|t| (t.r1 - t.r0) * d));
         let jobs: Vec<_> = tiles
             .into_iter()
@@ -441,28 +495,38 @@ enum Part {
     Down,
 }
 
-/// Column blocks `(e, part, c0, c1)` of the weight-gradient jobs of experts `es` (see the
-/// module docs).
-fn col_blocks(
-    layout: &ExpertLayout,
-    plan: &DispatchPlan,
-    es: std::ops::Range<usize>,
-) -> Vec<(usize, Part, usize, usize)> {
+/// One weight-gradient job: columns `c0..c1` of one part of `seg`'s expert, over the
+/// segment's rows, which start at `uv_at` / `h_at` in the wave's `[dU | dV]` / `w ⊙ a`.
+#[derive(Clone, Copy, Debug)]
+struct ColBlock {
+    seg: Tile,
+    part: Part,
+    c0: usize,
+    c1: usize,
+    uv_at: usize,
+    h_at: usize,
+}
+
+/// The weight-gradient jobs of a wave: each segment's parts cut into column blocks so that no
+/// job holds more than about 1/[`MIN_WGRAD_JOBS`] of the wave's work.
+fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
     let width = |e: usize, part: Part| match part {
         Part::Up => up_width(&layout.slots[e]),
         Part::Down => layout.slots[e].spec.hidden,
     };
-    let work = |e: usize, part: Part| plan.range(e).len() * width(e, part);
-    let total: usize = es
-        .clone()
-        .map(|e| work(e, Part::Up) + work(e, Part::Down))
+    let work = |g: &Tile, part: Part| (g.r1 - g.r0) * width(g.e, part);
+    let total: usize = wave
+        .segs
+        .iter()
+        .map(|g| work(g, Part::Up) + work(g, Part::Down))
         .sum();
     let target = total.div_ceil(MIN_WGRAD_JOBS).max(1);
     let mut blocks = Vec::new();
-    for e in es.filter(|&e| plan.range(e).len() > 0) {
+    let (mut uv_at, mut h_at) = (0, 0);
+    for g in &wave.segs {
         for part in [Part::Up, Part::Down] {
-            let w = width(e, part);
-            let parts = work(e, part)
+            let w = width(g.e, part);
+            let parts = work(g, part)
                 .div_ceil(target)
                 .clamp(1, w.div_ceil(COL_ALIGN));
             let mut c0 = 0;
@@ -473,11 +537,20 @@ fn col_blocks(
                     (i * w / parts) / COL_ALIGN * COL_ALIGN
                 };
                 if c1 > c0 {
-                    blocks.push((e, part, c0, c1));
+                    blocks.push(ColBlock {
+                        seg: *g,
+                        part,
+                        c0,
+                        c1,
+                        uv_at,
+                        h_at,
+                    });
                     c0 = c1;
                 }
             }
         }
+        uv_at += work(g, Part::Up);
+        h_at += work(g, Part::Down);
     }
     blocks
 }
@@ -515,29 +588,27 @@ pub fn backward<T: KFloat>(
 ) -> Grads<T> {
     let d = layout.d_model;
     let uvoff = block_offsets(layout, plan, up_width);
-    let hoff = block_offsets(layout, plan, |s| s.spec.hidden);
-    let waves = waves(plan);
-    let span = |off: &[usize], es: &std::ops::Range<usize>| off[es.end] - off[es.start];
-    let rows = |es: &std::ops::Range<usize>| {
-        plan.offsets[es.end] as usize - plan.offsets[es.start] as usize
+    let waves = waves::<T>(layout, plan);
+    let max_len = |width: &dyn Fn(&ExpertSlot) -> usize| {
+        waves
+            .iter()
+            .map(|w| w.len(layout, width))
+            .max()
+            .unwrap_or(0)
     };
-    let mut duv = PoolBuf::take(waves.iter().map(|es| span(&uvoff, es)).max().unwrap_or(0));
-    let mut aw = PoolBuf::take(waves.iter().map(|es| span(&hoff, es)).max().unwrap_or(0));
-    let mut dxa = PoolBuf::take(waves.iter().map(rows).max().unwrap_or(0) * d);
+    let mut duv = vec![T::zero(); max_len(&up_width)];
+    let mut aw = vec![T::zero(); max_len(&|s| s.spec.hidden)];
+    let mut dxa = vec![T::zero(); waves.iter().map(Wave::rows).max().unwrap_or(0) * d];
     let mut dw = vec![T::zero(); plan.len()];
     let mut dp = zeroed::<T>(layout.total);
     let mut dx = zeroed::<T>(plan.num_tokens * d);
     let by_token = plan.by_token();
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
-    for es in waves {
-        let (a0w, a1w) = (
-            plan.offsets[es.start] as usize,
-            plan.offsets[es.end] as usize,
-        );
-        let (uv0, h0) = (uvoff[es.start], hoff[es.start]);
+    for wave in waves {
+        let (a0w, a1w) = (wave.a0, wave.a1);
 
         // phase A, per row tile: dA, the activation's backward ([dU | dV], w⊙a, dw), dX rows
-        let tiles = row_tiles(plan, es.clone());
+        let tiles = wave.tiles();
         let duvs = split_lens(&mut duv[..], tiles.iter().map(uvlen));
         let aws = split_lens(
             &mut aw[..],
@@ -608,14 +679,22 @@ pub fn backward<T: KFloat>(
         let dps = Disjoint(dp.as_mut_ptr(), dp.len());
         let (duv, aw) = (&duv[..], &aw[..]);
         run_jobs(
-            col_blocks(layout, plan, es.clone()),
-            |&(e, _, c0, c1)| plan.range(e).len() * (c1 - c0),
-            |(e, part, c0, c1)| {
+            col_blocks(layout, &wave),
+            |b| (b.seg.r1 - b.seg.r0) * (b.c1 - b.c0),
+            |ColBlock {
+                 seg,
+                 part,
+                 c0,
+                 c1,
+                 uv_at,
+                 h_at,
+             }| {
+                let e = seg.e;
                 let s = &layout.slots[e];
-                let (n, cb, first) = (plan.range(e).len(), c1 - c0, plan.offsets[e] as usize);
+                let (cb, first) = (c1 - c0, plan.offsets[e] as usize);
                 let (src, width, off, w_at) = match part {
-                    Part::Up => (duv, up_width(s), uvoff[e] - uv0, s.w1),
-                    Part::Down => (aw, s.spec.hidden, hoff[e] - h0, s.w2t),
+                    Part::Up => (duv, up_width(s), uv_at, s.w1),
+                    Part::Down => (aw, s.spec.hidden, h_at, s.w2t),
                 };
                 // SAFETY: rows c0..c1 of this part's weights, entries c0..c1 of b1 (Up) and b2
                 // (Down, c0 = 0 only) belong to this job alone.
@@ -627,15 +706,15 @@ pub fn backward<T: KFloat>(
                     (dps.range(w_at + c0 * d, cb * d), bias)
                 };
                 T::with_ws(|ws| {
-                    for r0 in (0..n).step_by(WGRAD_ROWS) {
-                        let mr = WGRAD_ROWS.min(n - r0);
+                    for r0 in (seg.r0..seg.r1).step_by(WGRAD_ROWS) {
+                        let mr = WGRAD_ROWS.min(seg.r1 - r0);
                         let toks = &plan.token[first + r0..first + r0 + mr];
                         // Up: X rows; Down: G rows
                         let rows = grown(&mut ws.xe, mr * d);
                         timed(Phase::GatherScatter, || {
                             gather(if part == Part::Up { x } else { gy }, d, toks, rows)
                         });
-                        let at = off + r0 * width + c0;
+                        let at = off + (r0 - seg.r0) * width + c0;
                         // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
                         mm(
                             cb,

@@ -1,0 +1,43 @@
+//! `kernel::set_wave_rows` (process-wide, hence its own test binary): every wave size gives
+//! the reference's results, the same bits for any thread count.
+
+mod big_plan;
+
+use big_plan::{big, bits, rel_err};
+use switchyard_core::dispatch::{self, kernel};
+
+#[test]
+fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
+    let b = big();
+    let (y_ref, loss_ref) = b.run(true);
+    let g_ref = loss_ref.backward().unwrap();
+    for rows in [1, 512, 700, 3000, usize::MAX] {
+        kernel::set_wave_rows(rows);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let (y, loss) = b.run(false);
+                    let g = dispatch::backward(&loss).unwrap();
+                    assert!(rel_err(&y, &y_ref) < 1e-5, "{rows} rows: forward");
+                    for v in b.vars() {
+                        let (a, r) = (
+                            g.get(v.as_tensor()).unwrap(),
+                            g_ref.get(v.as_tensor()).unwrap(),
+                        );
+                        assert!(rel_err(a, r) < 1e-5, "{rows} rows: {}", rel_err(a, r));
+                    }
+                    let mut out = vec![bits(&y)];
+                    out.extend(b.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
+                    out
+                })
+        };
+        assert!(
+            run(1) == run(3),
+            "{rows} rows: thread count changed the bits"
+        );
+    }
+    kernel::set_wave_rows(0);
+}
