@@ -18,6 +18,7 @@ Greedy decoding here recomputes the whole sequence at each step (no KV cache).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def load_config(d: Path) -> dict:
     rp = c.get("rope_parameters") or {}
     c["_rope_theta"] = rp.get("rope_theta", c.get("rope_theta", 10000.0))
     scaling = c.get("rope_scaling") or ({k: v for k, v in rp.items() if k != "rope_theta"} if rp else None)
-    if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    if kind not in ("default", "linear", "yarn"):
         raise NotImplementedError(f"rope scaling {scaling} not covered by the fixtures")
+    c["_rope_scaling"] = None if kind == "default" else dict(scaling, _type=kind)
     # expert count appears under three names (transformers 5 writes num_local_experts for Qwen3-MoE).
     for key in ("num_experts", "num_local_experts", "n_routed_experts"):
         if c.get(key) is not None:
@@ -82,10 +85,39 @@ def swiglu(x, gate_w, up_w, down_w):
     return linear(F.silu(linear(x, gate_w)) * linear(x, up_w), down_w)
 
 
-def rope_cos_sin(dim, theta, positions):
+def yarn_mscale(scale, a):
+    return 1.0 if scale <= 1 else 0.1 * a * math.log(scale) + 1.0
+
+
+def rope_cos_sin(dim, c, positions):
+    """cos/sin [L, dim/2] of the frequencies theta^(-2i/dim), scaled as config.json says."""
+    theta, s = c["_rope_theta"], c["_rope_scaling"]
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # [dim/2]
+    factor = 1.0  # multiplies cos and sin
+    if s is not None and s["_type"] == "linear":
+        inv_freq = inv_freq / s["factor"]
+    elif s is not None:  # YaRN
+        f = s["factor"]
+        m, m_all = s.get("mscale"), s.get("mscale_all_dim")
+        factor = s.get("attention_factor") or (
+            yarn_mscale(f, m) / yarn_mscale(f, m_all) if m and m_all else yarn_mscale(f, 1.0))
+        orig = c.get("original_max_position_embeddings") or s.get("original_max_position_embeddings") \
+            or c["max_position_embeddings"]
+
+        def dim_of(rotations):  # the dimension whose frequency turns `rotations` times in `orig`
+            return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low, high = dim_of(s.get("beta_fast") or 32), dim_of(s.get("beta_slow") or 1)
+        if s.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        keep = 1 - ramp  # 1: frequency kept, 0: divided by factor
+        inv_freq = inv_freq / f * (1 - keep) + inv_freq * keep
     freqs = positions.float()[:, None] * inv_freq[None, :]  # [L, dim/2]
-    return freqs.cos(), freqs.sin()
+    return freqs.cos() * factor, freqs.sin() * factor
 
 
 def rope_half(x, cos, sin):
@@ -143,7 +175,7 @@ def gqa_attention(arch, c, w, p, x, pos):
         # Qwen3: RMSNorm per head over head_dim, after the head split.
         q = rms_norm(q, w[p + "q_norm.weight"], eps)
         k = rms_norm(k, w[p + "k_norm.weight"], eps)
-    cos, sin = rope_cos_sin(hd, c["_rope_theta"], pos)
+    cos, sin = rope_cos_sin(hd, c, pos)
     q, k = rope_half(q, cos, sin), rope_half(k, cos, sin)
     o = attention(q, repeat_kv(k, H // KV), repeat_kv(v, H // KV), hd**-0.5)
     o = o.transpose(0, 1).reshape(L, H * hd)
@@ -167,7 +199,7 @@ def mla_attention(arch, c, w, p, x, pos):
     kv_lat = rms_norm(kv_lat, w[p + "kv_a_layernorm.weight"], 1e-6)
     kv = linear(kv_lat, w[p + "kv_b_proj.weight"]).view(L, H, dn + dv).transpose(0, 1)
     k_nope, v = kv[..., :dn], kv[..., dn:]
-    cos, sin = rope_cos_sin(dr, c["_rope_theta"], pos)
+    cos, sin = rope_cos_sin(dr, c, pos)
     # V2 always and V3 with rope_interleave=true rotate interleaved pairs (2i, 2i+1).
     interleave = True if arch == "deepseek_v2" else c.get("rope_interleave", True)
     rope = rope_interleaved if interleave else rope_half
@@ -175,7 +207,12 @@ def mla_attention(arch, c, w, p, x, pos):
     k_rot = rope(k_rot[None], cos, sin).expand(H, L, dr)  # one rope key shared by all heads
     qf = torch.cat([q_nope, q_rot], -1)
     kf = torch.cat([k_nope, k_rot], -1)
-    o = attention(qf, kf, v, (dn + dr) ** -0.5)
+    scale = (dn + dr) ** -0.5
+    s = c["_rope_scaling"]
+    if s is not None and s.get("mscale_all_dim"):
+        # DeepSeek: any RoPE scaling with mscale_all_dim multiplies the softmax scale
+        scale *= yarn_mscale(s["factor"], s["mscale_all_dim"]) ** 2
+    o = attention(qf, kf, v, scale)
     o = o.transpose(0, 1).reshape(L, H * dv)
     return linear(o, w[p + "o_proj.weight"])
 
@@ -293,8 +330,9 @@ def forward(arch, c, w, ids):
     return linear(x, head), rec
 
 
-def check(arch: str, d: Path) -> bool:
+def check(name: str, d: Path) -> bool:
     c = load_config(d)
+    arch = c["model_type"]  # the fixture name, except for deepseek_v3_yarn
     w = load_checkpoint(d)
     exp = load_file(str(d / "expected.safetensors"))
     ids = exp["input_ids"][0]
@@ -320,13 +358,13 @@ def check(arch: str, d: Path) -> bool:
     g_ok = torch.equal(seq[ids.numel():], exp["greedy"])
     ok &= g_ok
     msgs.append(f"greedy {'same' if g_ok else 'DIFF'}")
-    print(f"{'ok  ' if ok else 'FAIL'} {arch}: " + "; ".join(msgs))
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: " + "; ".join(msgs))
     return ok
 
 
 def main():
     torch.set_num_threads(1)
-    names = sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"]
+    names = sys.argv[1:] or ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "deepseek_v3_yarn"]
     ok = True
     for n in names:
         ok &= check(n, FIXTURES / n)

@@ -34,9 +34,14 @@ decisive. The script retries seeds until every routing decision (on the
 prompt *and* during the 32 generated tokens) and every greedy argmax is clear
 of ties by a safe margin, and greedy never emits EOS.
 
+Fixtures are named after their architecture, except ``deepseek_v3_yarn``: a
+DeepSeek-V3 with YaRN RoPE scaling in the Hub's ``rope_scaling`` layout (the
+spec's ``arch`` says which router reference to use).
+
 Usage:
     .venv-ref/bin/python scripts/reference/make_hf_fixtures.py            # all
     .venv-ref/bin/python scripts/reference/make_hf_fixtures.py mixtral olmoe
+    .venv-ref/bin/python scripts/reference/make_hf_fixtures.py deepseek_v3_yarn  # only that one
     .venv-ref/bin/python scripts/reference/make_hf_fixtures.py --out /tmp/fx
 
 Not run in CI. The outputs are committed fixtures.
@@ -111,6 +116,9 @@ COMMON = dict(
 # checkpoints use (top-level "rope_theta"/"rope_scaling", "torch_dtype")
 # instead of transformers-5's "rope_parameters"/"dtype", so that the Rust
 # importer is tested on both. transformers 5 loads both (checked on reload).
+# legacy_rope_type_key: the key naming the scaling type in "rope_scaling"
+# ("type" in DeepSeek's Hub configs; default "rope_type").
+# arch: the architecture whose router reference applies (default: the name).
 ARCHS: dict[str, dict] = {
     "mixtral": dict(
         config_class="MixtralConfig",
@@ -269,6 +277,59 @@ ARCHS: dict[str, dict] = {
             moe_layer_freq=1,
         ),
     ),
+    # DeepSeek-V3 with YaRN as on the Hub (rope_scaling with "type": "yarn",
+    # mscale = mscale_all_dim = 1 as in DeepSeek-V3's config), scaled down:
+    # factor 4 over a pretraining context of 32 (max_position_embeddings =
+    # 4 * 32). qk_rope_head_dim 16 so that the ramp has a dimension between
+    # kept and interpolated (frequencies: 1 kept, 1 half-way, 6 divided by 4);
+    # greedy decoding runs to position 44, past the original 32.
+    "deepseek_v3_yarn": dict(
+        config_class="DeepseekV3Config",
+        arch="deepseek_v3",
+        seed=7000,
+        max_shard_size=None,
+        legacy_config=True,
+        legacy_rope_type_key="type",
+        config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            moe_intermediate_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            q_lora_rank=24,
+            kv_lora_rank=16,
+            qk_nope_head_dim=8,
+            qk_rope_head_dim=16,
+            v_head_dim=12,
+            n_routed_experts=16,
+            n_shared_experts=1,
+            num_experts_per_tok=4,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            first_k_dense_replace=1,
+            rope_interleave=True,
+            num_mtp_layers=0,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=128,
+            rope_parameters=dict(
+                rope_theta=10000.0,
+                rope_type="yarn",
+                factor=4.0,
+                original_max_position_embeddings=32,
+                beta_fast=32,
+                beta_slow=1,
+                mscale=1.0,
+                mscale_all_dim=1.0,
+            ),
+            attention_bias=False,
+            topk_method="noaux_tc",
+            scoring_func="sigmoid",
+            moe_layer_freq=1,
+        ),
+    ),
 }
 
 
@@ -311,7 +372,26 @@ def build_config(arch: str):
     cls = getattr(transformers, spec["config_class"])
     kw = dict(COMMON)
     kw.update(spec["config"])
+    if "rope_parameters" in kw:
+        kw["rope_parameters"] = dict(kw["rope_parameters"])  # the config keeps and edits it
     return cls(**kw)
+
+
+def logits_without_rope_scaling(arch: str, model, input_ids) -> torch.Tensor:
+    """The same weights with plain RoPE (to show that the scaling matters)."""
+    kw = dict(COMMON)
+    kw.update(ARCHS[arch]["config"])
+    kw["rope_parameters"] = dict(rope_theta=kw["rope_parameters"]["rope_theta"], rope_type="default")
+    plain = AutoModelForCausalLM.from_config(
+        getattr(transformers, ARCHS[arch]["config_class"])(**kw),
+        attn_implementation="eager",
+        experts_implementation="eager",
+        dtype=torch.float32,
+    )
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    with torch.no_grad():
+        return plain(input_ids=input_ids, use_cache=False).logits
 
 
 def build_model(config, seed: int):
@@ -555,13 +635,17 @@ def acceptable(info) -> tuple[bool, str]:
     return True, "ok"
 
 
-def legacy_config_json(path: Path):
+def legacy_config_json(path: Path, rope_type_key: str = "rope_type"):
     """Rewrite config.json in the transformers-4 / Hub layout."""
     cfg = json.loads(path.read_text())
     rp = cfg.pop("rope_parameters", None) or {}
     cfg["rope_theta"] = rp.get("rope_theta")
     scaling = {k: v for k, v in rp.items() if k != "rope_theta"}
-    cfg["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
+    if scaling.get("rope_type", "default") == "default":
+        scaling = None
+    elif rope_type_key != "rope_type":
+        scaling[rope_type_key] = scaling.pop("rope_type")
+    cfg["rope_scaling"] = scaling
     if "dtype" in cfg:
         cfg["torch_dtype"] = cfg.pop("dtype")
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
@@ -605,9 +689,10 @@ def verify_reload(arch, d: Path, tensors: dict):
     return d_logits
 
 
-def make_fixture(arch: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tries: int = 50):
-    spec = ARCHS[arch]
-    config = build_config(arch)
+def make_fixture(name: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tries: int = 50):
+    spec = ARCHS[name]
+    arch = spec.get("arch", name)  # which router reference applies
+    config = build_config(name)
     enc = tok(PROMPT)["input_ids"]
     assert len(enc) >= SEQ_LEN, (len(enc), SEQ_LEN)
     input_ids = torch.tensor([enc[:SEQ_LEN]], dtype=torch.int64)
@@ -619,10 +704,10 @@ def make_fixture(arch: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tr
         ok, why = acceptable(info)
         if ok:
             break
-        print(f"  [{arch}] seed {seed}: {why}; retrying", file=sys.stderr)
+        print(f"  [{name}] seed {seed}: {why}; retrying", file=sys.stderr)
         seed += 1
     else:
-        raise SystemExit(f"{arch}: no acceptable seed in {max_tries} tries")
+        raise SystemExit(f"{name}: no acceptable seed in {max_tries} tries")
 
     # A check that e_score_correction_bias really changes the choice.
     if arch == "deepseek_v3":
@@ -647,7 +732,14 @@ def make_fixture(arch: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tr
         assert changed > 0, "group-limited routing does not change any choice"
         info["rows_changed_by_group_limit"] = changed
 
-    d = out_root / arch
+    rope_type = spec["config"].get("rope_parameters", {}).get("rope_type", "default")
+    if rope_type != "default":
+        plain = logits_without_rope_scaling(name, model, input_ids)
+        change = (plain - tensors["logits"]).abs().max().item()
+        assert change > 1e-2, f"{name}: RoPE scaling changes the logits by only {change}"
+        info["max_logit_change_without_rope_scaling"] = change
+
+    d = out_root / name
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
@@ -657,10 +749,10 @@ def make_fixture(arch: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tr
     model.save_pretrained(str(d), **save_kw)
     tok.save_pretrained(str(d))
     if spec["legacy_config"]:
-        legacy_config_json(d / "config.json")
-    save_file(tensors, str(d / "expected.safetensors"), metadata={"generator": f"scripts/reference/make_hf_fixtures.py ({arch})"})
+        legacy_config_json(d / "config.json", spec.get("legacy_rope_type_key", "rope_type"))
+    save_file(tensors, str(d / "expected.safetensors"), metadata={"generator": f"scripts/reference/make_hf_fixtures.py ({name})"})
 
-    verify_reload(arch, d, tensors)
+    verify_reload(name, d, tensors)
 
     shards = sorted(p.name for p in d.glob("model*.safetensors"))
     meta = dict(
@@ -669,7 +761,8 @@ def make_fixture(arch: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tr
         torch_version=torch.__version__,
         safetensors_version=safetensors.__version__,
         tokenizers_version=tokenizers.__version__,
-        arch=arch,
+        arch=name,
+        **({"router_reference": arch} if arch != name else {}),
         architecture=model.config.architectures[0] if model.config.architectures else type(model).__name__,
         model_type=model.config.model_type,
         config_class=spec["config_class"],
@@ -691,8 +784,8 @@ def make_fixture(arch: str, out_root: Path, tok: PreTrainedTokenizerFast, max_tr
     (d / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=False) + "\n")
 
     size = dir_bytes(d)
-    assert size < MAX_FIXTURE_BYTES, f"{arch}: fixture is {size} bytes (limit {MAX_FIXTURE_BYTES})"
-    print(f"{arch}: seed {seed}, {size} bytes, shards={len(shards)}, moe_layers={info['moe_layers']}, "
+    assert size < MAX_FIXTURE_BYTES, f"{name}: fixture is {size} bytes (limit {MAX_FIXTURE_BYTES})"
+    print(f"{name}: seed {seed}, {size} bytes, shards={len(shards)}, moe_layers={info['moe_layers']}, "
           f"route margin {min(info['min_route_margin_prompt'], info['min_route_margin_generation']):.3g}, "
           f"argmax margin {info['min_greedy_argmax_margin']:.3g}")
     return d

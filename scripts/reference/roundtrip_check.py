@@ -26,7 +26,7 @@ Exit status: 0 when everything matches, 1 on a mismatch, 2 on a usage or
 load error.
 
 `--fixture` may be a fixture directory or a fixture name (mixtral, qwen2_moe,
-qwen3_moe, olmoe, deepseek_v2, deepseek_v3). Without --fixture the script
+qwen3_moe, olmoe, deepseek_v2, deepseek_v3, deepseek_v3_yarn). Without --fixture the script
 guesses it from the exported config.json's model_type.
 
 Passing a fixture directory as EXPORT_DIR as well checks the fixture itself

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use switchyard_core::{
     ExpertKind, ExpertSpec, GateConfig, GroupScore, LossWeights, MoeConfig, RouterConfig, ScoreFn,
 };
-use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MlaConfig};
+use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MlaConfig, RopeScaling, YarnScaling};
 
 use crate::arch::HfArch;
 use crate::error::{InteropError, Result};
@@ -175,7 +175,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
             Some("only SwiGLU (silu) experts are implemented"),
         ));
     }
-    let rope_theta = rope_theta(&c, arch)?;
+    let (rope_theta, rope_scaling) = rope(&c, arch)?;
     let d = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
     let n_layers = c.usize("num_hidden_layers")?;
@@ -227,6 +227,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
         n_kv_heads: Some(n_kv),
         max_seq_len,
         rope_theta,
+        rope_scaling,
         norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
         tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
         ..Default::default()
@@ -374,9 +375,12 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
     Ok(cfg)
 }
 
-/// `rope_parameters.rope_theta` (transformers 5) or `rope_theta` (Hub); RoPE scaling other
-/// than `default` is refused.
-fn rope_theta(c: &Raw<'_>, arch: HfArch) -> Result<f64> {
+/// `rope_parameters.rope_theta` (transformers 5) or `rope_theta` (Hub), and the RoPE scaling
+/// of `rope_scaling` (Hub) or `rope_parameters` (transformers 5): `default`, `linear` and
+/// `yarn` are implemented, other types are refused. Defaults as transformers':
+/// `original_max_position_embeddings` from the top level, else the scaling's, else
+/// `max_position_embeddings`; `beta_fast` / `beta_slow` 32 / 1 when missing or 0.
+fn rope(c: &Raw<'_>, arch: HfArch) -> Result<(f64, Option<RopeScaling>)> {
     let params = c.get("rope_parameters").and_then(Value::as_object);
     let theta = match params
         .and_then(|p| p.get("rope_theta"))
@@ -385,24 +389,154 @@ fn rope_theta(c: &Raw<'_>, arch: HfArch) -> Result<f64> {
         Some(t) => t,
         None => c.f64_or("rope_theta", DEFAULT_ROPE_THETA)?,
     };
-    let scaling = c.get("rope_scaling").and_then(Value::as_object).or(params);
-    if let Some(s) = scaling {
-        let kind = s
-            .get("rope_type")
-            .or_else(|| s.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if kind != "default" {
+    let (key, scaling) = match c.get("rope_scaling").and_then(Value::as_object) {
+        Some(s) => ("rope_scaling", s),
+        None => match params {
+            Some(p) => ("rope_parameters", p),
+            None => return Ok((theta, None)),
+        },
+    };
+    // errors name the key inside the scaling object: `rope_scaling.factor`
+    let s = Raw {
+        v: scaling,
+        path: c.path,
+    };
+    let within = |e: InteropError| match e {
+        InteropError::Config {
+            path,
+            key: k,
+            reason,
+        } => InteropError::Config {
+            path,
+            key: format!("{key}.{k}"),
+            reason,
+        },
+        other => other,
+    };
+    let kind = match s.get("rope_type") {
+        Some(_) => s.str_or("rope_type", "default"),
+        None => s.str_or("type", "default"),
+    }
+    .map_err(within)?;
+    let factor = || {
+        s.opt_f64("factor")?
+            .ok_or_else(|| s.err("factor", "required for RoPE scaling but missing"))
+    };
+    let scaling = match kind {
+        "default" => None,
+        "linear" => {
+            // transformers' DeepSeek would put m(factor, mscale_all_dim)² on the softmax
+            // scale under any scaling type; Switchyard only does so for YaRN
+            if arch.is_deepseek()
+                && s.opt_f64("mscale_all_dim")
+                    .map_err(within)?
+                    .is_some_and(|m| m != 0.0)
+            {
+                return Err(InteropError::Unsupported {
+                    arch: arch.to_string(),
+                    what: "linear RoPE scaling with `mscale_all_dim`".into(),
+                    hint: Some("mscale_all_dim is implemented with yarn scaling only".into()),
+                });
+            }
+            Some(RopeScaling::Linear {
+                factor: factor().map_err(within)?,
+            })
+        }
+        "yarn" => {
+            let original = match c.opt_usize("original_max_position_embeddings")? {
+                Some(n) => n,
+                None => match s
+                    .opt_usize("original_max_position_embeddings")
+                    .map_err(within)?
+                {
+                    Some(n) => n,
+                    None => c.usize_or("max_position_embeddings", 4096)?,
+                },
+            };
+            let nonzero_or = |k: &str, d: f64| -> Result<f64> {
+                Ok(s.opt_f64(k)?.filter(|&v| v != 0.0).unwrap_or(d))
+            };
+            let y = (|| {
+                Ok::<_, InteropError>(YarnScaling {
+                    factor: factor()?,
+                    original_max_seq_len: original,
+                    beta_fast: nonzero_or("beta_fast", 32.0)?,
+                    beta_slow: nonzero_or("beta_slow", 1.0)?,
+                    mscale: s.opt_f64("mscale")?,
+                    mscale_all_dim: s.opt_f64("mscale_all_dim")?,
+                    attention_factor: s.opt_f64("attention_factor")?,
+                    truncate: s.bool_or("truncate", true)?,
+                })
+            })()
+            .map_err(within)?;
+            Some(RopeScaling::Yarn(y))
+        }
+        other => {
             return Err(InteropError::Unsupported {
                 arch: arch.to_string(),
-                what: format!("RoPE scaling `{kind}`"),
+                what: format!("RoPE scaling `{other}`"),
                 hint: Some(
-                    "only unscaled RoPE is implemented (DeepSeek-V2/V3 on the Hub use YaRN)".into(),
+                    "linear and yarn RoPE scaling are implemented \
+                     (dynamic, longrope, llama3 and others are not)"
+                        .into(),
                 ),
+            })
+        }
+    };
+    if let Some(sc) = &scaling {
+        sc.validate().map_err(|e| {
+            // name the HF key (`original_max_seq_len` is `original_max_position_embeddings`)
+            let (field, reason) = match e {
+                switchyard_models::ModelError::Config { field, reason } => (field, reason),
+                other => (String::new(), other.to_string()),
+            };
+            let hf = match field.strip_prefix("rope_scaling.") {
+                Some("original_max_seq_len") => ".original_max_position_embeddings",
+                Some(_) => &field["rope_scaling".len()..],
+                None => "",
+            };
+            InteropError::Config {
+                path: c.path.into(),
+                key: format!("{key}{hf}"),
+                reason,
+            }
+        })?;
+    }
+    Ok((theta, scaling))
+}
+
+/// The Hub-layout `rope_scaling` of `s` (`null` when unscaled); [`rope`] reads it back.
+fn rope_scaling_json(s: Option<&RopeScaling>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(RopeScaling::Linear { factor }) => {
+            json!({"type": "linear", "rope_type": "linear", "factor": factor})
+        }
+        Some(RopeScaling::Yarn(y)) => {
+            let mut o = json!({
+                "type": "yarn",
+                "rope_type": "yarn",
+                "factor": y.factor,
+                "original_max_position_embeddings": y.original_max_seq_len,
+                "beta_fast": y.beta_fast,
+                "beta_slow": y.beta_slow,
             });
+            let m = o.as_object_mut().expect("object");
+            for (k, v) in [
+                ("mscale", y.mscale),
+                ("mscale_all_dim", y.mscale_all_dim),
+                ("attention_factor", y.attention_factor),
+            ] {
+                if let Some(v) = v {
+                    m.insert(k.into(), json!(v));
+                }
+            }
+            if !y.truncate {
+                m.insert("truncate".into(), json!(false));
+            }
+            o
         }
     }
-    Ok(theta)
 }
 
 /// Checks that `cfg` has an exact equivalent in `arch`; lists every obstacle.
@@ -595,7 +729,7 @@ pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Resul
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_scaling": null,
+        "rope_scaling": rope_scaling_json(cfg.rope_scaling.as_ref()),
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
         "num_experts_per_tok": m.router.k(),

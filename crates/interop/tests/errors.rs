@@ -95,17 +95,70 @@ fn missing_tensor_is_named() {
 }
 
 #[test]
-fn yarn_rope_scaling_is_refused_plainly() {
-    let d = copy_fixture("deepseek_v2", "yarn");
+fn unimplemented_rope_scaling_is_refused_plainly() {
+    let d = copy_fixture("deepseek_v2", "rope-dynamic");
+    for kind in ["dynamic", "longrope", "llama3"] {
+        edit_config(&d, |c| {
+            c.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"type": kind, "factor": 4}),
+            );
+        });
+        let (e, msg) = import_err(&d);
+        assert!(matches!(e, InteropError::Unsupported { .. }), "{msg}");
+        assert!(msg.contains(kind) && msg.contains("deepseek_v2"), "{msg}");
+        assert!(msg.contains("linear and yarn"), "{msg}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn bad_yarn_values_name_their_key() {
+    let d = copy_fixture("deepseek_v3_yarn", "yarn-bad");
+    for (edit, key) in [
+        (serde_json::json!({"factor": null}), "rope_scaling.factor"),
+        (serde_json::json!({"factor": "40"}), "rope_scaling.factor"),
+        (serde_json::json!({"factor": 0.5}), "rope_scaling.factor"),
+        (
+            serde_json::json!({"beta_slow": 64}),
+            "rope_scaling.beta_fast",
+        ),
+        (
+            serde_json::json!({"original_max_position_embeddings": 0}),
+            "rope_scaling.original_max_position_embeddings",
+        ),
+        (
+            serde_json::json!({"original_max_position_embeddings": -1}),
+            "rope_scaling.original_max_position_embeddings",
+        ),
+        (
+            serde_json::json!({"truncate": "no"}),
+            "rope_scaling.truncate",
+        ),
+    ] {
+        edit_config(&d, |c| {
+            let mut s = serde_json::json!({"type": "yarn", "factor": 4.0,
+                "original_max_position_embeddings": 32, "mscale": 1.0, "mscale_all_dim": 1.0});
+            for (k, v) in edit.as_object().unwrap() {
+                s[k] = v.clone();
+            }
+            c.insert("rope_scaling".into(), s);
+        });
+        let (e, msg) = import_err(&d);
+        assert!(
+            matches!(&e, InteropError::Config { key: k, .. } if k == key),
+            "{edit}: {msg}"
+        );
+    }
+    // DeepSeek's softmax factor from mscale_all_dim is implemented for YaRN only
     edit_config(&d, |c| {
         c.insert(
             "rope_scaling".into(),
-            serde_json::json!({"type": "yarn", "factor": 40}),
+            serde_json::json!({"type": "linear", "factor": 2, "mscale_all_dim": 1.0}),
         );
     });
     let (e, msg) = import_err(&d);
     assert!(matches!(e, InteropError::Unsupported { .. }), "{msg}");
-    assert!(msg.contains("yarn") && msg.contains("deepseek_v2"), "{msg}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

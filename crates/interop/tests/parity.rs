@@ -3,7 +3,9 @@
 //! layer must choose the same experts (as sets: DeepSeek's top-k order is unspecified) with the
 //! same weights and router logits, and 32 greedy tokens (KV cache on) must be identical.
 //! Exporting an imported model and importing the export must give bit-identical tensors and
-//! logits. The expected values come from `scripts/reference/make_hf_fixtures.py`.
+//! logits. The expected values come from `scripts/reference/make_hf_fixtures.py`. Besides one
+//! fixture per architecture, `deepseek_v3_yarn` is a DeepSeek-V3 with YaRN RoPE scaling in
+//! the Hub's `rope_scaling` layout.
 
 mod common;
 
@@ -12,14 +14,26 @@ use std::collections::BTreeMap;
 use candle_core::{Device, Tensor};
 use common::*;
 use switchyard_interop::{export_imported, greedy, import, logits};
+use switchyard_models::{RopeScaling, YarnScaling};
 
 const LOGITS_TOL: f32 = 1e-4;
 const ROUTER_TOL: f32 = 1e-4;
 const GREEDY_TOKENS: usize = 32;
+/// Every fixture: one per architecture, and YaRN.
+const FIXTURES: [&str; 7] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "deepseek_v3_yarn",
+];
 
-fn parity(name: &str) {
+/// The fixture `name` holds a model of architecture `arch` (its `model_type`).
+fn parity_as(name: &str, arch: &str) {
     let m = import(fixture(name)).unwrap_or_else(|e| panic!("{name}: import failed: {e}"));
-    assert_eq!(m.arch.model_type(), name);
+    assert_eq!(m.arch.model_type(), arch);
     let exp = expected(name);
     let r = logits(&m.model, &exp.ids).unwrap();
     let dl = max_abs_diff(&r.logits.squeeze(0).unwrap(), &exp.logits);
@@ -71,6 +85,10 @@ fn parity(name: &str) {
     );
 }
 
+fn parity(name: &str) {
+    parity_as(name, name)
+}
+
 #[test]
 fn mixtral_matches_transformers() {
     parity("mixtral");
@@ -101,11 +119,64 @@ fn deepseek_v3_matches_transformers() {
     parity("deepseek_v3");
 }
 
+/// DeepSeek-V3's `rope_scaling` (YaRN, mscale = mscale_all_dim = 1) scaled down to a
+/// pretraining context of 32 and factor 4; greedy decoding runs past position 32.
+#[test]
+fn deepseek_v3_with_yarn_matches_transformers() {
+    let m = import(fixture("deepseek_v3_yarn")).unwrap();
+    let want = RopeScaling::Yarn(YarnScaling {
+        factor: 4.0,
+        original_max_seq_len: 32,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        mscale: Some(1.0),
+        mscale_all_dim: Some(1.0),
+        attention_factor: None,
+        truncate: true,
+    });
+    assert_eq!(m.cfg.rope_scaling, Some(want));
+    assert_eq!(m.cfg.max_seq_len, 128);
+    parity_as("deepseek_v3_yarn", "deepseek_v3");
+}
+
+/// transformers 5 keeps the scaling in `rope_parameters` (with `rope_theta`, and `rope_type`
+/// for the Hub's `type`): the same config and logits as the Hub layout.
+#[test]
+fn yarn_reads_the_same_from_rope_parameters() {
+    let d = copy_fixture("deepseek_v3_yarn", "yarn-rope-parameters");
+    let path = d.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let o = c.as_object_mut().unwrap();
+    let mut rp = o.remove("rope_scaling").unwrap();
+    let theta = o.remove("rope_theta").unwrap();
+    let r = rp.as_object_mut().unwrap();
+    let kind = r.remove("type").unwrap();
+    r.insert("rope_type".into(), kind);
+    r.insert("rope_theta".into(), theta);
+    o.insert("rope_parameters".into(), rp);
+    std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+
+    let (hub, t5) = (
+        import(fixture("deepseek_v3_yarn")).unwrap(),
+        import(&d).unwrap(),
+    );
+    assert!(t5.cfg.rope_scaling.is_some());
+    assert_eq!(hub.cfg, t5.cfg);
+    let ids = expected("deepseek_v3_yarn").ids;
+    let (a, b) = (
+        logits(&hub.model, &ids).unwrap(),
+        logits(&t5.model, &ids).unwrap(),
+    );
+    assert_eq!(max_abs_diff(&a.logits, &b.logits), 0.0);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 /// Export writes back exactly the tensors it read (Hub names, shapes, values), and the
 /// re-imported model gives bit-identical logits.
 #[test]
 fn export_then_reimport_is_exact() {
-    for name in ARCHS {
+    for name in FIXTURES {
         let m = import(fixture(name)).unwrap();
         let out = scratch(&format!("roundtrip-{name}"));
         let rep = export_imported(&m, &out).unwrap();

@@ -84,6 +84,10 @@ pub struct LmConfig {
     pub n_kv_heads: Option<usize>,
     pub max_seq_len: usize,
     pub rope_theta: f64,
+    /// RoPE context extension (HF `rope_scaling`); `None` is plain RoPE. Configs written
+    /// before this field existed read as `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     pub norm_eps: f64,
     /// Width of one attention head; `None` means `d_model / n_heads`. Qwen3-MoE sets it
     /// independently (q_proj then maps `d_model → n_heads · head_dim`).
@@ -120,6 +124,7 @@ impl Default for LmConfig {
             n_kv_heads: None,
             max_seq_len: 256,
             rope_theta: 10_000.0,
+            rope_scaling: None,
             norm_eps: 1e-5,
             head_dim: None,
             qk_norm: false,
@@ -131,6 +136,117 @@ impl Default for LmConfig {
             ffn: FfnConfig::default(),
             dense_layers: Vec::new(),
         }
+    }
+}
+
+/// RoPE scaling for contexts longer than the model was pretrained on, as transformers'
+/// `rope_type`s of the same names (`modeling_rope_utils.py`); the frequencies are computed
+/// by [`crate::rope::rope_frequencies`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Position interpolation (Chen et al. 2023): every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// YaRN (Peng et al. 2023), as DeepSeek-V2/V3 use it.
+    Yarn(YarnScaling),
+}
+
+/// YaRN: frequencies that turn fewer than `beta_slow` times over the pretraining context are
+/// interpolated (divided by `factor`), those that turn more than `beta_fast` times are kept,
+/// with a linear ramp between; cos/sin are multiplied by an attention factor; and DeepSeek's
+/// attention (MLA) additionally multiplies its softmax scale by
+/// `(0.1 · mscale_all_dim · ln factor + 1)²`. Field names follow HF's `rope_scaling` keys,
+/// except `original_max_seq_len` (`original_max_position_embeddings`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct YarnScaling {
+    /// Context extension ratio (DeepSeek-V3: 40).
+    pub factor: f64,
+    /// Context length of pretraining (DeepSeek-V3: 4096).
+    pub original_max_seq_len: usize,
+    /// Rotations over `original_max_seq_len` above which a frequency is kept (HF default 32).
+    pub beta_fast: f64,
+    /// Rotations below which a frequency is fully interpolated (HF default 1).
+    pub beta_slow: f64,
+    /// With `mscale_all_dim` (both non-zero), the cos/sin factor is
+    /// `m(factor, mscale) / m(factor, mscale_all_dim)`, `m(s, a) = 0.1 · a · ln s + 1`;
+    /// otherwise it is `m(factor, 1)`.
+    pub mscale: Option<f64>,
+    /// See `mscale`; also sets DeepSeek's softmax factor `m(factor, mscale_all_dim)²`.
+    pub mscale_all_dim: Option<f64>,
+    /// The cos/sin factor itself, overriding the one `mscale` gives.
+    pub attention_factor: Option<f64>,
+    /// Round the ends of the ramp outwards to whole dimensions (HF `truncate`, default true).
+    pub truncate: bool,
+}
+
+impl Default for YarnScaling {
+    fn default() -> Self {
+        Self {
+            factor: 1.0,
+            original_max_seq_len: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            mscale: None,
+            mscale_all_dim: None,
+            attention_factor: None,
+            truncate: true,
+        }
+    }
+}
+
+impl RopeScaling {
+    pub fn factor(&self) -> f64 {
+        match self {
+            RopeScaling::Linear { factor } => *factor,
+            RopeScaling::Yarn(y) => y.factor,
+        }
+    }
+
+    /// Checks the values; errors name the field under `rope_scaling`.
+    pub fn validate(&self) -> Result<()> {
+        let err = |field: &str, reason: String| {
+            Err(ModelError::config(format!("rope_scaling.{field}"), reason))
+        };
+        let f = self.factor();
+        if !(f.is_finite() && f >= 1.0) {
+            return err(
+                "factor",
+                format!("must be finite and >= 1 (the context extension ratio), got {f}"),
+            );
+        }
+        let RopeScaling::Yarn(y) = self else {
+            return Ok(());
+        };
+        if y.original_max_seq_len == 0 {
+            return err("original_max_seq_len", "must be at least 1".into());
+        }
+        for (field, v) in [("beta_fast", y.beta_fast), ("beta_slow", y.beta_slow)] {
+            if !(v.is_finite() && v > 0.0) {
+                return err(field, format!("must be finite and > 0, got {v}"));
+            }
+        }
+        if y.beta_fast < y.beta_slow {
+            return err(
+                "beta_fast",
+                format!(
+                    "must be >= beta_slow = {}, got {} (usual: 32 and 1)",
+                    y.beta_slow, y.beta_fast
+                ),
+            );
+        }
+        for (field, v) in [("mscale", y.mscale), ("mscale_all_dim", y.mscale_all_dim)] {
+            if let Some(v) = v.filter(|v| !v.is_finite()) {
+                return err(field, format!("must be finite, got {v}"));
+            }
+        }
+        if let Some(a) = y.attention_factor.filter(|a| !(a.is_finite() && *a > 0.0)) {
+            return err(
+                "attention_factor",
+                format!("must be finite and > 0, got {a}"),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -362,6 +478,9 @@ impl LmConfig {
                     self.rope_theta
                 ),
             );
+        }
+        if let Some(s) = &self.rope_scaling {
+            s.validate()?;
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
             return err(

@@ -98,10 +98,11 @@ impl MoeLm {
             Some(linear_weight(&pb.pp("lm_head"), v, d)?)
         };
         let interleave = cfg.mla.as_ref().is_some_and(|m| m.rope_interleave);
-        let rope = Rope::new(
+        let rope = Rope::scaled(
             cfg.rope_dim(),
             cfg.max_seq_len,
             cfg.rope_theta,
+            cfg.rope_scaling.as_ref(),
             pb.dtype,
             &pb.device,
         )?

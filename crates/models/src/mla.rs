@@ -6,8 +6,9 @@
 //! [c_kv | k_r] = kv_a_proj_with_mqa(x)                                             [L, r + dr]
 //! [k_n | v]    = kv_b_proj(rms(c_kv)) per head                                     [L, H·(dn+dv)]
 //! q = [q_n | rope(q_r)],  k = [k_n | rope(k_r)]  (one rope key shared by every head)
-//! out = o_proj(softmax(q·kᵀ · (dn+dr)^-½ + causal) · v)
+//! out = o_proj(softmax(q·kᵀ · (dn+dr)^-½ · mscale² + causal) · v)
 //! ```
+//! `mscale² ≠ 1` only under YaRN with `mscale_all_dim` ([`crate::rope::mla_softmax_mscale`]).
 //! The cache keeps the per-head keys and values after RoPE, like [`crate::Attention`] (not the
 //! compressed latent: simpler, at the cost of the memory saving MLA is designed for).
 
@@ -18,7 +19,7 @@ use crate::attention::{attend, LayerKv};
 use crate::config::{LmConfig, MlaConfig};
 use crate::linear::{linear, linear_weight};
 use crate::norm::RmsNorm;
-use crate::rope::Rope;
+use crate::rope::{mla_softmax_mscale, Rope};
 use crate::{ModelError, Result};
 
 /// The query path: one projection, or a low-rank pair with an RMSNorm between.
@@ -45,6 +46,8 @@ pub struct MlaAttention {
     pub o_proj: Var,
     pub cfg: MlaConfig,
     pub n_heads: usize,
+    /// Softmax scale: `(dn+dr)^-½`, times YaRN's `mscale²` when the model uses it.
+    pub softmax_scale: f64,
 }
 
 impl MlaAttention {
@@ -78,6 +81,8 @@ impl MlaAttention {
                 r,
             )?,
             o_proj: linear_weight(&pb.pp("o_proj"), d, h * m.v_head_dim)?,
+            softmax_scale: mla_softmax_mscale(cfg.rope_scaling.as_ref())
+                / (m.qk_head_dim() as f64).sqrt(),
             cfg: m,
             n_heads: h,
         })
@@ -163,8 +168,8 @@ impl MlaAttention {
         // cat along the last axis can leave odd strides, which batched matmul rejects
         let q = Tensor::cat(&[&q_nope, &q_rot], D::Minus1)?.contiguous()?;
         let k = Tensor::cat(&[&k_nope, &k_rot], D::Minus1)?.contiguous()?;
-        // torch: self.scaling = self.qk_head_dim ** (-0.5)
-        let out = attend(&q, k, v, 1.0 / ((dn + dr) as f64).sqrt(), cache)?;
+        // torch: self.scaling = yarn_apply_mscale(config.rope_parameters, self.qk_head_dim ** (-0.5))
+        let out = attend(&q, k, v, self.softmax_scale, cache)?;
         linear(&out, &self.o_proj)
     }
 }
