@@ -176,6 +176,16 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
         ));
     }
     let (rope_theta, rope_scaling) = rope(&c, arch)?;
+    let partial = c.get("rope_parameters").and_then(|p| p.get("partial_rotary_factor"));
+    let partial = partial
+        .or_else(|| c.get("partial_rotary_factor"))
+        .and_then(Value::as_f64);
+    if let Some(f) = partial.filter(|&f| f != 1.0) {
+        return Err(unsupported(
+            format!("partial_rotary_factor = {f}"),
+            Some("RoPE over part of the head is not implemented; only 1.0 (the whole head) is"),
+        ));
+    }
     let d = c.usize("hidden_size")?;
     let n_heads = c.usize("num_attention_heads")?;
     let n_layers = c.usize("num_hidden_layers")?;

@@ -113,6 +113,23 @@ fn unimplemented_rope_scaling_is_refused_plainly() {
 }
 
 #[test]
+fn partial_rotary_factor_is_refused_not_ignored() {
+    let d = copy_fixture("qwen3_moe", "partial-rope");
+    edit_config(&d, |c| {
+        c.insert("partial_rotary_factor".into(), serde_json::json!(0.5));
+    });
+    let (e, msg) = import_err(&d);
+    assert!(matches!(e, InteropError::Unsupported { .. }), "{msg}");
+    assert!(msg.contains("partial_rotary_factor = 0.5"), "{msg}");
+    // 1.0 is the whole head: accepted
+    edit_config(&d, |c| {
+        c.insert("partial_rotary_factor".into(), serde_json::json!(1.0));
+    });
+    assert!(import(&d).is_ok());
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
 fn bad_yarn_values_name_their_key() {
     let d = copy_fixture("deepseek_v3_yarn", "yarn-bad");
     for (edit, key) in [
