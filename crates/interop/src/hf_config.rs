@@ -176,7 +176,9 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
         ));
     }
     let (rope_theta, rope_scaling) = rope(&c, arch)?;
-    let partial = c.get("rope_parameters").and_then(|p| p.get("partial_rotary_factor"));
+    let partial = c
+        .get("rope_parameters")
+        .and_then(|p| p.get("partial_rotary_factor"));
     let partial = partial
         .or_else(|| c.get("partial_rotary_factor"))
         .and_then(Value::as_f64);
