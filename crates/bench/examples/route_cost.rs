@@ -71,6 +71,35 @@ fn main() {
         })
     );
     println!(
+        "layer fwd+bwd (dispatch::backward) {:8.2} ms",
+        med(|| {
+            let o = fwd();
+            switchyard_core::dispatch::backward(&(o.y.sum_all().unwrap() + o.aux_loss).unwrap())
+                .unwrap();
+        })
+    );
+    println!(
+        "layer fwd, bwd of aux_loss only    {:8.2} ms",
+        med(|| {
+            let o = fwd();
+            o.aux_loss.backward().unwrap();
+        })
+    );
+    println!(
+        "dispatch fwd+bwd (dispatch::backward) {:8.2} ms",
+        med(|| {
+            let y = dispatch(
+                x.as_tensor(),
+                w.as_tensor(),
+                layer.experts.packed.as_tensor(),
+                &layout,
+                &routing.plan,
+            )
+            .unwrap();
+            switchyard_core::dispatch::backward(&y.sum_all().unwrap()).unwrap();
+        })
+    );
+    println!(
         "dispatch fwd       {:8.2} ms",
         med(|| {
             dispatch(

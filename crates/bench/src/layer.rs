@@ -230,6 +230,8 @@ pub struct Variant {
     pub wave_rows: usize,
     /// [`kernel::set_huge_pages`].
     pub huge_pages: bool,
+    /// [`MemProbe::set_recycling`] (large freed blocks reused by the binary's allocator).
+    pub recycle: bool,
 }
 
 impl Variant {
@@ -238,17 +240,22 @@ impl Variant {
         plain_backward: false,
         wave_rows: 0,
         huge_pages: true,
+        recycle: true,
     };
-    /// The kernel and backward before waves, `dispatch::backward` and huge pages.
+    /// The kernel and backward before waves, `dispatch::backward`, huge pages and recycling.
     pub const BEFORE: Self = Self {
         plain_backward: true,
         wave_rows: usize::MAX,
         huge_pages: false,
+        recycle: false,
     };
 
-    fn apply(&self) {
+    fn apply(&self, mem: Option<&dyn MemProbe>) {
         kernel::set_wave_rows(self.wave_rows);
         kernel::set_huge_pages(self.huge_pages);
+        if let Some(m) = mem {
+            m.set_recycling(self.recycle);
+        }
     }
 }
 
@@ -276,7 +283,7 @@ pub fn ab_rows(
             tc.push(c);
         }
         for (v, times) in variants.iter().zip(&mut tv) {
-            v.apply();
+            v.apply(mem);
             let t = std::time::Instant::now();
             lb.fwd_bwd_with(v.plain_backward).map_err(&err)?;
             if round > 0 {
@@ -310,11 +317,11 @@ pub fn ab_rows(
             ..Default::default()
         };
         if let Some(probe) = mem {
-            v.apply();
+            v.apply(mem);
             memory_with(&lb, probe, &mut row, v.plain_backward).map_err(&err)?;
         }
         rows.push(row);
     }
-    Variant::CURRENT.apply();
+    Variant::CURRENT.apply(mem);
     Ok(rows)
 }

@@ -10,35 +10,38 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard_bench::{format_table, run, write_json, BenchOpts, MemProbe};
+use switchyard_core::dispatch::alloc::Recycling;
 
-/// The system allocator, counting live bytes and their peak.
+/// The system allocator behind Switchyard's recycling of large blocks (as a training binary
+/// would use it), counting live bytes and their peak (blocks kept for reuse count as freed).
 struct Counting {
     live: AtomicUsize,
     peak: AtomicUsize,
+    inner: Recycling<System>,
 }
 
-// SAFETY: every call is forwarded to `System` unchanged; the counters are only bookkeeping.
+// SAFETY: every call is forwarded to `inner` unchanged; the counters are only bookkeeping.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc(l);
+        let p = self.inner.alloc(l);
         if !p.is_null() {
             self.grew(l.size());
         }
         p
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(l);
+        let p = self.inner.alloc_zeroed(l);
         if !p.is_null() {
             self.grew(l.size());
         }
         p
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l);
+        self.inner.dealloc(p, l);
         self.live.fetch_sub(l.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
-        let q = System.realloc(p, l, new);
+        let q = self.inner.realloc(p, l, new);
         if !q.is_null() {
             self.live.fetch_sub(l.size(), Ordering::Relaxed);
             self.grew(new);
@@ -65,20 +68,24 @@ impl MemProbe for Counting {
         self.peak
             .store(self.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
+    fn set_recycling(&self, on: bool) {
+        self.inner.set_enabled(on);
+    }
 }
 
 #[global_allocator]
 static ALLOC: Counting = Counting {
     live: AtomicUsize::new(0),
     peak: AtomicUsize::new(0),
+    inner: Recycling::new(System),
 };
 
 const USAGE: &str = "usage: switchyard-bench [--quick] [--json PATH] [--threads 1,2] [--configs mixtral8,fine64] [--sweep] [--reps N] [--ab]
 
---ab: instead of the suite, fwd+bwd of each config under three variants timed round-robin with
-the dense ceiling, plus each one's peak memory: [0] before this round of work (plain
-loss.backward(), one wave, no huge pages), [1] the kernel's waves and huge pages with plain
-loss.backward(), [2] current (dispatch::backward).";
+--ab: instead of the suite, fwd+bwd of each config under four variants timed round-robin with
+the dense ceiling, plus each one's peak memory: [0] as before this round of work (plain
+loss.backward(), one wave, no huge pages, no recycling of large blocks), [1] the kernel's
+waves and huge pages, [2] and dispatch::backward, [3] and recycling (current).";
 
 fn list<T: std::str::FromStr>(v: &str, what: &str) -> Result<Vec<T>, String> {
     v.split(',')
@@ -152,6 +159,11 @@ fn run_ab(opts: &BenchOpts) -> switchyard_bench::Result<Vec<switchyard_bench::Be
         Variant::BEFORE,
         Variant {
             plain_backward: true,
+            recycle: false,
+            ..Variant::CURRENT
+        },
+        Variant {
+            recycle: false,
             ..Variant::CURRENT
         },
         Variant::CURRENT,

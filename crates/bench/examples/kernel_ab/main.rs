@@ -3,7 +3,8 @@
 //! from commit 56f44d3), alternating calls on the same plan so both see the same machine load.
 //!
 //! Run with: `cargo run --release -p switchyard-bench --example kernel_ab -- 1`
-//! (the argument is the thread count).
+//! (the argument is the thread count; `-- 1 1024` runs the E=1024 sweep point instead, and
+//! `-- 1 1024 new` the current kernel alone).
 
 #[allow(dead_code)]
 mod kernel_v0;
@@ -16,6 +17,11 @@ use switchyard_core::dispatch::kernel;
 use switchyard_core::expert::ExpertLayout;
 use switchyard_core::{DispatchPlan, ExpertSpec};
 
+/// Large freed blocks are reused (as in `switchyard-bench`) unless `SWITCHYARD_RECYCLE=0`.
+#[global_allocator]
+static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
+    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+
 /// Timed calls of each kernel, alternating.
 const REPS: usize = 5;
 const TOKENS: usize = 4096;
@@ -25,11 +31,30 @@ fn main() {
     let threads: usize = std::env::args()
         .nth(1)
         .map_or(1, |s| s.parse().expect("thread count"));
+    ALLOC.set_enabled(std::env::var("SWITCHYARD_RECYCLE").map_or(true, |v| v != "0"));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .unwrap();
-    for (name, e, k, h) in [("mixtral8", 8, 2, 1024), ("fine64", 64, 8, 256)] {
+    // optional: experts of a sweep point (k=8, h=256) instead of mixtral8 and fine64, and
+    // `new` to time the current kernel alone (for profiling)
+    let configs: Vec<(String, usize, usize, usize)> = match std::env::args().nth(2) {
+        Some(e) => {
+            let e: usize = e.parse().expect("number of experts");
+            vec![(
+                format!("sweep_e{e}"),
+                e,
+                (e / 4).clamp(2, 8),
+                2048 / (e / 4).clamp(2, 8),
+            )]
+        }
+        None => vec![
+            ("mixtral8".into(), 8, 2, 1024),
+            ("fine64".into(), 64, 8, 256),
+        ],
+    };
+    let only_new = std::env::args().nth(3).is_some_and(|a| a == "new");
+    for (name, e, k, h) in configs {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let layout = ExpertLayout::new(D_MODEL, &vec![ExpertSpec::swiglu(h); e]);
         let mut pairs = Vec::new();
@@ -60,6 +85,9 @@ fn main() {
             kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
         };
         let old = || {
+            if only_new {
+                return;
+            }
             let (_, s) = kernel_v0::forward(&x, &w, &p, &layout, &plan);
             kernel_v0::backward(&x, &w, &p, &layout, &plan, &s, &gy);
         };

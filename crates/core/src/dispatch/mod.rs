@@ -9,6 +9,7 @@
 //! Tests hold the two to each other and to central differences.
 
 mod act;
+pub mod alloc;
 pub mod gemm;
 pub mod kernel;
 pub mod profile;
