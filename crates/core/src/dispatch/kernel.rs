@@ -99,7 +99,6 @@ kfloat!(f64, libm::erf, f64::exp);
 #[derive(Default)]
 pub struct Workspace<T> {
     xe: Vec<T>,
-    ge: Vec<T>,
     a: Vec<T>,
 }
 
@@ -251,7 +250,7 @@ fn waves<T>(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<Wave> {
     let row_bytes = layout
         .slots
         .iter()
-        .map(|s| up_width(s) + s.spec.hidden + layout.d_model)
+        .map(|s| up_width(s) + s.spec.hidden + 3 * layout.d_model)
         .max()
         .unwrap_or(1)
         * std::mem::size_of::<T>();
@@ -505,6 +504,8 @@ struct ColBlock {
     c1: usize,
     uv_at: usize,
     h_at: usize,
+    /// The segment's first row in the wave.
+    row_at: usize,
 }
 
 /// The weight-gradient jobs of a wave: each segment's parts cut into column blocks so that no
@@ -522,7 +523,7 @@ fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
         .sum();
     let target = total.div_ceil(MIN_WGRAD_JOBS).max(1);
     let mut blocks = Vec::new();
-    let (mut uv_at, mut h_at) = (0, 0);
+    let (mut uv_at, mut h_at, mut row_at) = (0, 0, 0);
     for g in &wave.segs {
         for part in [Part::Up, Part::Down] {
             let w = width(g.e, part);
@@ -544,6 +545,7 @@ fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
                         c1,
                         uv_at,
                         h_at,
+                        row_at,
                     });
                     c0 = c1;
                 }
@@ -551,6 +553,7 @@ fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
         }
         uv_at += work(g, Part::Up);
         h_at += work(g, Part::Down);
+        row_at += g.r1 - g.r0;
     }
     blocks
 }
@@ -598,7 +601,11 @@ pub fn backward<T: KFloat>(
     };
     let mut duv = vec![T::zero(); max_len(&up_width)];
     let mut aw = vec![T::zero(); max_len(&|s| s.spec.hidden)];
-    let mut dxa = vec![T::zero(); waves.iter().map(Wave::rows).max().unwrap_or(0) * d];
+    let wave_rows = waves.iter().map(Wave::rows).max().unwrap_or(0);
+    let mut dxa = vec![T::zero(); wave_rows * d];
+    // the wave's rows of x and gy, gathered once in phase A and read again in phase B
+    let mut xw = vec![T::zero(); wave_rows * d];
+    let mut gw = vec![T::zero(); wave_rows * d];
     let mut dw = vec![T::zero(); plan.len()];
     let mut dp = zeroed::<T>(layout.total);
     let mut dx = zeroed::<T>(plan.num_tokens * d);
@@ -616,28 +623,32 @@ pub fn backward<T: KFloat>(
                 .iter()
                 .map(|t| (t.r1 - t.r0) * layout.slots[t.e].spec.hidden),
         );
-        let dxs = split_lens(&mut dxa[..], tiles.iter().map(|t| (t.r1 - t.r0) * d));
+        let rows_d = |t: &Tile| (t.r1 - t.r0) * d;
+        let dxs = split_lens(&mut dxa[..], tiles.iter().map(rows_d));
+        let xs = split_lens(&mut xw[..], tiles.iter().map(rows_d));
+        let gs = split_lens(&mut gw[..], tiles.iter().map(rows_d));
         let dws = split_lens(&mut dw[a0w..a1w], tiles.iter().map(|t| t.r1 - t.r0));
         let jobs: Vec<_> = tiles
             .into_iter()
             .zip(duvs)
             .zip(aws)
             .zip(dxs.into_iter().zip(dws))
-            .map(|(((t, duv), aw), (dx, dw))| (t, duv, aw, dx, dw))
+            .zip(xs.into_iter().zip(gs))
+            .map(|((((t, duv), aw), (dx, dw)), (xe, ge))| (t, duv, aw, dx, dw, xe, ge))
             .collect();
         run_jobs(
             jobs,
             |j| uvlen(&j.0),
-            |(t, duv, aw, dxe, dwe)| {
+            |(t, duv, aw, dxe, dwe, xe, ge)| {
                 let s = &layout.slots[t.e];
                 let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
                 let a0 = plan.offsets[t.e] as usize + t.r0;
                 let at = uvoff[t.e] + t.r0 * uw;
                 let uv = &saved.uv[at..at + m * uw];
                 T::with_ws(|ws| {
-                    let ge = grown(&mut ws.ge, m * d);
                     timed(Phase::GatherScatter, || {
-                        gather(gy, d, &plan.token[a0..a0 + m], ge)
+                        gather(gy, d, &plan.token[a0..a0 + m], ge);
+                        gather(x, d, &plan.token[a0..a0 + m], xe);
                     });
                     // term 1: dA_unscaled = G · W2tᵀ  [m, h]
                     let da = grown(&mut ws.a, m * h);
@@ -677,7 +688,7 @@ pub fn backward<T: KFloat>(
 
         // phase B, per column block of each expert's weights: weight (and bias) gradients
         let dps = Disjoint(dp.as_mut_ptr(), dp.len());
-        let (duv, aw) = (&duv[..], &aw[..]);
+        let (duv, aw, xw, gw) = (&duv[..], &aw[..], &xw[..], &gw[..]);
         run_jobs(
             col_blocks(layout, &wave),
             |b| (b.seg.r1 - b.seg.r0) * (b.c1 - b.c0),
@@ -688,6 +699,7 @@ pub fn backward<T: KFloat>(
                  c1,
                  uv_at,
                  h_at,
+                 row_at,
              }| {
                 let e = seg.e;
                 let s = &layout.slots[e];
@@ -705,15 +717,12 @@ pub fn backward<T: KFloat>(
                     };
                     (dps.range(w_at + c0 * d, cb * d), bias)
                 };
-                T::with_ws(|ws| {
+                {
                     for r0 in (seg.r0..seg.r1).step_by(WGRAD_ROWS) {
                         let mr = WGRAD_ROWS.min(seg.r1 - r0);
-                        let toks = &plan.token[first + r0..first + r0 + mr];
-                        // Up: X rows; Down: G rows
-                        let rows = grown(&mut ws.xe, mr * d);
-                        timed(Phase::GatherScatter, || {
-                            gather(if part == Part::Up { x } else { gy }, d, toks, rows)
-                        });
+                        // Up: X rows; Down: G rows (gathered in phase A)
+                        let ra = (row_at + r0 - seg.r0) * d;
+                        let rows = &(if part == Part::Up { xw } else { gw })[ra..ra + mr * d];
                         let at = off + (r0 - seg.r0) * width + c0;
                         // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
                         mm(
@@ -748,7 +757,7 @@ pub fn backward<T: KFloat>(
                             _ => {}
                         }
                     }
-                })
+                }
             },
         );
 
