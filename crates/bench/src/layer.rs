@@ -1,8 +1,6 @@
 //! The MoE layer as training runs it: gate → top-k router → plan → dispatch op → combine,
 //! plus the auxiliary losses, forward and forward+backward through candle's autodiff.
 
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -139,9 +137,9 @@ pub fn measure(
             ..Default::default()
         };
         if mode == "fwd_bwd" && routing {
-            let (layer_s, disp, gs_frac) = dispatch_only(&lb, reps).map_err(&err)?;
-            let outside = ((layer_s - disp) / layer_s).max(0.0);
-            let gather_scatter = gs_frac * disp / layer_s;
+            let (layer_s, route_s, gs_frac) = routing_cost(&lb, reps).map_err(&err)?;
+            let outside = route_s / layer_s;
+            let gather_scatter = gs_frac * (1.0 - outside).max(0.0);
             row.gate_router_share = Some(outside);
             row.gather_scatter_share = Some(gather_scatter);
             row.routing_share = Some(outside + gather_scatter);
@@ -190,35 +188,44 @@ fn memory_with(
     Ok(())
 }
 
-/// Median fwd+bwd times of the whole layer and of the dispatch op alone on the layer's
-/// routing (timed alternately), and the share of the kernels' thread time spent gathering and
-/// scattering rows.
-fn dispatch_only(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, f64, f64)> {
-    let routing = lb
+/// Median fwd+bwd times of the whole layer and of its routing alone, timed alternately, and
+/// the share of the dispatch kernels' thread time spent gathering and scattering rows.
+///
+/// "Routing alone" is [`MoeLayer::route_only`] (gate, router, plan, routing weights,
+/// auxiliary losses, statistics) and the backward of its auxiliary loss plus
+/// `Σ c·weights` for a fixed `c`, which sends a gradient down the routing weights as the
+/// dispatch op does: the routing's own forward and backward, measured directly rather than as
+/// the difference of two noisy timings.
+fn routing_cost(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, f64, f64)> {
+    let n = lb
         .forward()?
         .routing
-        .expect("routed layers report their routing");
-    let w = Var::from_tensor(&routing.weights.detach())?;
-    let layout = Arc::new(lb.layer.experts.layout.clone());
-    let packed = lb.layer.experts.packed.as_tensor();
-    let once = || -> switchyard_core::Result<()> {
-        let y = dispatch::dispatch(
-            lb.x.as_tensor(),
-            w.as_tensor(),
-            packed,
-            &layout,
-            &routing.plan,
-        )?;
-        dispatch::backward(&y.sum_all()?)?;
+        .expect("routed layers report their routing")
+        .plan
+        .len();
+    let c = Tensor::from_vec(
+        (0..n)
+            .map(|i| ((i % 7) as f32 - 3.0) * 0.1)
+            .collect::<Vec<_>>(),
+        n,
+        &Device::Cpu,
+    )?;
+    let route = || -> switchyard_core::Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+        let (routing, aux) = lb
+            .layer
+            .route_only(lb.x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))?;
+        let loss = (aux + (routing.weights * &c)?.sum_all()?)?;
+        loss.backward()?;
         Ok(())
     };
-    let (layer_s, disp_s) = paired_median_secs(reps, || lb.fwd_bwd().map(drop), once)?;
+    let (layer_s, route_s) = paired_median_secs(reps, || lb.fwd_bwd().map(drop), route)?;
     profile::set_enabled(true);
     profile::take();
-    once()?;
+    lb.fwd_bwd()?;
     let p = profile::take();
     profile::set_enabled(false);
-    Ok((layer_s, disp_s, p.gather_scatter_share()))
+    Ok((layer_s, route_s, p.gather_scatter_share()))
 }
 
 /// One setting of the knobs an A/B run compares (see [`ab_rows`]).

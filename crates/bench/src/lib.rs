@@ -145,10 +145,14 @@ pub struct BenchRow {
     /// gate, router (top-k, plan, weights, losses, stats), gather and scatter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing_share: Option<f64>,
-    /// The part of `routing_share` outside the dispatch op (gate, router, losses, autodiff glue).
+    /// The part of `routing_share` outside the dispatch op: gate, router, plan, routing
+    /// weights, auxiliary losses and statistics, forward and backward, timed directly
+    /// (`MoeLayer::route_only`) alternately with the layer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gate_router_share: Option<f64>,
-    /// The part of `routing_share` inside the dispatch op (gathering rows, scattering outputs).
+    /// The part of `routing_share` inside the dispatch op (gathering rows, scattering outputs):
+    /// their share of the kernels' thread time (phase timers) times the layer's non-routing
+    /// share.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gather_scatter_share: Option<f64>,
     /// Bytes alive after the forward beyond those before it: output, saved activations and

@@ -278,6 +278,54 @@ impl MoeLayer {
     }
 }
 
+impl MoeLayer {
+    /// The auxiliary losses (all computed and reported, the enabled ones summed into the
+    /// first result), the routing statistics and the tokens per expert of a routing.
+    fn aux_losses(
+        &self,
+        routing: &Routing,
+        dense: &Tensor,
+        load_loss: Option<&Tensor>,
+        x2: &Tensor,
+    ) -> Result<(Tensor, LossValues, RoutingStats, Vec<usize>)> {
+        let plan = &routing.plan;
+        let counts = plan.tokens_per_expert();
+        let w = &self.cfg.losses;
+        let lb = losses::switch_balance(&routing.probs, &counts, self.cfg.router.k())?;
+        let imp = losses::importance(dense)?;
+        let z = match &routing.logits {
+            Some(l) => losses::z_loss(l)?,
+            None => Tensor::zeros((), x2.dtype(), x2.device())?,
+        };
+        let mut aux = ((&lb * w.switch_balance)? + (&imp * w.importance)?)?;
+        aux = (aux + (&z * w.z)?)?;
+        let mut values = LossValues {
+            switch_balance: scalar(&lb)?,
+            importance: scalar(&imp)?,
+            load: 0.0,
+            z: scalar(&z)?,
+        };
+        if let Some(l) = load_loss {
+            values.load = scalar(l)?;
+            aux = (aux + (l * w.load)?)?;
+        }
+        let stats = RoutingStats::compute(plan, &routing.probs, routing.logits.as_ref())?;
+        Ok((aux, values, stats, counts))
+    }
+
+    /// Everything [`MoeBlock::forward`] does for `x [..., d]` except running the experts:
+    /// gate, router, plan, routing weights (with their autodiff graph), auxiliary losses and
+    /// statistics. Returns the routing and the weighted auxiliary loss. For measuring what
+    /// routing costs (`switchyard bench`); it does not count load for
+    /// [`MoeLayer::after_step`] and ignores `ctx.forced`.
+    pub fn route_only(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Routing, Tensor)> {
+        let x2 = x.reshape(((), self.cfg.d_model))?;
+        let (routing, dense, load_loss) = self.route(&x2, ctx)?;
+        let (aux, ..) = self.aux_losses(&routing, &dense, load_loss.as_ref(), &x2)?;
+        Ok((routing, aux))
+    }
+}
+
 impl MoeBlock for MoeLayer {
     /// # Shapes
     /// `x [..., d]` → `[..., d]`; leading dimensions are flattened into `T` tokens.
@@ -338,28 +386,8 @@ impl MoeBlock for MoeLayer {
             )?)?;
         }
 
-        // auxiliary losses: all computed and reported, the enabled ones summed
-        let counts = plan.tokens_per_expert();
-        let w = &self.cfg.losses;
-        let lb = losses::switch_balance(&routing.probs, &counts, self.cfg.router.k())?;
-        let imp = losses::importance(&dense)?;
-        let z = match &routing.logits {
-            Some(l) => losses::z_loss(l)?,
-            None => Tensor::zeros((), x2.dtype(), x2.device())?,
-        };
-        let mut aux = ((&lb * w.switch_balance)? + (&imp * w.importance)?)?;
-        aux = (aux + (&z * w.z)?)?;
-        let mut values = LossValues {
-            switch_balance: scalar(&lb)?,
-            importance: scalar(&imp)?,
-            load: 0.0,
-            z: scalar(&z)?,
-        };
-        if let Some(l) = &load_loss {
-            values.load = scalar(l)?;
-            aux = (aux + (l * w.load)?)?;
-        }
-        let stats = RoutingStats::compute(plan, &routing.probs, routing.logits.as_ref())?;
+        let (aux, values, stats, counts) =
+            self.aux_losses(&routing, &dense, load_loss.as_ref(), &x2)?;
         {
             let mut pending = self.pending_load.lock().expect("load poisoned");
             pending.iter_mut().zip(&counts).for_each(|(p, c)| *p += c);
