@@ -5,7 +5,8 @@
 //! Run with: `cargo run --release -p switchyard-bench --example kernel_ab -- 1`
 //! (the argument is the thread count; `-- 1 1024` runs the E=1024 sweep point instead, and
 //! `-- 1 1024 new` the current kernel alone). With `SWITCHYARD_AB_WAVE_ROWS=N`, "old" is the
-//! current kernel with N rows per wave (`18446744073709551615`: one wave).
+//! current kernel with N rows per wave (`18446744073709551615`: one wave); with
+//! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows.
 
 #[allow(dead_code)]
 mod kernel_v0;
@@ -95,6 +96,13 @@ fn main() {
                 let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
                 kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
                 kernel::set_wave_rows(0);
+                return;
+            }
+            if let Ok(rows) = std::env::var("SWITCHYARD_AB_ROW_TILE") {
+                kernel::set_row_tile(rows.parse().expect("rows"));
+                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
+                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+                kernel::set_row_tile(0);
                 return;
             }
             let (_, s) = kernel_v0::forward(&x, &w, &p, &layout, &plan);

@@ -89,20 +89,21 @@ multiversion! {
 }
 
 multiversion! {
-    /// `y_t += Σ rows[a − a0]` over token `t`'s assignments `a` in `idx[off[t]..off[t+1]]`
-    /// with `a0 ≤ a < a1`, for the tokens `t0..` of the block `yb [·, d]`, in plan order.
-    /// `rows` holds the rows of assignments `a0..a1`.
-    pub(crate) fn sum_rows<T: KFloat>(yb: &mut [T], rows: &[T], off: &[u32], idx: &[u32], t0: usize, d: usize, a0: usize, a1: usize) {
+    /// `y_t += Σ rows[a − a0]` over token `t`'s next assignments `a < a1`, for the tokens
+    /// `t0..` of the block `yb [·, d]`, in plan order: token `t0 + i`'s assignments are
+    /// `idx[cur[i]..off[t + 1]]` (ascending), `cur[i]` advances past the ones added. `rows`
+    /// holds the rows of assignments `a0..a1`.
+    pub(crate) fn sum_rows<T: KFloat>(yb: &mut [T], rows: &[T], off: &[u32], idx: &[u32], cur: &mut [u32], t0: usize, d: usize, a0: usize, a1: usize) {
         for (i, yt) in yb.chunks_exact_mut(d).enumerate() {
-            let t = t0 + i;
-            for &a in &idx[off[t] as usize..off[t + 1] as usize] {
-                let a = a as usize;
-                if a < a0 || a >= a1 {
-                    continue;
-                }
-                let r = &rows[(a - a0) * d..(a - a0 + 1) * d];
+            let end = off[t0 + i + 1] as usize;
+            let mut c = cur[i] as usize;
+            while c < end && (idx[c] as usize) < a1 {
+                let a = idx[c] as usize - a0;
+                let r = &rows[a * d..(a + 1) * d];
                 yt.iter_mut().zip(r).for_each(|(y, &r)| *y = *y + r);
+                c += 1;
             }
+            cur[i] = c as u32;
         }
     }
 }

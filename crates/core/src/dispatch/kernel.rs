@@ -219,7 +219,7 @@ impl Wave {
         let mut tiles = Vec::new();
         for g in &self.segs {
             let n = g.r1 - g.r0;
-            let parts = n.div_ceil(ROW_TILE);
+            let parts = n.div_ceil(row_tile());
             tiles.extend((0..parts).map(|i| Tile {
                 e: g.e,
                 r0: g.r0 + i * n / parts,
@@ -340,30 +340,55 @@ fn run_jobs<J: Send>(mut jobs: Vec<J>, work: impl Fn(&J) -> usize, f: impl Fn(J)
         .for_each(|j| timed(Phase::Total, || f(j)));
 }
 
-/// `y[t] += Σ rows[a − a0]` over token `t`'s assignments `a ∈ a0..a1`, in plan order; rows
-/// are already scaled. Waves call this in ascending order, so every token's sum runs in plan
-/// order from zero, as one pass over all assignments would.
-fn scatter_add<T: KFloat>(
-    y: &mut [T],
-    rows: &[T],
-    d: usize,
-    by_token: &(Vec<u32>, Vec<u32>),
-    a0: usize,
-    a1: usize,
-) {
-    let (off, idx) = by_token;
-    y.par_chunks_mut(TOKEN_BLOCK * d)
-        .enumerate()
-        .for_each(|(b, yb)| {
-            timed(Phase::Total, || {
-                timed(Phase::GatherScatter, || {
-                    act::sum_rows(yb, rows, off, idx, b * TOKEN_BLOCK, d, a0, a1)
+/// Token-major view of a plan for the scatters: `(off, idx)` of [`DispatchPlan::by_token`]
+/// and, per token, the first of its assignments not yet added.
+struct Scatter {
+    off: Vec<u32>,
+    idx: Vec<u32>,
+    cur: Vec<u32>,
+}
+
+impl Scatter {
+    fn new(plan: &DispatchPlan) -> Self {
+        let (off, idx) = plan.by_token();
+        let cur = off[..plan.num_tokens].to_vec();
+        Self { off, idx, cur }
+    }
+
+    /// `y[t] += Σ rows[a − a0]` over token `t`'s assignments `a ∈ a0..a1`, in plan order;
+    /// rows are already scaled. Waves call this in ascending order, so every token's sum runs
+    /// in plan order from zero, as one pass over all assignments would.
+    fn add<T: KFloat>(&mut self, y: &mut [T], rows: &[T], d: usize, a0: usize, a1: usize) {
+        let (off, idx) = (&self.off, &self.idx);
+        y.par_chunks_mut(TOKEN_BLOCK * d)
+            .zip(self.cur.par_chunks_mut(TOKEN_BLOCK))
+            .enumerate()
+            .for_each(|(b, (yb, cb))| {
+                timed(Phase::Total, || {
+                    timed(Phase::GatherScatter, || {
+                        act::sum_rows(yb, rows, off, idx, cb, b * TOKEN_BLOCK, d, a0, a1)
+                    })
                 })
-            })
-        });
+            });
+    }
 }
 
 static WAVE_ROWS: AtomicUsize = AtomicUsize::new(0);
+static ROW_TILE_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+fn row_tile() -> usize {
+    match ROW_TILE_OVERRIDE.load(Ordering::Relaxed) {
+        0 => ROW_TILE,
+        r => r,
+    }
+}
+
+/// Overrides [`ROW_TILE`] for the whole process (`0`: the default), for A/B measurements.
+/// Like the wave size, it changes speed and possibly rounding, never the independence of the
+/// results from the thread count.
+pub fn set_row_tile(rows: usize) {
+    ROW_TILE_OVERRIDE.store(rows, Ordering::Relaxed);
+}
 static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 
 /// Overrides the rows per wave for the whole process (`0`: the default rule, `usize::MAX`:
@@ -430,7 +455,7 @@ pub fn forward<T: KFloat>(
     // wave-sized buffers are small: allocated per call and freed, not pooled (idle pooled
     // memory would count against the peak of the next backward)
     let mut o = vec![T::zero(); waves.iter().map(Wave::rows).max().unwrap_or(0) * d];
-    let by_token = plan.by_token();
+    let mut scatter = Scatter::new(plan);
     let mut y = zeroed(plan.num_tokens * d);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
     for wave in waves {
@@ -473,7 +498,7 @@ pub fn forward<T: KFloat>(
                 })
             },
         );
-        scatter_add(&mut y, &o[..(a1 - a0) * d], d, &by_token, a0, a1);
+        scatter.add(&mut y, &o[..(a1 - a0) * d], d, a0, a1);
     }
     (y, Saved { uv })
 }
@@ -609,7 +634,7 @@ pub fn backward<T: KFloat>(
     let mut dw = vec![T::zero(); plan.len()];
     let mut dp = zeroed::<T>(layout.total);
     let mut dx = zeroed::<T>(plan.num_tokens * d);
-    let by_token = plan.by_token();
+    let mut scatter = Scatter::new(plan);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
     for wave in waves {
         let (a0w, a1w) = (wave.a0, wave.a1);
@@ -762,7 +787,7 @@ pub fn backward<T: KFloat>(
         );
 
         // phase C: dx[t] += the wave's dX rows of token t, in plan order
-        scatter_add(&mut dx, &dxa[..(a1w - a0w) * d], d, &by_token, a0w, a1w);
+        scatter.add(&mut dx, &dxa[..(a1w - a0w) * d], d, a0w, a1w);
     }
     Grads { dx, dw, dp }
 }
