@@ -3,22 +3,29 @@
 //! routing weight and scatter back in a fixed order; plus the explicit backward.
 //!
 //! # Work split
-//! Jobs are sized by load, not by expert: every expert's rows are cut into row tiles of at
-//! most [`ROW_TILE`] rows (forward and input gradient), and each expert's weight gradients
-//! into column blocks of its hidden width so that no job holds more than about
-//! 1/[`MIN_WGRAD_JOBS`] of the work. rayon runs the jobs largest first and steals single jobs.
+//! The assignments are processed in waves (see `waves`): consecutive runs of at most
+//! `min(n / WAVE_PARTS, WAVE_BYTES / bytes per row)` rows, cutting an expert only at a
+//! multiple of [`WGRAD_ROWS`]. Within a wave, jobs are sized by load, not by expert: every
+//! segment's rows are cut into row tiles of at most [`ROW_TILE`] rows (forward and input
+//! gradient), and each segment's weight gradients into column blocks of its hidden width so
+//! that no job holds more than about 1/[`MIN_WGRAD_JOBS`] of the wave's work. rayon runs the
+//! jobs largest first and steals single jobs.
 //!
 //! # Determinism
 //! The split depends only on the plan and the shapes, never on the thread count; every job
 //! runs single-threaded `gemm` calls of fixed shapes, weight gradients accumulate row chunks
-//! of [`WGRAD_ROWS`] in ascending order, and every per-token sum is taken in plan order. So
-//! results are bitwise identical for any number of threads.
+//! of [`WGRAD_ROWS`] in ascending order, and every per-token sum is taken in plan order (waves
+//! add into `y` / `dx` in ascending order). So results are bitwise identical for any number of
+//! threads.
 //!
 //! # Memory
-//! Per-row buffers (gathered rows, activations) live in per-thread workspaces; the large
-//! per-call buffers (saved pre-activations, per-assignment outputs and gradients) come from a
-//! small process-wide pool and go back to it when dropped, so steady-state calls allocate
-//! only the tensors they return.
+//! Only one wave's per-assignment temporaries (forward outputs; `[dU | dV]`, `w ⊙ a`, `dX`
+//! rows and the gathered `x` / `gy` rows of the backward) are alive at a time, allocated per
+//! call. Per-row activations live in per-thread workspaces; the saved pre-activations come
+//! from a small process-wide pool. Large fresh results ask for transparent huge pages.
+//! The expert-weight gradient is a fresh buffer owned by the returned tensor; see
+//! [`super::backward`] (no zeros-then-add in candle) and [`super::alloc::Recycling`] (reuse
+//! of its memory across steps).
 //!
 //! # Shapes
 //! `x [T, d]`, routing weights `w [n]` (one per plan assignment), flat expert parameters
@@ -316,7 +323,7 @@ fn block_offsets(
 }
 
 /// Splits `buf` into consecutive mutable chunks of the given lengths.
-fn split_lens<'a, T>(mut buf: &'a mut [T], lens: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+fn split_lens<T>(mut buf: &mut [T], lens: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     let mut out = Vec::new();
     for len in lens {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(len);
@@ -601,7 +608,7 @@ impl<T> Disjoint<T> {
 
 /// Backward of [`forward`] given the upstream gradient `gy [T, d]`.
 ///
-/// Runs wave by wave (see [`waves`]): phase A (per row tile: the activation's backward and
+/// Runs wave by wave (see the module docs): phase A (per row tile: the activation's backward and
 /// the input-gradient rows), phase B (per column block: the weight gradients) and phase C
 /// (adding the wave's input-gradient rows into `dx`), so the per-assignment temporaries
 /// (`[dU | dV]`, `w ⊙ a`, `dX` rows) exist for one wave at a time.
