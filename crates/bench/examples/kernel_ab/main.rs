@@ -6,7 +6,8 @@
 //! (the argument is the thread count; `-- 1 1024` runs the E=1024 sweep point instead, and
 //! `-- 1 1024 new` the current kernel alone). With `SWITCHYARD_AB_WAVE_ROWS=N`, "old" is the
 //! current kernel with N rows per wave (`18446744073709551615`: one wave); with
-//! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows.
+//! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows; with
+//! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work.
 
 #[allow(dead_code)]
 mod kernel_v0;
@@ -96,6 +97,13 @@ fn main() {
                 let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
                 kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
                 kernel::set_wave_rows(0);
+                return;
+            }
+            if let Ok(jobs) = std::env::var("SWITCHYARD_AB_WGRAD_JOBS") {
+                kernel::set_wgrad_jobs(jobs.parse().expect("jobs"));
+                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
+                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+                kernel::set_wgrad_jobs(0);
                 return;
             }
             if let Ok(rows) = std::env::var("SWITCHYARD_AB_ROW_TILE") {

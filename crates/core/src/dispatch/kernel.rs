@@ -382,6 +382,13 @@ impl Scatter {
 
 static WAVE_ROWS: AtomicUsize = AtomicUsize::new(0);
 static ROW_TILE_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+static WGRAD_JOBS_OVERRIDE: AtomicUsize = AtomicUsize::new(0);
+
+/// Overrides [`MIN_WGRAD_JOBS`] for the whole process (`0`: the default), for A/B
+/// measurements; like the other knobs it never makes results depend on the thread count.
+pub fn set_wgrad_jobs(jobs: usize) {
+    WGRAD_JOBS_OVERRIDE.store(jobs, Ordering::Relaxed);
+}
 
 fn row_tile() -> usize {
     match ROW_TILE_OVERRIDE.load(Ordering::Relaxed) {
@@ -553,7 +560,11 @@ fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
         .iter()
         .map(|g| work(g, Part::Up) + work(g, Part::Down))
         .sum();
-    let target = total.div_ceil(MIN_WGRAD_JOBS).max(1);
+    let jobs = match WGRAD_JOBS_OVERRIDE.load(Ordering::Relaxed) {
+        0 => MIN_WGRAD_JOBS,
+        j => j,
+    };
+    let target = total.div_ceil(jobs).max(1);
     let mut blocks = Vec::new();
     let (mut uv_at, mut h_at, mut row_at) = (0, 0, 0);
     for g in &wave.segs {
