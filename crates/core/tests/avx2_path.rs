@@ -4,6 +4,7 @@
 //!
 //! One test function: the switch is process-wide, and tests in one binary run in parallel.
 
+mod big_plan;
 mod common;
 
 use std::sync::Arc;
@@ -87,7 +88,22 @@ fn avx2_path_matches_reference_and_default_path() {
         "the switch must take the kernels off AVX-512"
     );
     let avx2 = run(true);
+    // a plan that runs in several waves, through dispatch::backward
+    let b = big_plan::big();
+    let (y_ref, loss_ref) = b.run(true);
+    let g_ref = loss_ref.backward().unwrap();
+    let (y_big, loss_big) = b.run(false);
+    let g_big = switchyard_core::dispatch::backward(&loss_big).unwrap();
     set_isa(GemmIsa::Auto);
+    let e = big_plan::rel_err(&y_big, &y_ref);
+    assert!(e < 1e-5, "AVX2 path, several waves, y: rel err {e}");
+    for v in b.vars() {
+        let e = big_plan::rel_err(
+            g_big.get(v.as_tensor()).unwrap(),
+            g_ref.get(v.as_tensor()).unwrap(),
+        );
+        assert!(e < 1e-5, "AVX2 path, several waves, grads: rel err {e}");
+    }
     for (i, name) in ["y", "dx", "dw", "dp"].iter().enumerate() {
         let e = rel_err(&avx2[i], &reference[i]);
         assert!(e < 1e-5, "AVX2 path vs reference, {name}: rel err {e}");
