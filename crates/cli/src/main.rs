@@ -15,6 +15,13 @@ use switchyard_models::{LmCtx, Sampler};
 use switchyard_train::load_checkpoint;
 use switchyard_train::trainer::{self, load_model, TrainConfig, Trainer};
 
+/// Large freed blocks (16 MiB and up, e.g. a big layer's expert-weight gradient) are reused by
+/// the next step's allocation of the same size instead of being unmapped and faulted in again
+/// (see `switchyard_core::dispatch::alloc`).
+#[global_allocator]
+static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
+    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+
 #[derive(Parser)]
 #[command(
     name = "switchyard",
