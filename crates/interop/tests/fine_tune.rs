@@ -44,16 +44,7 @@ fn an_imported_olmoe_fine_tunes_with_its_own_tokenizer_and_exports_back() {
     // starts from the imported weights, bitwise
     for (name, var) in t.store.all() {
         let want = direct.store.get(&name).unwrap();
-        let d = (var.as_tensor() - want.as_tensor())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(var.as_tensor(), want.as_tensor());
         assert_eq!(d, 0.0, "{name} differs from the import");
     }
     // the data is tokenized by the HF tokenizer, not bytes

@@ -19,17 +19,6 @@ use switchyard_models::{RopeScaling, YarnScaling};
 const LOGITS_TOL: f32 = 1e-4;
 const ROUTER_TOL: f32 = 1e-4;
 const GREEDY_TOKENS: usize = 32;
-/// Every fixture: one per architecture, and YaRN.
-const FIXTURES: [&str; 7] = [
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "deepseek_v2",
-    "deepseek_v3",
-    "deepseek_v3_yarn",
-];
-
 /// The fixture `name` holds a model of architecture `arch` (its `model_type`).
 fn parity_as(name: &str, arch: &str) {
     let m = import(fixture(name)).unwrap_or_else(|e| panic!("{name}: import failed: {e}"));

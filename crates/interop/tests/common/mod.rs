@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-pub const ARCHS: [&str; 6] = [
+/// Every fixture: one per architecture, and DeepSeek-V3 with YaRN RoPE scaling.
+pub const FIXTURES: [&str; 7] = [
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
     "olmoe",
     "deepseek_v2",
     "deepseek_v3",
+    "deepseek_v3_yarn",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
