@@ -50,9 +50,44 @@ pub struct AnalyzeRun {
     pub ablation: bool,
 }
 
-/// Loads the checkpoint, traces it and writes the report; returns the summary.
+/// A model to analyse with the run config its data comes from and its tokenizer.
+struct Subject {
+    model: switchyard_models::MoeLm,
+    cfg: trainer::TrainConfig,
+    tokenizer: Option<switchyard_data::HfTokenizer>,
+    /// What the report is titled with.
+    source: PathBuf,
+}
+
+/// A Switchyard checkpoint (native, imported or fine-tuned), or an HF directory directly
+/// (then the built-in corpus with the default data settings, windows capped at the model's
+/// `max_seq_len`).
+fn load_subject(path: &Path) -> anyhow::Result<Subject> {
+    let context = || format!("loading {}", path.display());
+    if switchyard_interop::ckpt::is_hf_dir(path) {
+        let m = switchyard_interop::load_model_dir(path).with_context(context)?;
+        let mut cfg = trainer::TrainConfig::default();
+        cfg.model = m.model.cfg.clone();
+        cfg.data.seq_len = cfg.data.seq_len.min(cfg.model.max_seq_len);
+        return Ok(Subject {
+            model: m.model,
+            cfg,
+            tokenizer: m.tokenizer,
+            source: path.to_path_buf(),
+        });
+    }
+    let loaded = load_model(path).with_context(context)?;
+    Ok(Subject {
+        model: loaded.model,
+        cfg: loaded.cfg,
+        tokenizer: loaded.tokenizer,
+        source: loaded.checkpoint.dir,
+    })
+}
+
+/// Loads the model, traces it and writes the report; returns the summary.
 pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
-    let loaded = load_model(&a.ckpt).with_context(|| format!("loading {}", a.ckpt.display()))?;
+    let loaded = load_subject(&a.ckpt)?;
     let mut cfg = loaded.cfg.clone();
     if let Some(p) = &a.data {
         cfg.data.path = Some(p.clone());
@@ -74,10 +109,7 @@ pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
     opts.ablation = a.ablation;
     // one batch per domain keeps the ablation to Σ E passes over a few thousand tokens
     opts.ablation_batches = names.len();
-    opts.title = format!(
-        "Switchyard routing report: {}",
-        loaded.checkpoint.dir.display()
-    );
+    opts.title = format!("Switchyard routing report: {}", loaded.source.display());
     switchyard_analyze::analyze(&loaded.model, &batches, &names, tok, &opts)
         .context("analysing the routing")
 }
@@ -85,7 +117,7 @@ pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
 /// Replays `trace_path` through the checkpoint's model and compares with a plain forward.
 /// Returns the largest absolute logit difference (0 when replay is exact).
 pub fn replay(ckpt: &Path, trace_path: &Path) -> anyhow::Result<f32> {
-    let loaded = load_model(ckpt).with_context(|| format!("loading {}", ckpt.display()))?;
+    let loaded = load_subject(ckpt)?;
     let tr = trace::load(trace_path)?;
     let replayed = trace::replay_logits(&loaded.model, &tr)?;
     let (b, l) = (tr.batch_size, tr.seq_len);

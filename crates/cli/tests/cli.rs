@@ -374,6 +374,25 @@ fn an_imported_model_fine_tunes_evaluates_analyses_and_exports() {
     assert!(out.status.success(), "export failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("qwen3_moe"), "{stdout}");
 
+    // analyze also reads an HF directory directly, with its tokenizer
+    let an_hf = dir.0.join("an-hf");
+    let out = switchyard(&[
+        "analyze",
+        "--ckpt",
+        fixture.to_str().unwrap(),
+        "--out",
+        an_hf.to_str().unwrap(),
+        "--no-ablation",
+        "--windows",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "analyze of an HF dir failed: {:?}",
+        text(&out)
+    );
+    assert!(an_hf.join("report.html").is_file());
+
     // an HF directory is not a checkpoint to start from: the error says to import it
     let out = switchyard(&["train", "--init-from", fixture.to_str().unwrap()]);
     let (_, stderr) = text(&out);
