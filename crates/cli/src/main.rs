@@ -12,7 +12,6 @@ use clap::{Args, Parser, Subcommand};
 use switchyard_cli::{demo, exit_code, hints, interop, report, EXIT_ERROR};
 use switchyard_data::{ByteTokenizer, Tokenizer};
 use switchyard_models::{LmCtx, Sampler};
-use switchyard_train::load_checkpoint;
 use switchyard_train::trainer::{self, load_model, TrainConfig, Trainer};
 
 /// Large freed blocks (16 MiB and up, e.g. a big layer's expert-weight gradient) are reused by
@@ -289,9 +288,8 @@ fn train(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         // Resuming without a config file: start from the run's own config.json.
         (None, Some(from)) => {
             let from = from.clone().unwrap_or_else(|| run_dir_of(&overrides));
-            let ckpt = load_checkpoint(&from)
+            let saved = trainer::restore::read_checkpoint_config(&from)
                 .with_context(|| format!("resuming from {}", from.display()))?;
-            let saved = trainer::restore::checkpoint_config(&ckpt)?;
             TrainConfig::from_toml_str(&saved.to_toml_string(), None, &overrides)?
         }
         (None, None) => TrainConfig::from_overrides(&overrides)?,
@@ -377,17 +375,22 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         cfg.data.path = Some(path);
     }
     // the tokenizer the model carries (imported or fine-tuned HF models), else bytes
-    let data = match &loaded.tokenizer {
-        Some(tok) => trainer::data::build_dataset_with(&cfg, tok)?,
-        None => trainer::data::build_dataset_with(&cfg, &ByteTokenizer)?,
+    let tok: &dyn Tokenizer = match &loaded.tokenizer {
+        Some(t) => t,
+        None => &ByteTokenizer,
     };
+    let data = trainer::data::build_dataset_with(&cfg, tok)?;
     let windows = args.max_windows.unwrap_or(cfg.data.max_valid_windows);
     let result = trainer::evaluate(&loaded.model, &data, windows)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
+        let tok_name = loaded
+            .tokenizer
+            .as_ref()
+            .map_or("bytes".to_string(), |t| t.path.display().to_string());
         println!(
-            "checkpoint {} (step {})",
+            "checkpoint {} (step {}), tokenizer {tok_name}",
             loaded.checkpoint.dir.display(),
             loaded.checkpoint.step
         );

@@ -355,6 +355,9 @@ fn an_imported_model_fine_tunes_evaluates_analyses_and_exports() {
     let out = switchyard(&["eval", "--ckpt", run_s, "--max-windows", "2"]);
     assert!(out.status.success(), "eval failed: {:?}", text(&out));
     assert!(text(&out).0.contains("overall"));
+    // with the run's copy of the HF tokenizer, not bytes
+    let tok_copy = run.join("tokenizer.json").display().to_string();
+    assert!(text(&out).0.contains(&tok_copy), "{:?}", text(&out));
     let an = dir.0.join("an");
     let out = switchyard(&[
         "analyze",

@@ -11,30 +11,26 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use serde_json::{json, Value};
-use switchyard_core::{ParamBuilder, ParamStore};
-use switchyard_models::ffn::Ffn;
-use switchyard_models::{LmConfig, MoeLm};
-use switchyard_train::checkpoint::{
-    load_checkpoint, restore_into, save_checkpoint, CheckpointContents, TrainState, STATE_FILE,
-};
+use switchyard_core::ParamStore;
+use switchyard_data::hf_tokenizer::TOKENIZER_CONFIG_FILE;
+use switchyard_models::MoeLm;
+use switchyard_train::checkpoint::{save_checkpoint, CheckpointContents, TrainState, STATE_FILE};
 
 use crate::arch::HfArch;
 use crate::error::{InteropError, Result};
-use crate::hf_config::{detect_arch, read_json, SpecialIds};
+use crate::hf_config::{read_json, SpecialIds};
 use crate::import::{import, ImportedModel, CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE};
 use crate::tokenizer::HfTokenizer;
 
-pub const HF_SOURCE_FILE: &str = "hf_source.json";
-const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub use switchyard_train::trainer::restore::HF_SOURCE_FILE;
 /// Training window written into the checkpoint's config (`data.seq_len`), capped at the
 /// model's `max_seq_len`.
 const DEFAULT_TRAIN_SEQ_LEN: usize = 128;
 
 // Router buffers (e.g. V3's correction bias) are stored under the trainer's keys, so an
 // import and a training run read and write them the same way.
-use switchyard_train::trainer::restore::{buffer_key, router_buffers};
+use switchyard_train::trainer::restore::{self, router_buffers};
 
 /// Writes `m` as a Switchyard run directory `out` (step 0); returns the step directory.
 pub fn save_checkpoint_dir(m: &ImportedModel, out: &Path) -> Result<PathBuf> {
@@ -92,11 +88,6 @@ pub fn is_hf_dir(dir: &Path) -> bool {
 /// directory, then next to the step directory.
 pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
     if is_hf_dir(path) {
-        // report an unknown architecture before anything else
-        detect_arch(
-            &read_json(&path.join(CONFIG_FILE))?,
-            &path.join(CONFIG_FILE),
-        )?;
         let m = import(path)?;
         return Ok(LoadedModel {
             model: m.model,
@@ -106,52 +97,10 @@ pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
             special_ids: m.special_ids,
         });
     }
-    let ckpt = load_checkpoint(path)?;
-    let config_path = ckpt.dir.join(CONFIG_FILE);
-    let model_cfg = ckpt
-        .config
-        .get("model")
-        .cloned()
-        .ok_or_else(|| InteropError::Config {
-            path: config_path.clone(),
-            key: "model".into(),
-            reason: "not a Switchyard training config (no `model` section)".into(),
-        })?;
-    let cfg: LmConfig = serde_json::from_value(model_cfg).map_err(|e| InteropError::Config {
-        path: config_path.clone(),
-        key: "model".into(),
-        reason: e.to_string(),
-    })?;
-    let store = ParamStore::new();
-    let mut model = MoeLm::new(
-        &ParamBuilder::new(&store, 0, DType::F32, &Device::Cpu),
-        &cfg,
-    )?;
-    restore_into(&store, &ckpt)?;
-    for (i, block) in model.layers.iter_mut().enumerate() {
-        if let Ffn::Moe(m) = &mut block.ffn {
-            for (name, _) in m.router.buffers() {
-                if let Some(values) = ckpt.state.buffers.get(&buffer_key(i, &name)) {
-                    m.router.load_buffer(&name, values)?;
-                }
-            }
-        }
-    }
-    let dirs: Vec<PathBuf> = [
-        Some(path.to_path_buf()),
-        Some(ckpt.dir.clone()),
-        ckpt.dir.parent().map(Path::to_path_buf),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let tokenizer = match dirs.iter().find(|d| d.join(TOKENIZER_FILE).is_file()) {
-        Some(d) => Some(HfTokenizer::from_dir(d)?),
-        None => None,
-    };
+    // the trainer's loader: config checked, every router buffer required, tokenizer found
+    let l = restore::load_model(path)?;
     let (mut arch, mut special_ids) = (None, SpecialIds::default());
-    if let Some(d) = dirs.iter().find(|d| d.join(HF_SOURCE_FILE).is_file()) {
-        let p = d.join(HF_SOURCE_FILE);
+    if let Some(p) = restore::carried_file(path, &l.checkpoint.dir, HF_SOURCE_FILE) {
         let v: Value = read_json(&p)?;
         arch = v
             .get("arch")
@@ -163,10 +112,10 @@ pub fn load_model_dir(path: &Path) -> Result<LoadedModel> {
             .unwrap_or_default();
     }
     Ok(LoadedModel {
-        model,
-        store,
+        model: l.model,
+        store: l.store,
         arch,
-        tokenizer,
+        tokenizer: l.tokenizer,
         special_ids,
     })
 }

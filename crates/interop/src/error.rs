@@ -91,6 +91,10 @@ pub enum InteropError {
     #[error(transparent)]
     Checkpoint(#[from] switchyard_train::CheckpointError),
 
+    /// A Switchyard checkpoint could not be loaded as a model.
+    #[error(transparent)]
+    Run(#[from] switchyard_train::trainer::RunError),
+
     #[error(transparent)]
     Model(#[from] ModelError),
 

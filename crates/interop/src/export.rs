@@ -206,7 +206,11 @@ pub fn hf_tensors(model: &MoeLm, arch: HfArch) -> Result<BTreeMap<String, Tensor
             .into_iter()
             .find(|(n, _)| n == b.name)
             .map(|(_, v)| v)
-            .unwrap_or_else(|| vec![0.0; b.len]);
+            .ok_or_else(|| InteropError::Unsupported {
+                arch: arch.to_string(),
+                what: format!("layer {}'s router has no buffer `{}`", b.layer, b.name),
+                hint: Some("its config and router disagree".into()),
+            })?;
         out.insert(
             b.hf.clone(),
             Tensor::from_vec(values, b.len, &candle_core::Device::Cpu)?,

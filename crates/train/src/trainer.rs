@@ -427,8 +427,11 @@ impl Trainer {
             keep_last: (keep > 0).then_some(keep),
         };
         let dir = save_checkpoint_with(&self.cfg.run_dir, self.step, &contents, &opts)?;
+        if self.last_checkpoint.is_none() {
+            // the run's first checkpoint (a resumed run had them copied already)
+            restore::carry_model_files(&self.cfg)?;
+        }
         self.last_checkpoint = Some(dir.clone());
-        restore::carry_model_files(&self.cfg)?;
         Ok(dir)
     }
 

@@ -171,12 +171,12 @@ fn gelu<T: KFloat>(u: T) -> T {
     u * half * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf())
 }
 
-fn gelu_d<T: KFloat>(u: T) -> T {
-    // d/du u·Φ(u) = Φ(u) + u·φ(u)
+/// `(gelu(u), gelu'(u))` with one `erf`: d/du u·Φ(u) = Φ(u) + u·φ(u).
+fn gelu_and_d<T: KFloat>(u: T) -> (T, T) {
     let half = T::from(0.5).unwrap();
     let cdf = half * (T::one() + (u * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).erf());
     let pdf = (-(u * u) * half).exp() * T::from(0.398_942_280_401_432_7).unwrap();
-    cdf + u * pdf
+    (u * cdf, cdf + u * pdf)
 }
 
 /// `Σ_i a_i·b_i` with 16 partial sums in a fixed order (vectorises; same bits on every path
@@ -318,7 +318,7 @@ fn ffn_backward_row<T: KFloat>(
                 let s = sigmoid(x);
                 (x * s, s * (T::one() + x * (T::one() - s)))
             }
-            Activation::Gelu => (gelu(x), gelu_d(x)),
+            Activation::Gelu => gelu_and_d(x),
         };
         aw[j] = w * a;
         du[j] = (w * da[j]) * d;

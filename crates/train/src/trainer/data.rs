@@ -7,6 +7,8 @@ use switchyard_data::{
     HfTokenizer, Tokenizer,
 };
 
+use switchyard_data::hf_tokenizer::TOKENIZER_FILE;
+
 use super::config::TrainConfig;
 use super::error::{ConfigError, RunResult};
 
@@ -19,10 +21,14 @@ pub fn load_documents(cfg: &TrainConfig) -> RunResult<Vec<Document>> {
     })
 }
 
-/// The tokenizer `data.tokenizer` names, else the byte tokenizer.
+/// The tokenizer `data.tokenizer` names, else the byte tokenizer. When that path is gone
+/// (e.g. the imported directory a fine-tuning run started from), the copy the run directory
+/// got at its first checkpoint is used, so a resume does not depend on the original.
 pub fn load_tokenizer(cfg: &TrainConfig) -> RunResult<Box<dyn Tokenizer>> {
+    let copy = cfg.run_dir.join(TOKENIZER_FILE);
     Ok(match &cfg.data.tokenizer {
         None => Box::new(ByteTokenizer),
+        Some(p) if !p.exists() && copy.is_file() => Box::new(HfTokenizer::from_file(&copy)?),
         Some(p) => Box::new(HfTokenizer::from_path(p)?),
     })
 }

@@ -126,14 +126,37 @@ pub struct InitSource {
     pub tokenizer: Option<PathBuf>,
 }
 
-/// The `tokenizer.json` that goes with a checkpoint: in the directory given, in the step
-/// directory, or in its run directory (where `switchyard import` and a fine-tuning run put it).
-pub fn carried_tokenizer_file(given: &Path, step_dir: &Path) -> Option<PathBuf> {
+/// The file `name` that goes with a checkpoint: in the directory given, in the step
+/// directory, or in its run directory (where `switchyard import` and a fine-tuning run put
+/// `tokenizer.json` and `hf_source.json`).
+pub fn carried_file(given: &Path, step_dir: &Path, name: &str) -> Option<PathBuf> {
     [Some(given), Some(step_dir), step_dir.parent()]
         .into_iter()
         .flatten()
-        .map(|d| d.join(TOKENIZER_FILE))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
+}
+
+/// The `tokenizer.json` that goes with a checkpoint (see [`carried_file`]).
+pub fn carried_tokenizer_file(given: &Path, step_dir: &Path) -> Option<PathBuf> {
+    carried_file(given, step_dir, TOKENIZER_FILE)
+}
+
+/// The run config in the `config.json` of the checkpoint at `path` (a step or run
+/// directory), read without loading or verifying its tensors.
+pub fn read_checkpoint_config(path: &Path) -> RunResult<TrainConfig> {
+    let step_dir = find_step_dir(path)?;
+    let config_path = step_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(RunError::io("read", &config_path))?;
+    let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| RunError::Resume {
+        path: config_path.clone(),
+        reason: format!("not a Switchyard training config: {e}"),
+    })?;
+    cfg.model.validate().map_err(|e| RunError::Resume {
+        path: config_path,
+        reason: e.to_string(),
+    })?;
+    Ok(cfg)
 }
 
 /// The HF tokenizer a checkpoint carries (see [`carried_tokenizer_file`]); `None` when it
@@ -211,9 +234,10 @@ pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
 /// `switchyard import` writes next to `latest`): the tokenizer, its special tokens, and
 /// `hf_source.json` (the HF architecture, for `export`).
 const TOKENIZER_CONFIG_FILE: &str = switchyard_data::hf_tokenizer::TOKENIZER_CONFIG_FILE;
-const HF_SOURCE_FILE: &str = "hf_source.json";
+pub const HF_SOURCE_FILE: &str = "hf_source.json";
 
-/// Copies into the run directory, once, the tokenizer the run uses (`data.tokenizer`, with
+/// Copies into the run directory (the trainer calls it at its first checkpoint; a file already
+/// there is left alone) the tokenizer the run uses (`data.tokenizer`, with
 /// its `tokenizer_config.json`) and the init checkpoint's `hf_source.json`, so that the run's
 /// checkpoints are used with the same tokenizer and export to the same architecture. Each file
 /// is written to a temporary name, synced and renamed.
@@ -232,15 +256,7 @@ pub fn carry_model_files(cfg: &TrainConfig) -> RunResult<()> {
     }
     if let Some(from) = &cfg.init.from {
         if let Ok(step_dir) = find_step_dir(from) {
-            let found = [
-                Some(from.as_path()),
-                Some(step_dir.as_path()),
-                step_dir.parent(),
-            ]
-            .into_iter()
-            .flatten()
-            .map(|d| d.join(HF_SOURCE_FILE))
-            .find(|p| p.is_file());
+            let found = carried_file(from, &step_dir, HF_SOURCE_FILE);
             copies.extend(found.map(|p| (p, HF_SOURCE_FILE)));
         }
     }
