@@ -13,6 +13,12 @@ use switchyard_core::dispatch::dispatch;
 use switchyard_core::router::RouterInput;
 use switchyard_core::*;
 
+/// As in `switchyard-bench`: freed blocks of 256 KiB and up are reused (`SWITCHYARD_RECYCLE=0`:
+/// not; `SWITCHYARD_RECYCLE_MIN=N`: from N bytes up).
+#[global_allocator]
+static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
+    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+
 fn med(mut f: impl FnMut()) -> f64 {
     f();
     let mut v: Vec<f64> = (0..7)
@@ -31,6 +37,10 @@ fn main() {
         .nth(1)
         .map(|s| s.parse().unwrap())
         .unwrap_or(64);
+    ALLOC.set_enabled(std::env::var("SWITCHYARD_RECYCLE").map_or(true, |v| v != "0"));
+    if let Ok(b) = std::env::var("SWITCHYARD_RECYCLE_MIN") {
+        ALLOC.set_min_bytes(b.parse().expect("bytes"));
+    }
     let (k, h, d, t) = (8, 256, 512, 4096);
     let cfg = MoeConfig {
         d_model: d,
@@ -54,6 +64,26 @@ fn main() {
     let layout = Arc::new(layer.experts.layout.clone());
     let gate = layer.gate.as_ref().unwrap();
     let logits = gate.forward(x.as_tensor(), None).unwrap();
+    let route_fb = || {
+        let mut r = ChaCha8Rng::seed_from_u64(0);
+        let (routing, aux) = layer
+            .route_only(x.as_tensor(), &mut ForwardCtx::new(true, &mut r))
+            .unwrap();
+        let c = (routing.weights.ones_like().unwrap() * 0.1).unwrap();
+        ((routing.weights * c).unwrap().sum_all().unwrap() + aux)
+            .unwrap()
+            .backward()
+            .unwrap();
+    };
+    // `-- 64 route`: only the routing's forward and backward, in a loop (for perf)
+    if std::env::args().nth(2).is_some_and(|a| a == "route") {
+        for _ in 0..200 {
+            route_fb();
+        }
+        println!("route_only fwd+bwd {:8.2} ms", med(route_fb));
+        return;
+    }
+    println!("route_only fwd+bwd {:8.2} ms", med(route_fb));
     println!(
         "layer fwd          {:8.2} ms",
         med(|| {

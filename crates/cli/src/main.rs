@@ -14,7 +14,7 @@ use switchyard_data::{ByteTokenizer, Tokenizer};
 use switchyard_models::{LmCtx, Sampler};
 use switchyard_train::trainer::{self, load_model, TrainConfig, Trainer};
 
-/// Large freed blocks (16 MiB and up, e.g. a big layer's expert-weight gradient) are reused by
+/// Large freed blocks (256 KiB and up, e.g. a big layer's expert-weight gradient) are reused by
 /// the next step's allocation of the same size instead of being unmapped and faulted in again
 /// (see `switchyard_core::dispatch::alloc`).
 #[global_allocator]

@@ -7,7 +7,9 @@
 //! `-- 1 1024 new` the current kernel alone). With `SWITCHYARD_AB_WAVE_ROWS=N`, "old" is the
 //! current kernel with N rows per wave (`18446744073709551615`: one wave); with
 //! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows; with
-//! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work.
+//! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
+//! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
+//! (the default is `Recycling::MIN_BYTES`).
 
 #[allow(dead_code)]
 mod kernel_v0;
@@ -104,6 +106,15 @@ fn main() {
                 let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
                 kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
                 kernel::set_wgrad_jobs(0);
+                return;
+            }
+            if let Ok(bytes) = std::env::var("SWITCHYARD_AB_RECYCLE_MIN") {
+                ALLOC.set_min_bytes(bytes.parse().expect("bytes"));
+                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
+                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+                ALLOC.set_min_bytes(
+                    switchyard_core::dispatch::alloc::Recycling::<std::alloc::System>::MIN_BYTES,
+                );
                 return;
             }
             if let Ok(rows) = std::env::var("SWITCHYARD_AB_ROW_TILE") {
