@@ -8,8 +8,7 @@
 //! current kernel with N rows per wave (`18446744073709551615`: one wave); with
 //! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows; with
 //! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
-//! `SWITCHYARD_AB_GEMM_ONLY=1`, with `gemm` for every product (`kernel::set_own_gemm(false)`);
-//! with `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
+//! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
 //! (the default is `Recycling::MIN_BYTES`).
 
 #[allow(dead_code)]
@@ -107,13 +106,6 @@ fn main() {
                 let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
                 kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
                 kernel::set_wgrad_jobs(0);
-                return;
-            }
-            if std::env::var("SWITCHYARD_AB_GEMM_ONLY").is_ok() {
-                kernel::set_own_gemm(false);
-                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
-                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
-                kernel::set_own_gemm(true);
                 return;
             }
             if let Ok(bytes) = std::env::var("SWITCHYARD_AB_RECYCLE_MIN") {

@@ -41,7 +41,6 @@ use rayon::prelude::*;
 use super::act;
 use super::gemm::{mm, GemmFloat};
 use super::profile::{timed, Phase};
-use super::ukr;
 use crate::expert::{ExpertLayout, ExpertSlot};
 use crate::plan::DispatchPlan;
 
@@ -106,8 +105,6 @@ kfloat!(f64, libm::erf, f64::exp);
 /// Per-thread scratch: gathered rows and activations of the job at hand.
 #[derive(Default)]
 pub struct Workspace<T> {
-    /// Row pointers for [`ukr::gemm_ind`].
-    ptrs: Vec<*const f32>,
     xe: Vec<T>,
     a: Vec<T>,
 }
@@ -457,121 +454,6 @@ fn advise_huge(ptr: *const u8, bytes: usize) {
     let _ = (ptr, bytes);
 }
 
-static OWN_GEMM: AtomicBool = AtomicBool::new(true);
-
-/// Whether f32 kernels use Switchyard's own GEMM ([`ukr`]: weights packed once per wave for
-/// all of an expert's row tiles, input rows read through the plan's token index instead of
-/// gathered) where the CPU has AVX-512 (default on), or `gemm` for every product, for A/B
-/// measurements. f64 and the AVX2 path always use `gemm`. Results stay independent of the
-/// thread count either way.
-pub fn set_own_gemm(on: bool) {
-    OWN_GEMM.store(on, Ordering::Relaxed);
-}
-
-/// The own-GEMM path applies to `T` here and now.
-fn own<T: KFloat>() -> bool {
-    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && OWN_GEMM.load(Ordering::Relaxed)
-        && ukr::available()
-}
-
-/// `x` as f32 (only called where [`own`] holds, i.e. `T` is f32).
-fn f32s<T: KFloat>(x: &[T]) -> &[f32] {
-    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
-    // SAFETY: T is f32 (checked above): same layout, same length.
-    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) }
-}
-
-/// `x` as mutable f32 (see [`f32s`]).
-fn f32s_mut<T: KFloat>(x: &mut [T]) -> &mut [f32] {
-    assert_eq!(std::any::TypeId::of::<T>(), std::any::TypeId::of::<f32>());
-    // SAFETY: T is f32 (checked above): same layout, same length.
-    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) }
-}
-
-/// How to pack one expert's operand for [`ukr::gemm_ind`]: `B [k, n]` from the flat
-/// parameters at `at`, either row-major (`B[kk, j] = p[at + kk·n + j]`) or stored transposed
-/// (`B[kk, j] = p[at + j·k + kk]`).
-#[derive(Clone, Copy)]
-struct PackOp {
-    k: usize,
-    n: usize,
-    at: usize,
-    transposed: bool,
-}
-
-/// Panels per packing job (a job packs up to 4 · 64 columns).
-const PACK_PANELS: usize = 4;
-
-/// Packs `ops` (each a list, one operand per entry) into one buffer, in parallel over
-/// panel groups; returns the start of each operand's packed data.
-fn pack_ops(buf: &mut Vec<f32>, p: &[f32], ops: &[PackOp]) -> Vec<usize> {
-    let mut at = Vec::with_capacity(ops.len());
-    let mut len = 0;
-    for op in ops {
-        at.push(len);
-        len += ukr::packed_len(op.k, op.n);
-    }
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    let dst = Disjoint(buf.as_mut_ptr(), len);
-    let jobs: Vec<(usize, std::ops::Range<usize>)> = ops
-        .iter()
-        .enumerate()
-        .flat_map(|(i, op)| {
-            let panels = ukr::panels(op.n);
-            (0..panels)
-                .step_by(PACK_PANELS)
-                .map(move |p0| (i, p0..panels.min(p0 + PACK_PANELS)))
-        })
-        .collect();
-    jobs.into_par_iter()
-        .with_max_len(1)
-        .for_each(|(i, panels)| {
-            timed(Phase::Total, || {
-                let op = ops[i];
-                let plen = ukr::packed_len(op.k, op.n);
-                // SAFETY: each job writes only its own panels of operand i (the panel range is
-                // disjoint from every other job's), inside operand i's range.
-                let out = unsafe { dst.range(at[i], plen) };
-                if op.transposed {
-                    ukr::pack_transposed(
-                        out,
-                        &p[op.at..op.at + op.k * op.n],
-                        op.k,
-                        op.k,
-                        op.n,
-                        panels,
-                    );
-                } else {
-                    let src = &p[op.at..op.at + op.k * op.n];
-                    // SAFETY: row kk of the operand is src[kk·n..(kk+1)·n], in bounds.
-                    unsafe {
-                        ukr::pack_rows(out, op.k, op.n, |kk| src[kk * op.n..].as_ptr(), panels)
-                    };
-                }
-            })
-        });
-    at
-}
-
-/// Rows of `src` (`d` wide) picked by `tokens`, as pointers for [`ukr::gemm_ind`].
-fn token_rows(ptrs: &mut Vec<*const f32>, src: &[f32], d: usize, tokens: &[u32]) {
-    ptrs.clear();
-    ptrs.extend(
-        tokens
-            .iter()
-            .map(|&t| src[t as usize * d..(t as usize + 1) * d].as_ptr()),
-    );
-}
-
-/// The `m` consecutive rows of `src` (`w` wide), as pointers.
-fn dense_rows(ptrs: &mut Vec<*const f32>, src: &[f32], w: usize, m: usize) {
-    ptrs.clear();
-    ptrs.extend((0..m).map(|r| src[r * w..(r + 1) * w].as_ptr()));
-}
-
 /// Forward: `y [T, d]` and the activations to save for the backward.
 pub fn forward<T: KFloat>(
     x: &[T],
@@ -590,41 +472,8 @@ pub fn forward<T: KFloat>(
     let mut scatter = Scatter::new(plan);
     let mut y = zeroed(plan.num_tokens * d);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
-    let own = own::<T>();
-    // own GEMM: per wave, each segment's [W1; W3]ᵀ and W2t packed once for all its tiles
-    // (kept for the next wave when it has the same experts)
-    let (mut packbuf, mut packed_for, mut pack_at) = (Vec::new(), Vec::new(), Vec::new());
     for wave in waves {
         let (a0, a1) = (wave.a0, wave.a1);
-        if own {
-            let experts: Vec<usize> = wave.segs.iter().map(|g| g.e).collect();
-            if experts != packed_for {
-                let ops: Vec<PackOp> = experts
-                    .iter()
-                    .flat_map(|&e| {
-                        let s = &layout.slots[e];
-                        let (h, uw) = (s.spec.hidden, up_width(s));
-                        [
-                            PackOp {
-                                k: d,
-                                n: uw,
-                                at: s.w1,
-                                transposed: true,
-                            },
-                            PackOp {
-                                k: h,
-                                n: d,
-                                at: s.w2t,
-                                transposed: false,
-                            },
-                        ]
-                    })
-                    .collect();
-                pack_at = pack_ops(&mut packbuf, f32s(p), &ops);
-                packed_for = experts;
-            }
-        }
-        let (packbuf, packed_for, pack_at) = (&packbuf, &packed_for, &pack_at);
         let tiles = wave.tiles();
         let f = &wave.segs[0];
         let at = uvoff[f.e] + f.r0 * up_width(&layout.slots[f.e]);
@@ -644,32 +493,12 @@ pub fn forward<T: KFloat>(
                 let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
                 let a0 = plan.offsets[t.e] as usize + t.r0;
                 T::with_ws(|ws| {
+                    let xe = grown(&mut ws.xe, m * d);
+                    timed(Phase::GatherScatter, || {
+                        gather(x, d, &plan.token[a0..a0 + m], xe)
+                    });
                     // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
-                    if own {
-                        let i = packed_for.iter().position(|&e| e == t.e).expect("packed");
-                        token_rows(&mut ws.ptrs, f32s(x), d, &plan.token[a0..a0 + m]);
-                        // SAFETY: the row pointers address rows of x; the operand is packed
-                        // [d, uw].
-                        unsafe {
-                            ukr::gemm_ind(
-                                m,
-                                uw,
-                                d,
-                                f32s_mut(uv),
-                                uw,
-                                false,
-                                &ws.ptrs,
-                                1,
-                                &packbuf[pack_at[2 * i]..],
-                            )
-                        };
-                    } else {
-                        let xe = grown(&mut ws.xe, m * d);
-                        timed(Phase::GatherScatter, || {
-                            gather(x, d, &plan.token[a0..a0 + m], xe)
-                        });
-                        mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
-                    }
+                    mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
                     if let Some(b1) = s.b1 {
                         let b1 = &p[b1..b1 + h];
                         uv.chunks_exact_mut(uw)
@@ -678,27 +507,7 @@ pub fn forward<T: KFloat>(
                     let a = grown(&mut ws.a, m * h);
                     act::forward_tile(s.spec.kind, h, uv, a);
                     // o = a · W2t, then w·(o + b2): the scatter only adds
-                    if own {
-                        let i = packed_for.iter().position(|&e| e == t.e).expect("packed");
-                        dense_rows(&mut ws.ptrs, f32s(a), h, m);
-                        // SAFETY: the row pointers address rows of a; the operand is packed
-                        // [h, d].
-                        unsafe {
-                            ukr::gemm_ind(
-                                m,
-                                d,
-                                h,
-                                f32s_mut(o),
-                                d,
-                                false,
-                                &ws.ptrs,
-                                1,
-                                &packbuf[pack_at[2 * i + 1]..],
-                            )
-                        };
-                    } else {
-                        mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
-                    }
+                    mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
                     act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
                 })
             },

@@ -13,7 +13,6 @@ pub mod alloc;
 pub mod gemm;
 pub mod kernel;
 pub mod profile;
-pub mod ukr;
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
