@@ -81,6 +81,48 @@ fn main() {
             route_fb();
         }
         println!("route_only fwd+bwd {:8.2} ms", med(route_fb));
+        // pieces of it, each forward and backward on a [T, E] variable
+        let lv = Var::from_tensor(&logits.detach()).unwrap();
+        let piece = |name: &str, f: &dyn Fn(&Tensor) -> Tensor| {
+            println!(
+                "  {name:26} {:8.2} ms",
+                med(|| {
+                    f(lv.as_tensor()).sum_all().unwrap().backward().unwrap();
+                })
+            );
+        };
+        for _ in 0..2 {
+            piece("softmax composed", &|l| {
+                switchyard_core::rowops::softmax_composed(l).unwrap()
+            });
+            piece("softmax fused", &|l| {
+                switchyard_core::rowops::softmax_rows(l).unwrap()
+            });
+            piece("logsumexp composed", &|l| {
+                switchyard_core::rowops::logsumexp_composed(l).unwrap()
+            });
+            piece("logsumexp fused", &|l| {
+                switchyard_core::rowops::logsumexp_rows(l).unwrap()
+            });
+        }
+        piece("z_loss", &|l| losses::z_loss(l).unwrap());
+        piece("softmax + z + balance", &|l| {
+            let p = candle_nn::ops::softmax(l, 1).unwrap();
+            let counts = routing.plan.tokens_per_expert();
+            (losses::switch_balance(&p, &counts, k).unwrap() + losses::z_loss(l).unwrap()).unwrap()
+        });
+        println!(
+            "  {:26} {:8.2} ms",
+            "gate fwd+bwd",
+            med(|| {
+                gate.forward(x.as_tensor(), None)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+            })
+        );
         return;
     }
     println!("route_only fwd+bwd {:8.2} ms", med(route_fb));

@@ -291,14 +291,25 @@ impl MoeLayer {
         let plan = &routing.plan;
         let counts = plan.tokens_per_expert();
         let w = &self.cfg.losses;
-        let lb = losses::switch_balance(&routing.probs, &counts, self.cfg.router.k())?;
-        let imp = losses::importance(dense)?;
+        // a loss with weight 0 is still computed and reported, but from detached inputs and
+        // kept out of `aux`: its backward would only add zeros into the [T, E] gradients
+        let input = |t: &Tensor, weight: f64| if weight != 0.0 { t.clone() } else { t.detach() };
+        let lb = losses::switch_balance(
+            &input(&routing.probs, w.switch_balance),
+            &counts,
+            self.cfg.router.k(),
+        )?;
+        let imp = losses::importance(&input(dense, w.importance))?;
         let z = match &routing.logits {
-            Some(l) => losses::z_loss(l)?,
+            Some(l) => losses::z_loss(&input(l, w.z))?,
             None => Tensor::zeros((), x2.dtype(), x2.device())?,
         };
-        let mut aux = ((&lb * w.switch_balance)? + (&imp * w.importance)?)?;
-        aux = (aux + (&z * w.z)?)?;
+        let mut aux = Tensor::zeros((), x2.dtype(), x2.device())?;
+        for (loss, weight) in [(&lb, w.switch_balance), (&imp, w.importance), (&z, w.z)] {
+            if weight != 0.0 {
+                aux = (aux + (loss * weight)?)?;
+            }
+        }
         let mut values = LossValues {
             switch_balance: scalar(&lb)?,
             importance: scalar(&imp)?,
@@ -307,7 +318,9 @@ impl MoeLayer {
         };
         if let Some(l) = load_loss {
             values.load = scalar(l)?;
-            aux = (aux + (l * w.load)?)?;
+            if w.load != 0.0 {
+                aux = (aux + (l * w.load)?)?;
+            }
         }
         let stats = RoutingStats::compute(plan, &routing.probs, routing.logits.as_ref())?;
         Ok((aux, values, stats, counts))

@@ -40,6 +40,7 @@ pub mod losses;
 pub mod params;
 pub mod plan;
 pub mod router;
+pub mod rowops;
 pub mod soft_moe;
 pub mod stats;
 pub mod testing;

@@ -1,7 +1,7 @@
 //! Auxiliary losses of routed layers. Each is checked against `scripts/reference/losses.py`
 //! (PyTorch) and by central differences.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::router::{host, top_k};
 use crate::{MoeError, Result};
@@ -32,10 +32,10 @@ pub fn z_loss(logits: &Tensor) -> Result<Tensor> {
     Ok(log_sum_exp(logits)?.sqr()?.mean_all()?)
 }
 
-/// Row-wise `log Σ exp`, shifted by the (constant) row max for stability.
+/// Row-wise `log Σ exp`, shifted by the row max for stability (fused on the CPU, see
+/// [`crate::rowops`]).
 pub fn log_sum_exp(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    Ok((x.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?.log()? + m)?.squeeze(D::Minus1)?)
+    crate::rowops::logsumexp_rows(x)
 }
 
 /// Squared coefficient of variation, `Var(x) / (mean(x)² + 1e-10)` with the population

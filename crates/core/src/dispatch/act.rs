@@ -179,6 +179,94 @@ fn gelu_and_d<T: KFloat>(u: T) -> (T, T) {
     (u * cdf, cdf + u * pdf)
 }
 
+// ---- row-wise softmax and log-sum-exp (see `crate::rowops`) ---------------------------------
+
+/// `e^x`, exactly 0 below −87 (where the f32 `exp` clamps), so masked logits (−1e9) get
+/// probability 0 on every path.
+#[inline(always)]
+fn exp_or_zero<T: KFloat>(x: T) -> T {
+    let e = x.fast_exp();
+    if x < T::from(-87.0).unwrap_or_else(T::neg_infinity) {
+        T::zero()
+    } else {
+        e
+    }
+}
+
+/// `Σ x` with 16 partial sums in a fixed order (vectorises; see [`dot`]).
+#[inline(always)]
+fn sum<T: KFloat>(x: &[T]) -> T {
+    const LANES: usize = 16;
+    let mut acc = [T::zero(); LANES];
+    let c = x.chunks_exact(LANES);
+    let r = c.remainder();
+    for v in c {
+        for l in 0..LANES {
+            acc[l] = acc[l] + v[l];
+        }
+    }
+    acc.iter().fold(T::zero(), |t, &v| t + v) + r.iter().fold(T::zero(), |t, &v| t + v)
+}
+
+/// `max x` (−∞ for an empty slice; NaN-free inputs), 16 lanes.
+#[inline(always)]
+fn max<T: KFloat>(x: &[T]) -> T {
+    const LANES: usize = 16;
+    let mut acc = [T::neg_infinity(); LANES];
+    let c = x.chunks_exact(LANES);
+    let r = c.remainder();
+    for v in c {
+        for l in 0..LANES {
+            acc[l] = if v[l] > acc[l] { v[l] } else { acc[l] };
+        }
+    }
+    acc.iter()
+        .chain(r)
+        .fold(T::neg_infinity(), |m, &v| if v > m { v } else { m })
+}
+
+multiversion! {
+    /// `p = softmax(x)` row by row (rows of `cols`).
+    pub(crate) fn softmax_tile<T: KFloat>(x: &[T], p: &mut [T], cols: usize) {
+        for (x, p) in x.chunks_exact(cols).zip(p.chunks_exact_mut(cols)) {
+            let m = max(x);
+            p.iter_mut().zip(x).for_each(|(o, &v)| *o = exp_or_zero(v - m));
+            let inv = T::one() / sum(p);
+            p.iter_mut().for_each(|o| *o = *o * inv);
+        }
+    }
+}
+
+multiversion! {
+    /// `dx = p ⊙ (g − ⟨g, p⟩)` row by row: the backward of [`softmax_tile`].
+    pub(crate) fn softmax_bwd_tile<T: KFloat>(p: &[T], g: &[T], dx: &mut [T], cols: usize) {
+        for ((p, g), dx) in p.chunks_exact(cols).zip(g.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)) {
+            let d = dot(p, g);
+            dx.iter_mut().zip(p).zip(g).for_each(|((o, &p), &g)| *o = p * (g - d));
+        }
+    }
+}
+
+multiversion! {
+    /// `out[t] = log Σ exp(x[t, ·])` row by row; `scratch` holds one row.
+    pub(crate) fn logsumexp_tile<T: KFloat>(x: &[T], out: &mut [T], cols: usize, scratch: &mut [T]) {
+        for (x, o) in x.chunks_exact(cols).zip(out.iter_mut()) {
+            let m = max(x);
+            scratch.iter_mut().zip(x).for_each(|(e, &v)| *e = exp_or_zero(v - m));
+            *o = m + sum(scratch).ln();
+        }
+    }
+}
+
+multiversion! {
+    /// `dx[t, e] = g[t] · exp(x[t, e] − lse[t])`: the backward of [`logsumexp_tile`].
+    pub(crate) fn logsumexp_bwd_tile<T: KFloat>(x: &[T], lse: &[T], g: &[T], dx: &mut [T], cols: usize) {
+        for (((x, &l), &g), dx) in x.chunks_exact(cols).zip(lse).zip(g).zip(dx.chunks_exact_mut(cols)) {
+            dx.iter_mut().zip(x).for_each(|(o, &v)| *o = g * exp_or_zero(v - l));
+        }
+    }
+}
+
 /// `Σ_i a_i·b_i` with 16 partial sums in a fixed order (vectorises; same bits on every path
 /// width because the lanes, not the vector unit, fix the order).
 #[inline(always)]

@@ -203,9 +203,9 @@ pub(crate) fn plan_mask(plan: &DispatchPlan, like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(m, (t, e), like.device())?.to_dtype(like.dtype())?)
 }
 
-/// Row-wise softmax with a backward (candle-nn's composed op).
+/// Row-wise softmax with a backward (fused on the CPU, see [`crate::rowops`]).
 pub(crate) fn softmax(x: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::ops::softmax(x, D::Minus1)?)
+    crate::rowops::softmax_rows(x)
 }
 
 /// Softmax over the entries where `mask` is 1 (others get 0). Rows with no kept entry are 0.
