@@ -140,6 +140,21 @@ fn main() {
                 to.push(t.elapsed().as_secs_f64());
             }
         });
+        // how busy the threads were: job time summed over threads / (threads · wall)
+        let busy = pool.install(|| {
+            switchyard_core::dispatch::profile::set_enabled(true);
+            switchyard_core::dispatch::profile::take();
+            let t = Instant::now();
+            new();
+            let wall = t.elapsed().as_secs_f64();
+            let p = switchyard_core::dispatch::profile::take();
+            switchyard_core::dispatch::profile::set_enabled(false);
+            p.total_ns as f64 * 1e-9 / (wall * threads as f64)
+        });
+        println!(
+            "{name:<9} threads {threads}: jobs busy {:.1} % of thread time",
+            busy * 100.0
+        );
         tn.sort_by(f64::total_cmp);
         to.sort_by(f64::total_cmp);
         let flops = 3.0 * (TOKENS * k * 6 * D_MODEL * h) as f64;
