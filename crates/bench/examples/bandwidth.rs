@@ -22,7 +22,10 @@ fn main() {
     let mut a = vec![1f32; n];
     let mut b = vec![0f32; n];
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let chunk = n / 64;
             let read = best(|| {

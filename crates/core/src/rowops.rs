@@ -100,6 +100,24 @@ fn dims2(l: &Layout, op: &str) -> candle_core::Result<(usize, usize)> {
     }
 }
 
+/// `$body` with `$t` bound to the storage's float type (f32 or f64), wrapped back into a
+/// storage of that type; other dtypes are an error naming the op.
+macro_rules! per_float {
+    ($s:expr, $op:expr, $t:ident => $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                CpuStorage::F64($body)
+            }
+            _ => candle_core::bail!("{}: f32 or f64 only", $op),
+        }
+    };
+}
+
 struct SoftmaxRows;
 
 impl CustomOp1 for SoftmaxRows {
@@ -116,11 +134,7 @@ impl CustomOp1 for SoftmaxRows {
             p
         }
         let (_, cols) = dims2(l, self.name())?;
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(run(data::<f32>(s, l, self.name())?, cols)),
-            CpuStorage::F64(_) => CpuStorage::F64(run(data::<f64>(s, l, self.name())?, cols)),
-            _ => candle_core::bail!("softmax-rows: f32 or f64 only"),
-        };
+        let out = per_float!(s, self.name(), F => run(data::<F>(s, l, self.name())?, cols));
         Ok((out, l.shape().clone()))
     }
 
@@ -157,19 +171,11 @@ impl CustomOp2 for SoftmaxBwd {
         if l2.shape() != l1.shape() {
             candle_core::bail!("softmax-rows-bwd: gradient shape differs");
         }
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(run(
-                data::<f32>(s1, l1, self.name())?,
-                data::<f32>(s2, l2, self.name())?,
-                cols,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(run(
-                data::<f64>(s1, l1, self.name())?,
-                data::<f64>(s2, l2, self.name())?,
-                cols,
-            )),
-            _ => candle_core::bail!("softmax-rows-bwd: f32 or f64 only"),
-        };
+        let out = per_float!(s1, self.name(), F => run(
+            data::<F>(s1, l1, self.name())?,
+            data::<F>(s2, l2, self.name())?,
+            cols,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -193,11 +199,7 @@ impl CustomOp1 for LogSumExpRows {
             out
         }
         let (rows, cols) = dims2(l, self.name())?;
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(run(data::<f32>(s, l, self.name())?, cols)),
-            CpuStorage::F64(_) => CpuStorage::F64(run(data::<f64>(s, l, self.name())?, cols)),
-            _ => candle_core::bail!("logsumexp-rows: f32 or f64 only"),
-        };
+        let out = per_float!(s, self.name(), F => run(data::<F>(s, l, self.name())?, cols));
         Ok((out, Shape::from(rows)))
     }
 
@@ -237,21 +239,12 @@ impl CustomOp3 for LogSumExpBwd {
         if l2.shape().elem_count() != rows || l3.shape().elem_count() != rows {
             candle_core::bail!("logsumexp-rows-bwd: expected {rows} row values");
         }
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(run(
-                data::<f32>(s1, l1, self.name())?,
-                data::<f32>(s2, l2, self.name())?,
-                data::<f32>(s3, l3, self.name())?,
-                cols,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(run(
-                data::<f64>(s1, l1, self.name())?,
-                data::<f64>(s2, l2, self.name())?,
-                data::<f64>(s3, l3, self.name())?,
-                cols,
-            )),
-            _ => candle_core::bail!("logsumexp-rows-bwd: f32 or f64 only"),
-        };
+        let out = per_float!(s1, self.name(), F => run(
+            data::<F>(s1, l1, self.name())?,
+            data::<F>(s2, l2, self.name())?,
+            data::<F>(s3, l3, self.name())?,
+            cols,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }
