@@ -14,7 +14,8 @@ use crate::gate::Gate;
 use crate::losses::{self, LossValues};
 use crate::params::{Init, ParamBuilder};
 use crate::plan::DispatchPlan;
-use crate::router::{self, safe_row_normalize, Router, RouterInput};
+use crate::router::{self, Router, RouterInput};
+use crate::rowops;
 use crate::stats::RoutingStats;
 use crate::{MoeError, Result};
 
@@ -227,6 +228,8 @@ impl MoeLayer {
         Ok(dense.index_select(&idx, 0)?)
     }
 
+    /// Gate, router and combine weights: the routing, each expert's total weight `[E]` and
+    /// the router's load loss, if any.
     fn route(
         &self,
         x2: &Tensor,
@@ -254,37 +257,41 @@ impl MoeLayer {
             train: ctx.train,
             rng: ctx.rng,
         })?;
-        let dense = if self.cfg.renormalize {
-            safe_row_normalize(&out.dense)?
-        } else {
-            out.dense.clone()
-        };
-        let scale = self.router.weight_scale();
-        let dense = if scale != 1.0 {
-            (dense * scale)?
-        } else {
-            dense
-        };
         let plan = Arc::new(out.plan);
-        let idx = Tensor::from_vec(plan.flat_indices(), plan.len(), x2.device())?;
-        let weights = dense.flatten_all()?.index_select(&idx, 0)?;
+        // one weight per assignment: renormalised, scaled and gathered in one fused op
+        let weights = rowops::plan_weights(
+            &out.dense,
+            &plan,
+            self.cfg.renormalize,
+            self.router.weight_scale(),
+        )?;
+        // each expert's total weight, `Σ_t dense[t, e]` of the final dense weights (the
+        // importance loss's input): the plan is sorted by expert, so a sum per segment
+        let expert_sums = if plan.is_empty() {
+            Tensor::zeros(plan.num_experts, weights.dtype(), weights.device())?
+        } else {
+            let ids = Tensor::from_vec(plan.expert.clone(), plan.len(), weights.device())?;
+            Tensor::zeros(plan.num_experts, weights.dtype(), weights.device())?
+                .index_add(&ids, &weights, 0)?
+        };
         let routing = Routing {
             plan,
             weights,
             logits: out.logits,
             probs: out.probs,
         };
-        Ok((routing, dense, out.load_loss))
+        Ok((routing, expert_sums, out.load_loss))
     }
 }
 
 impl MoeLayer {
     /// The auxiliary losses (all computed and reported, the enabled ones summed into the
     /// first result), the routing statistics and the tokens per expert of a routing.
+    /// `expert_sums [E]`: each expert's total combine weight (the importance loss's input).
     fn aux_losses(
         &self,
         routing: &Routing,
-        dense: &Tensor,
+        expert_sums: &Tensor,
         load_loss: Option<&Tensor>,
         x2: &Tensor,
     ) -> Result<(Tensor, LossValues, RoutingStats, Vec<usize>)> {
@@ -299,7 +306,7 @@ impl MoeLayer {
             &counts,
             self.cfg.router.k(),
         )?;
-        let imp = losses::importance(&input(dense, w.importance))?;
+        let imp = losses::cv_squared(&input(expert_sums, w.importance))?;
         let z = match &routing.logits {
             Some(l) => losses::z_loss(&input(l, w.z))?,
             None => Tensor::zeros((), x2.dtype(), x2.device())?,
@@ -333,8 +340,8 @@ impl MoeLayer {
     /// [`MoeLayer::after_step`] and ignores `ctx.forced`.
     pub fn route_only(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Routing, Tensor)> {
         let x2 = x.reshape(((), self.cfg.d_model))?;
-        let (routing, dense, load_loss) = self.route(&x2, ctx)?;
-        let (aux, ..) = self.aux_losses(&routing, &dense, load_loss.as_ref(), &x2)?;
+        let (routing, expert_sums, load_loss) = self.route(&x2, ctx)?;
+        let (aux, ..) = self.aux_losses(&routing, &expert_sums, load_loss.as_ref(), &x2)?;
         Ok((routing, aux))
     }
 }
@@ -356,7 +363,7 @@ impl MoeBlock for MoeLayer {
         }
         let x2 = x.reshape(((), d))?;
         let t = x2.dims()[0];
-        let (routing, dense, load_loss) = self.route(&x2, ctx)?;
+        let (routing, expert_sums, load_loss) = self.route(&x2, ctx)?;
         let routing = match ctx.forced.take() {
             Some(f) => {
                 f.plan.check()?;
@@ -400,7 +407,7 @@ impl MoeBlock for MoeLayer {
         }
 
         let (aux, values, stats, counts) =
-            self.aux_losses(&routing, &dense, load_loss.as_ref(), &x2)?;
+            self.aux_losses(&routing, &expert_sums, load_loss.as_ref(), &x2)?;
         {
             let mut pending = self.pending_load.lock().expect("load poisoned");
             pending.iter_mut().zip(&counts).for_each(|(p, c)| *p += c);

@@ -14,8 +14,11 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use crate::dispatch::kernel::KFloat;
 use crate::dispatch::{self as act};
+use crate::plan::DispatchPlan;
 use crate::Result;
 
 /// Rows per rayon job.
@@ -249,6 +252,151 @@ impl CustomOp3 for LogSumExpBwd {
     }
 }
 
+/// One combine weight per plan assignment from a router's dense `[T, E]` weights:
+/// `w[a] = dense[t_a, e_a] / D_t · scale`, with `D_t` the row sum when `renormalize` (a row
+/// summing to 0 divides by 1, as [`crate::router::safe_row_normalize`]) and 1 otherwise.
+///
+/// The composed form ([`plan_weights_composed`]: row sum, zero test, add, divide, scale,
+/// flatten, index select) builds seven `[T, E]` graph nodes, each with its own gradient
+/// tensor in the backward; this is one pass each way, the backward writing the single
+/// `[T, E]` gradient `∂L/∂dense[t, c] = scale · (g_c·[c ∈ plan_t] / D_t − Σ_a g_a·dense[t, e_a] / D_t²)`
+/// (the second term for every column of a renormalised row, as the composed ops give).
+pub fn plan_weights(
+    dense: &Tensor,
+    plan: &Arc<DispatchPlan>,
+    renormalize: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    if !fused(dense) || dense.dims() != [plan.num_tokens, plan.num_experts] {
+        return plan_weights_composed(dense, plan, renormalize, scale);
+    }
+    Ok(dense.contiguous()?.apply_op1(PlanWeights {
+        plan: plan.clone(),
+        renormalize,
+        scale,
+    })?)
+}
+
+/// [`plan_weights`] from candle ops (the reference).
+pub fn plan_weights_composed(
+    dense: &Tensor,
+    plan: &DispatchPlan,
+    renormalize: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    let d = if renormalize {
+        crate::router::safe_row_normalize(dense)?
+    } else {
+        dense.clone()
+    };
+    let d = if scale != 1.0 { (d * scale)? } else { d };
+    let idx = Tensor::from_vec(plan.flat_indices(), plan.len(), dense.device())?;
+    Ok(d.flatten_all()?.index_select(&idx, 0)?)
+}
+
+struct PlanWeights {
+    plan: Arc<DispatchPlan>,
+    renormalize: bool,
+    scale: f64,
+}
+
+impl PlanWeights {
+    /// `D_t` of every row (1 without renormalisation).
+    fn denominators<T: RowFloat>(&self, x: &[T]) -> Vec<T> {
+        let e = self.plan.num_experts;
+        (0..self.plan.num_tokens)
+            .map(|t| {
+                if !self.renormalize {
+                    return T::one();
+                }
+                let s = x[t * e..(t + 1) * e].iter().fold(T::zero(), |a, &v| a + v);
+                if s == T::zero() {
+                    T::one()
+                } else {
+                    s
+                }
+            })
+            .collect()
+    }
+
+    fn fwd<T: RowFloat>(&self, x: &[T]) -> Vec<T> {
+        let (e, scale) = (
+            self.plan.num_experts,
+            T::from(self.scale).unwrap_or_else(T::one),
+        );
+        let den = self.denominators(x);
+        self.plan
+            .token
+            .iter()
+            .zip(&self.plan.expert)
+            .map(|(&t, &ex)| x[t as usize * e + ex as usize] / den[t as usize] * scale)
+            .collect()
+    }
+
+    fn bwd<T: RowFloat>(&self, x: &[T], g: &[T]) -> Vec<T> {
+        let (e, scale) = (
+            self.plan.num_experts,
+            T::from(self.scale).unwrap_or_else(T::one),
+        );
+        let den = self.denominators(x);
+        let mut dx = vec![T::zero(); x.len()];
+        let (off, idx) = self.plan.by_token();
+        for t in 0..self.plan.num_tokens {
+            let row = &mut dx[t * e..(t + 1) * e];
+            let assigned = &idx[off[t] as usize..off[t + 1] as usize];
+            if self.renormalize && !assigned.is_empty() {
+                let k = assigned.iter().fold(T::zero(), |acc, &a| {
+                    let a = a as usize;
+                    acc + g[a] * x[t * e + self.plan.expert[a] as usize]
+                }) * scale
+                    / (den[t] * den[t]);
+                row.iter_mut().for_each(|v| *v = -k);
+            }
+            for &a in assigned {
+                let c = self.plan.expert[a as usize] as usize;
+                row[c] = row[c] + g[a as usize] * scale / den[t];
+            }
+        }
+        dx
+    }
+}
+
+impl CustomOp1 for PlanWeights {
+    fn name(&self) -> &'static str {
+        "plan-weights"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, cols) = dims2(l, self.name())?;
+        if (rows, cols) != (self.plan.num_tokens, self.plan.num_experts) {
+            candle_core::bail!(
+                "plan-weights: dense is [{rows}, {cols}], the plan is [{}, {}]",
+                self.plan.num_tokens,
+                self.plan.num_experts
+            );
+        }
+        let out = per_float!(s, self.name(), F => self.fwd(data::<F>(s, l, self.name())?));
+        Ok((out, Shape::from(self.plan.len())))
+    }
+
+    fn bwd(&self, x: &Tensor, _w: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dx = match x.dtype() {
+            DType::F32 => Tensor::from_vec(
+                self.bwd(&x.flatten_all()?.to_vec1::<f32>()?, &g.to_vec1::<f32>()?),
+                x.shape(),
+                x.device(),
+            )?,
+            DType::F64 => Tensor::from_vec(
+                self.bwd(&x.flatten_all()?.to_vec1::<f64>()?, &g.to_vec1::<f64>()?),
+                x.shape(),
+                x.device(),
+            )?,
+            dt => candle_core::bail!("plan-weights: f32 or f64 only, got {dt:?}"),
+        };
+        Ok(Some(dx))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,6 +485,107 @@ mod tests {
         )
         .unwrap();
         assert!(rep.ok(), "logsumexp: {rep:?}");
+    }
+
+    /// A plan over 7 tokens × 13 experts with a dropped token (row 3 has no assignment) and
+    /// a row whose kept weights are zero (row 5).
+    fn plan() -> Arc<DispatchPlan> {
+        let mut pairs = Vec::new();
+        for t in 0..7u32 {
+            if t == 3 {
+                continue;
+            }
+            for e in [(t * 5) % 13, (t * 5 + 3) % 13, (t * 7 + 1) % 13] {
+                if !pairs.contains(&(t, e)) {
+                    pairs.push((t, e));
+                }
+            }
+        }
+        Arc::new(DispatchPlan::from_assignments(7, 13, &pairs).unwrap())
+    }
+
+    /// Dense weights as a router makes them: nonnegative, zero outside the plan, but here
+    /// also nonzero outside it in row 6 (the op must treat every column of a row alike).
+    fn dense(plan: &DispatchPlan, dtype: DType) -> Tensor {
+        let mut v = vec![0f64; 7 * 13];
+        for (i, (&t, &e)) in plan.token.iter().zip(&plan.expert).enumerate() {
+            if t != 5 {
+                v[t as usize * 13 + e as usize] = 0.1 + 0.07 * i as f64;
+            }
+        }
+        v[6 * 13 + 12] += 0.3;
+        Tensor::from_vec(v, (7, 13), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    #[test]
+    fn plan_weights_match_the_composed_ops_with_their_gradients() {
+        let p = plan();
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 1e-6)] {
+            for renorm in [true, false] {
+                for scale in [1.0, 2.5] {
+                    let v = Var::from_tensor(&dense(&p, dtype)).unwrap();
+                    let c = Tensor::from_vec(
+                        (0..p.len())
+                            .map(|i| (i as f64 * 0.37).sin())
+                            .collect::<Vec<_>>(),
+                        p.len(),
+                        &Device::Cpu,
+                    )
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                    let run = |fused: bool| {
+                        let w = if fused {
+                            plan_weights(v.as_tensor(), &p, renorm, scale).unwrap()
+                        } else {
+                            plan_weights_composed(v.as_tensor(), &p, renorm, scale).unwrap()
+                        };
+                        let g = (&w * &c).unwrap().sum_all().unwrap().backward().unwrap();
+                        (w, g.get(v.as_tensor()).unwrap().clone())
+                    };
+                    let ((a, ga), (b, gb)) = (run(true), run(false));
+                    let what = format!("{dtype:?} renorm={renorm} scale={scale}");
+                    assert!(max_diff(&a, &b) < tol, "weights {what}");
+                    assert!(max_diff(&ga, &gb) < tol, "gradient {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plan_weights_pass_gradcheck() {
+        let p = plan();
+        // row 5's zero sum is a kink (the divisor jumps from 1 to the sum): fill it here
+        let mut fill = vec![0f64; 7 * 13];
+        for (&t, &e) in p.token.iter().zip(&p.expert) {
+            if t == 5 {
+                fill[t as usize * 13 + e as usize] = 0.2;
+            }
+        }
+        let fill = Tensor::from_vec(fill, (7, 13), &Device::Cpu).unwrap();
+        let v = Var::from_tensor(&(dense(&p, DType::F64) + fill).unwrap()).unwrap();
+        let c = Tensor::from_vec(
+            (0..p.len())
+                .map(|i| (i as f64 * 0.61).cos())
+                .collect::<Vec<_>>(),
+            p.len(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for renorm in [true, false] {
+            let rep = gradcheck(
+                std::slice::from_ref(&v),
+                || Ok((plan_weights(v.as_tensor(), &p, renorm, 1.7)? * &c)?.sum_all()?),
+                1e-6,
+                1e-8,
+                1e-6,
+            )
+            .unwrap();
+            assert!(rep.ok(), "renorm={renorm}: {rep:?}");
+        }
     }
 
     #[test]
