@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_core::router::{self, RouterInput};
 use switchyard_core::{
-    DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig, ScoreFn,
+    losses, DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig, ScoreFn,
 };
 
 fn route(cfg: &RouterConfig, logits: &[Vec<f64>], train: bool) -> router::RouterOutput {
@@ -503,4 +503,41 @@ fn statistics_describe_the_plan() {
     assert_eq!(s.dropped_fraction, 0.0);
     // every loss is reported
     assert!(out.losses.switch_balance > 0.0 && out.losses.z > 0.0 && out.losses.importance >= 0.0);
+}
+
+/// The layer reports (and weights) the importance loss of the final combine weights, read from
+/// the plan weights' per-expert sums: the same value as `losses::importance` of the dense
+/// renormalised `[T, E]` weights, with and without renormalisation.
+#[test]
+fn importance_is_that_of_the_dense_combine_weights() {
+    for renormalize in [true, false] {
+        let cfg = MoeConfig {
+            renormalize,
+            ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(5))
+        };
+        let f = fixture(&cfg, 4, DType::F64);
+        let out = f.run(true, DispatchImpl::Kernel, 0);
+        let r = out.routing.unwrap();
+        let mut mask = vec![0f64; T * 5];
+        for (&t, &e) in r.plan.token.iter().zip(&r.plan.expert) {
+            mask[t as usize * 5 + e as usize] = 1.0;
+        }
+        let mask = Tensor::from_vec(mask, (T, 5), &Device::Cpu).unwrap();
+        let dense = (&r.probs * mask).unwrap();
+        let dense = if renormalize {
+            router::safe_row_normalize(&dense).unwrap()
+        } else {
+            dense
+        };
+        let want = losses::importance(&dense)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            (out.losses.importance - want).abs() < 1e-12 * (1.0 + want.abs()),
+            "renormalize={renormalize}: {} vs {want}",
+            out.losses.importance
+        );
+        assert!(want > 0.0);
+    }
 }
