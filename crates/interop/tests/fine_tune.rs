@@ -105,7 +105,26 @@ fn an_imported_olmoe_fine_tunes_with_its_own_tokenizer_and_exports_back() {
     assert_eq!(r.step(), 6);
     assert_eq!(r.run().unwrap().steps, 8);
 
-    for d in [&run, &out] {
+    // resumed into another run directory, which gets the carried files from the checkpoint's
+    let run2 = scratch("ft-run2");
+    let moved = TrainConfig::from_toml_str(
+        &saved,
+        None,
+        &[
+            "train.steps=10".into(),
+            format!("run_dir={:?}", run2.display().to_string()),
+        ],
+    )
+    .unwrap();
+    Trainer::resume(moved, &run).unwrap().run().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "hf_source.json"] {
+        assert!(
+            run2.join(f).is_file(),
+            "{f} not carried into the new run directory"
+        );
+    }
+
+    for d in [&run, &run2, &out] {
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -95,6 +95,9 @@ pub struct Trainer {
     tokens_seen: u64,
     last_checkpoint: Option<PathBuf>,
     resumed: bool,
+    /// The step directory this run resumed from: where the model files to carry into the run
+    /// directory are found when their original sources are gone.
+    resumed_from: Option<PathBuf>,
     /// Per MoE layer: whether the collapse warning is currently raised (warn on entering).
     collapsed: Vec<bool>,
     /// The bar of the current `run` (hidden outside it); logs go through `suspend`.
@@ -105,12 +108,19 @@ impl Trainer {
     /// A fresh run: validates `cfg`, builds the data and the model (from `init.from`'s
     /// weights when set).
     pub fn new(cfg: TrainConfig) -> RunResult<Self> {
-        Self::build(cfg, true)
+        Self::build(cfg, true, None)
     }
 
-    fn build(cfg: TrainConfig, load_init: bool) -> RunResult<Self> {
+    /// `load_init`: start from `init.from`'s weights; `tokenizer_fallback`: see
+    /// [`data::load_tokenizer`].
+    fn build(
+        cfg: TrainConfig,
+        load_init: bool,
+        tokenizer_fallback: Option<&Path>,
+    ) -> RunResult<Self> {
         cfg.validate()?;
-        let data = data::build_dataset(&cfg)?;
+        let tok = data::load_tokenizer(&cfg, tokenizer_fallback)?;
+        let data = data::build_dataset_with(&cfg, tok.as_ref())?;
         let (store, mut model) = build_model(&cfg)?;
         if let (true, Some(from)) = (load_init, &cfg.init.from) {
             restore::load_init_weights(&store, &mut model, from)?;
@@ -153,6 +163,7 @@ impl Trainer {
             tokens_seen: 0,
             last_checkpoint: None,
             resumed: false,
+            resumed_from: None,
             progress: Progress::new(0, 0, false),
         })
     }
@@ -189,7 +200,8 @@ impl Trainer {
                 ckpt.step, cfg.train.steps
             )));
         }
-        let mut t = Self::build(cfg, false)?;
+        let copy = restore::carried_tokenizer_file(from, &ckpt.dir);
+        let mut t = Self::build(cfg, false, copy.as_deref())?;
         if ckpt.state.lr_schedule.is_some_and(|s| s != t.schedule) {
             tracing::warn!("the learning-rate schedule differs from the checkpoint's; continuing with the new one");
         }
@@ -213,6 +225,7 @@ impl Trainer {
         t.step = ckpt.step;
         t.last_checkpoint = Some(ckpt.dir.clone());
         t.resumed = true;
+        t.resumed_from = Some(ckpt.dir.clone());
         Ok(t)
     }
 
@@ -427,10 +440,9 @@ impl Trainer {
             keep_last: (keep > 0).then_some(keep),
         };
         let dir = save_checkpoint_with(&self.cfg.run_dir, self.step, &contents, &opts)?;
-        if self.last_checkpoint.is_none() {
-            // the run's first checkpoint (a resumed run had them copied already)
-            restore::carry_model_files(&self.cfg)?;
-        }
+        // copies only what the run directory lacks (a resume into another run directory
+        // needs them too)
+        restore::carry_model_files(&self.cfg, self.resumed_from.as_deref())?;
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
     }

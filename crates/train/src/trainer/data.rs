@@ -7,7 +7,7 @@ use switchyard_data::{
     HfTokenizer, Tokenizer,
 };
 
-use switchyard_data::hf_tokenizer::TOKENIZER_FILE;
+use std::path::Path;
 
 use super::config::TrainConfig;
 use super::error::{ConfigError, RunResult};
@@ -21,21 +21,22 @@ pub fn load_documents(cfg: &TrainConfig) -> RunResult<Vec<Document>> {
     })
 }
 
-/// The tokenizer `data.tokenizer` names, else the byte tokenizer. When that path is gone
-/// (e.g. the imported directory a fine-tuning run started from), the copy the run directory
-/// got at its first checkpoint is used, so a resume does not depend on the original.
-pub fn load_tokenizer(cfg: &TrainConfig) -> RunResult<Box<dyn Tokenizer>> {
-    let copy = cfg.run_dir.join(TOKENIZER_FILE);
-    Ok(match &cfg.data.tokenizer {
-        None => Box::new(ByteTokenizer),
-        Some(p) if !p.exists() && copy.is_file() => Box::new(HfTokenizer::from_file(&copy)?),
-        Some(p) => Box::new(HfTokenizer::from_path(p)?),
+/// The tokenizer `data.tokenizer` names, else the byte tokenizer. When that path is gone and
+/// a `fallback` file is given (a resume passes the copy its checkpoint's run directory got,
+/// see [`super::restore::carried_tokenizer_file`]), the fallback is used, so a resumed
+/// fine-tuning run does not depend on the directory it started from; a fresh run never
+/// falls back.
+pub fn load_tokenizer(cfg: &TrainConfig, fallback: Option<&Path>) -> RunResult<Box<dyn Tokenizer>> {
+    Ok(match (&cfg.data.tokenizer, fallback) {
+        (None, _) => Box::new(ByteTokenizer),
+        (Some(p), Some(copy)) if !p.exists() => Box::new(HfTokenizer::from_file(copy)?),
+        (Some(p), _) => Box::new(HfTokenizer::from_path(p)?),
     })
 }
 
 /// Split, tokenize (with the config's tokenizer) and pack the run's data.
 pub fn build_dataset(cfg: &TrainConfig) -> RunResult<Dataset> {
-    build_dataset_with(cfg, load_tokenizer(cfg)?.as_ref())
+    build_dataset_with(cfg, load_tokenizer(cfg, None)?.as_ref())
 }
 
 /// Split, tokenize with `tok` and pack the run's data; every id must be below

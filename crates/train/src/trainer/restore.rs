@@ -236,12 +236,14 @@ pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
 const TOKENIZER_CONFIG_FILE: &str = switchyard_data::hf_tokenizer::TOKENIZER_CONFIG_FILE;
 pub const HF_SOURCE_FILE: &str = "hf_source.json";
 
-/// Copies into the run directory (the trainer calls it at its first checkpoint; a file already
+/// Copies into the run directory (the trainer calls it at every checkpoint; a file already
 /// there is left alone) the tokenizer the run uses (`data.tokenizer`, with
 /// its `tokenizer_config.json`) and the init checkpoint's `hf_source.json`, so that the run's
-/// checkpoints are used with the same tokenizer and export to the same architecture. Each file
-/// is written to a temporary name, synced and renamed.
-pub fn carry_model_files(cfg: &TrainConfig) -> RunResult<()> {
+/// checkpoints are used with the same tokenizer and export to the same architecture. A source
+/// that is gone is taken from the copies next to `resumed_from` (the step directory a resumed
+/// run started from), so resuming into another run directory carries them too. Each file is
+/// written to a temporary name, synced and renamed.
+pub fn carry_model_files(cfg: &TrainConfig, resumed_from: Option<&Path>) -> RunResult<()> {
     let mut copies: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(tok) = &cfg.data.tokenizer {
         let file = if tok.is_dir() {
@@ -255,13 +257,26 @@ pub fn carry_model_files(cfg: &TrainConfig) -> RunResult<()> {
         copies.push((file, TOKENIZER_FILE));
     }
     if let Some(from) = &cfg.init.from {
-        if let Ok(step_dir) = find_step_dir(from) {
-            let found = carried_file(from, &step_dir, HF_SOURCE_FILE);
-            copies.extend(found.map(|p| (p, HF_SOURCE_FILE)));
-        }
+        let found = find_step_dir(from)
+            .ok()
+            .and_then(|step_dir| carried_file(from, &step_dir, HF_SOURCE_FILE));
+        // when `from` is gone, the placeholder sends the loop below to `resumed_from`'s copy
+        copies.push((
+            found.unwrap_or_else(|| from.join(HF_SOURCE_FILE)),
+            HF_SOURCE_FILE,
+        ));
     }
     for (src, name) in copies {
         let dst = cfg.run_dir.join(name);
+        // a source that is gone (the directory a resumed run started from): the copy its
+        // checkpoint's run directory carries
+        let src = match resumed_from {
+            Some(step_dir) if !src.is_file() => match carried_file(step_dir, step_dir, name) {
+                Some(copy) => copy,
+                None => continue,
+            },
+            _ => src,
+        };
         if dst.exists() || !src.is_file() {
             continue;
         }
