@@ -19,7 +19,7 @@ fn best(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let n = BYTES / 4;
-    let mut a = vec![1f32; n];
+    let a = vec![1f32; n];
     let mut b = vec![0f32; n];
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -62,6 +62,5 @@ fn main() {
                 2.0 * gb / copy
             );
         });
-        a[0] += 1.0;
     }
 }

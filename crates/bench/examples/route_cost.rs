@@ -13,8 +13,8 @@ use switchyard_core::dispatch::dispatch;
 use switchyard_core::router::RouterInput;
 use switchyard_core::*;
 
-/// As in `switchyard-bench`: freed blocks of 256 KiB and up are reused (`SWITCHYARD_RECYCLE=0`:
-/// not; `SWITCHYARD_RECYCLE_MIN=N`: from N bytes up).
+/// The allocator `switchyard-bench` runs on: freed blocks of 256 KiB and up are reused; here
+/// `SWITCHYARD_RECYCLE=0` turns that off and `SWITCHYARD_RECYCLE_MIN=N` starts it at N bytes.
 #[global_allocator]
 static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
     switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
@@ -62,6 +62,16 @@ fn main() {
     let routing = out.routing.clone().unwrap();
     let w = Var::from_tensor(&routing.weights.detach()).unwrap();
     let layout = Arc::new(layer.experts.layout.clone());
+    let run_dispatch = || {
+        dispatch(
+            x.as_tensor(),
+            w.as_tensor(),
+            layer.experts.packed.as_tensor(),
+            &layout,
+            &routing.plan,
+        )
+        .unwrap()
+    };
     let gate = layer.gate.as_ref().unwrap();
     let logits = gate.forward(x.as_tensor(), None).unwrap();
     let route_fb = || {
@@ -107,7 +117,7 @@ fn main() {
         }
         piece("z_loss", &|l| losses::z_loss(l).unwrap());
         piece("softmax + z + balance", &|l| {
-            let p = candle_nn::ops::softmax(l, 1).unwrap();
+            let p = switchyard_core::rowops::softmax_rows(l).unwrap();
             let counts = routing.plan.tokens_per_expert();
             (losses::switch_balance(&p, &counts, k).unwrap() + losses::z_loss(l).unwrap()).unwrap()
         });
@@ -160,45 +170,20 @@ fn main() {
     println!(
         "dispatch fwd+bwd (dispatch::backward) {:8.2} ms",
         med(|| {
-            let y = dispatch(
-                x.as_tensor(),
-                w.as_tensor(),
-                layer.experts.packed.as_tensor(),
-                &layout,
-                &routing.plan,
-            )
-            .unwrap();
+            let y = run_dispatch();
             switchyard_core::dispatch::backward(&y.sum_all().unwrap()).unwrap();
         })
     );
     println!(
         "dispatch fwd       {:8.2} ms",
         med(|| {
-            dispatch(
-                x.as_tensor(),
-                w.as_tensor(),
-                layer.experts.packed.as_tensor(),
-                &layout,
-                &routing.plan,
-            )
-            .unwrap();
+            run_dispatch();
         })
     );
     println!(
         "dispatch fwd+bwd   {:8.2} ms",
         med(|| {
-            dispatch(
-                x.as_tensor(),
-                w.as_tensor(),
-                layer.experts.packed.as_tensor(),
-                &layout,
-                &routing.plan,
-            )
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+            run_dispatch().sum_all().unwrap().backward().unwrap();
         })
     );
     println!(

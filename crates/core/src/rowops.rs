@@ -16,8 +16,8 @@ use rayon::prelude::*;
 
 use std::sync::Arc;
 
+use crate::dispatch;
 use crate::dispatch::kernel::KFloat;
-use crate::dispatch::{self as act};
 use crate::plan::DispatchPlan;
 use crate::Result;
 
@@ -133,7 +133,7 @@ impl CustomOp1 for SoftmaxRows {
             let mut p = vec![T::zero(); x.len()];
             p.par_chunks_mut(cols * ROWS_PER_JOB)
                 .zip(x.par_chunks(cols * ROWS_PER_JOB))
-                .for_each(|(p, x)| act::softmax_tile(x, p, cols));
+                .for_each(|(p, x)| dispatch::softmax_tile(x, p, cols));
             p
         }
         let (_, cols) = dims2(l, self.name())?;
@@ -167,7 +167,7 @@ impl CustomOp2 for SoftmaxBwd {
             let n = cols * ROWS_PER_JOB;
             dx.par_chunks_mut(n)
                 .zip(p.par_chunks(n).zip(g.par_chunks(n)))
-                .for_each(|(dx, (p, g))| act::softmax_bwd_tile(p, g, dx, cols));
+                .for_each(|(dx, (p, g))| dispatch::softmax_bwd_tile(p, g, dx, cols));
             dx
         }
         let (_, cols) = dims2(l1, self.name())?;
@@ -197,7 +197,7 @@ impl CustomOp1 for LogSumExpRows {
                 .zip(x.par_chunks(cols * ROWS_PER_JOB))
                 .for_each_init(
                     || vec![T::zero(); cols],
-                    |scratch, (out, x)| act::logsumexp_tile(x, out, cols, scratch),
+                    |scratch, (out, x)| dispatch::logsumexp_tile(x, out, cols, scratch),
                 );
             out
         }
@@ -235,7 +235,7 @@ impl CustomOp3 for LogSumExpBwd {
             dx.par_chunks_mut(n)
                 .zip(x.par_chunks(n))
                 .zip(lse.par_chunks(ROWS_PER_JOB).zip(g.par_chunks(ROWS_PER_JOB)))
-                .for_each(|((dx, x), (lse, g))| act::logsumexp_bwd_tile(x, lse, g, dx, cols));
+                .for_each(|((dx, x), (lse, g))| dispatch::logsumexp_bwd_tile(x, lse, g, dx, cols));
             dx
         }
         let (rows, cols) = dims2(l1, self.name())?;
@@ -267,7 +267,7 @@ pub fn plan_weights(
     renormalize: bool,
     scale: f64,
 ) -> Result<Tensor> {
-    if !fused(dense) || dense.dims() != [plan.num_tokens, plan.num_experts] {
+    if !fused(dense) {
         return plan_weights_composed(dense, plan, renormalize, scale);
     }
     Ok(dense.contiguous()?.apply_op1(PlanWeights {

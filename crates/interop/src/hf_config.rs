@@ -176,12 +176,16 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
         ));
     }
     let (rope_theta, rope_scaling) = rope(&c, arch)?;
-    let partial = c
-        .get("rope_parameters")
-        .and_then(|p| p.get("partial_rotary_factor"));
-    let partial = partial
-        .or_else(|| c.get("partial_rotary_factor"))
-        .and_then(Value::as_f64);
+    // a typed read (a string here is an error, not "absent"), inside `rope_parameters` first
+    let params = c.get("rope_parameters").and_then(Value::as_object);
+    let partial = match params.map(|v| Raw { v, path: c.path }) {
+        Some(p) => p.opt_f64("partial_rotary_factor")?,
+        None => None,
+    };
+    let partial = match partial {
+        Some(f) => Some(f),
+        None => c.opt_f64("partial_rotary_factor")?,
+    };
     if let Some(f) = partial.filter(|&f| f != 1.0) {
         return Err(unsupported(
             format!("partial_rotary_factor = {f}"),

@@ -126,6 +126,15 @@ fn partial_rotary_factor_is_refused_not_ignored() {
         c.insert("partial_rotary_factor".into(), serde_json::json!(1.0));
     });
     assert!(import(&d).is_ok());
+    // not a number: a config error naming the key, not silently "absent"
+    edit_config(&d, |c| {
+        c.insert("partial_rotary_factor".into(), serde_json::json!("0.5"));
+    });
+    let (e, msg) = import_err(&d);
+    assert!(
+        matches!(&e, InteropError::Config { key, .. } if key == "partial_rotary_factor"),
+        "{msg}"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -89,43 +89,44 @@ fn main() {
             let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
             kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
         };
+        // "old": the current kernel with one knob changed, when an SWITCHYARD_AB_* variable
+        // says so (read once here, outside the timed calls), else the pre-rewrite kernel
+        let env = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .map(|v| v.parse::<usize>().expect(name))
+        };
+        type Knob = (fn(usize), usize, usize);
+        let recycle_min = |b: usize| ALLOC.set_min_bytes(b);
+        let default_min =
+            switchyard_core::dispatch::alloc::Recycling::<std::alloc::System>::MIN_BYTES;
+        let knob: Option<Knob> = [
+            (
+                "SWITCHYARD_AB_WAVE_ROWS",
+                kernel::set_wave_rows as fn(usize),
+                0,
+            ),
+            ("SWITCHYARD_AB_WGRAD_JOBS", kernel::set_wgrad_jobs, 0),
+            ("SWITCHYARD_AB_RECYCLE_MIN", recycle_min, default_min),
+            ("SWITCHYARD_AB_ROW_TILE", kernel::set_row_tile, 0),
+        ]
+        .into_iter()
+        .find_map(|(name, set, reset)| env(name).map(|v| (set, v, reset)));
         let old = || {
             if only_new {
                 return;
             }
-            if let Ok(rows) = std::env::var("SWITCHYARD_AB_WAVE_ROWS") {
-                // the current kernel with other wave sizes as "old"
-                kernel::set_wave_rows(rows.parse().expect("rows"));
-                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
-                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
-                kernel::set_wave_rows(0);
-                return;
+            match knob {
+                Some((set, value, reset)) => {
+                    set(value);
+                    new();
+                    set(reset);
+                }
+                None => {
+                    let (_, s) = kernel_v0::forward(&x, &w, &p, &layout, &plan);
+                    kernel_v0::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+                }
             }
-            if let Ok(jobs) = std::env::var("SWITCHYARD_AB_WGRAD_JOBS") {
-                kernel::set_wgrad_jobs(jobs.parse().expect("jobs"));
-                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
-                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
-                kernel::set_wgrad_jobs(0);
-                return;
-            }
-            if let Ok(bytes) = std::env::var("SWITCHYARD_AB_RECYCLE_MIN") {
-                ALLOC.set_min_bytes(bytes.parse().expect("bytes"));
-                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
-                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
-                ALLOC.set_min_bytes(
-                    switchyard_core::dispatch::alloc::Recycling::<std::alloc::System>::MIN_BYTES,
-                );
-                return;
-            }
-            if let Ok(rows) = std::env::var("SWITCHYARD_AB_ROW_TILE") {
-                kernel::set_row_tile(rows.parse().expect("rows"));
-                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
-                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
-                kernel::set_row_tile(0);
-                return;
-            }
-            let (_, s) = kernel_v0::forward(&x, &w, &p, &layout, &plan);
-            kernel_v0::backward(&x, &w, &p, &layout, &plan, &s, &gy);
         };
         let (mut tn, mut to) = (Vec::new(), Vec::new());
         pool.install(|| {

@@ -43,7 +43,7 @@ pub struct Big {
 }
 
 /// 2600 tokens × top-4 over 10 experts of mixed kinds: 10 400 assignments, so several waves
-/// (of 1/8 of the rows, rounded up to 512), experts of ~1000 rows (several row tiles each)
+/// (of 1/8 of the rows, rounded down to a multiple of 512: 1024), experts of ~1000 rows (several row tiles each)
 /// cut across waves.
 pub fn big() -> Big {
     let specs: Vec<ExpertSpec> = (0..E)

@@ -91,15 +91,18 @@ pub fn load_router_buffers(
 
 /// The run config stored in a checkpoint's `config.json`.
 pub fn checkpoint_config(ckpt: &Checkpoint) -> RunResult<TrainConfig> {
-    let path = ckpt.dir.join(CONFIG_FILE);
-    let cfg: TrainConfig =
-        serde_json::from_value(ckpt.config.clone()).map_err(|e| RunError::Resume {
-            path: path.clone(),
-            reason: format!("not a Switchyard training config: {e}"),
-        })?;
+    config_from_value(ckpt.config.clone(), &ckpt.dir.join(CONFIG_FILE))
+}
+
+/// A checkpoint's `config.json` (read from `path`) as a run config whose model is sound.
+fn config_from_value(v: serde_json::Value, path: &Path) -> RunResult<TrainConfig> {
+    let cfg: TrainConfig = serde_json::from_value(v).map_err(|e| RunError::Resume {
+        path: path.to_path_buf(),
+        reason: format!("not a Switchyard training config: {e}"),
+    })?;
     // Only the model must be sound to load it; the rest is checked when training resumes.
     cfg.model.validate().map_err(|e| RunError::Resume {
-        path,
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
     Ok(cfg)
@@ -145,18 +148,13 @@ pub fn carried_tokenizer_file(given: &Path, step_dir: &Path) -> Option<PathBuf> 
 /// The run config in the `config.json` of the checkpoint at `path` (a step or run
 /// directory), read without loading or verifying its tensors.
 pub fn read_checkpoint_config(path: &Path) -> RunResult<TrainConfig> {
-    let step_dir = find_step_dir(path)?;
-    let config_path = step_dir.join(CONFIG_FILE);
+    let config_path = find_step_dir(path)?.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(RunError::io("read", &config_path))?;
-    let cfg: TrainConfig = serde_json::from_str(&text).map_err(|e| RunError::Resume {
+    let v = serde_json::from_str(&text).map_err(|e| RunError::Resume {
         path: config_path.clone(),
-        reason: format!("not a Switchyard training config: {e}"),
+        reason: format!("not JSON: {e}"),
     })?;
-    cfg.model.validate().map_err(|e| RunError::Resume {
-        path: config_path,
-        reason: e.to_string(),
-    })?;
-    Ok(cfg)
+    config_from_value(v, &config_path)
 }
 
 /// The HF tokenizer a checkpoint carries (see [`carried_tokenizer_file`]); `None` when it
