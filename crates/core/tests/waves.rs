@@ -53,6 +53,42 @@ fn several_waves_same_bits_for_any_thread_count() {
     }
 }
 
+/// Experts of several row tiles have their weights packed once per wave (`dispatch::packed`);
+/// that path gives the same bits as `gemm` packing per call, at any thread count. (The only
+/// test here that flips the process-wide switch; either setting gives the same bits, so tests
+/// running beside it are unaffected.)
+#[test]
+fn packed_weights_give_the_same_bits_as_gemm() {
+    let b = big();
+    let run = |threads: usize, packing: bool| {
+        dispatch::kernel::set_packing(packing);
+        let before = dispatch::kernel::packings();
+        let out = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let (y, loss) = b.run(false);
+                let g = dispatch::backward(&loss).unwrap();
+                let mut out = vec![bits(&y)];
+                out.extend(b.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
+                out
+            });
+        let packed = dispatch::kernel::packings() - before;
+        dispatch::kernel::set_packing(true);
+        (out, packed)
+    };
+    for threads in [1, 2, 3] {
+        let (with, packed) = run(threads, true);
+        assert!(packed > 0, "{threads} threads: no expert was packed");
+        let (without, _) = run(threads, false);
+        assert!(
+            with == without,
+            "{threads} threads: packing changed the bits"
+        );
+    }
+}
+
 #[test]
 fn dispatch_backward_equals_plain_backward_on_a_large_plan() {
     let b = big();

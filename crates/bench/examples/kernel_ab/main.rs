@@ -8,6 +8,7 @@
 //! current kernel with N rows per wave (`18446744073709551615`: one wave); with
 //! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows; with
 //! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
+//! `SWITCHYARD_AB_PACKING=0`, without packing experts' weights once per wave; with
 //! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
 //! (the default is `Recycling::MIN_BYTES`).
 
@@ -109,6 +110,7 @@ fn main() {
             ("SWITCHYARD_AB_WGRAD_JOBS", kernel::set_wgrad_jobs, 0),
             ("SWITCHYARD_AB_RECYCLE_MIN", recycle_min, default_min),
             ("SWITCHYARD_AB_ROW_TILE", kernel::set_row_tile, 0),
+            ("SWITCHYARD_AB_PACKING", |v| kernel::set_packing(v != 0), 1),
         ]
         .into_iter()
         .find_map(|(name, set, reset)| env(name).map(|v| (set, v, reset)));
@@ -155,6 +157,28 @@ fn main() {
         println!(
             "{name:<9} threads {threads}: jobs busy {:.1} % of thread time",
             busy * 100.0
+        );
+        // the current kernel's forward and backward timed apart (medians)
+        let (mut tf, mut tb) = (Vec::new(), Vec::new());
+        pool.install(|| {
+            for _ in 0..REPS {
+                let t = Instant::now();
+                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
+                tf.push(t.elapsed().as_secs_f64());
+                let t = Instant::now();
+                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+                tb.push(t.elapsed().as_secs_f64());
+            }
+        });
+        tf.sort_by(f64::total_cmp);
+        tb.sort_by(f64::total_cmp);
+        let fwd_flops = (TOKENS * k * 6 * D_MODEL * h) as f64;
+        println!(
+            "{name:<9} threads {threads}: current fwd {:6.1} ms ({:5.1} GFLOP/s), bwd {:6.1} ms ({:5.1} GFLOP/s)",
+            tf[REPS / 2] * 1e3,
+            fwd_flops / tf[REPS / 2] / 1e9,
+            tb[REPS / 2] * 1e3,
+            2.0 * fwd_flops / tb[REPS / 2] / 1e9
         );
         tn.sort_by(f64::total_cmp);
         to.sort_by(f64::total_cmp);

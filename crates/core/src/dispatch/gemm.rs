@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use gemm::Parallelism;
 
+use super::packed::Ukr;
+
 /// Environment variable read once, at the first kernel call: `avx2` forces the AVX2 path.
 pub const ISA_ENV: &str = "SWITCHYARD_GEMM_ISA";
 
@@ -101,11 +103,44 @@ pub trait GemmFloat: Copy + Send + Sync + 'static {
         beta: Self,
         par: Parallelism,
     );
+
+    /// `gemm`'s microkernels for the current [`isa`] (AVX-512 or AVX2+FMA), for
+    /// [`super::packed`]; `None` where neither runs (then the kernels call `gemm` itself).
+    fn microkernels() -> Option<Ukr<Self>>;
 }
 
 macro_rules! gemm_float {
-    ($t:ident, $n:expr, $ukr:path) => {
+    ($t:ident, $n:expr, $ukr:path, $n512:expr, $ukr512:path) => {
         impl GemmFloat for $t {
+            fn microkernels() -> Option<Ukr<Self>> {
+                #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                {
+                    if uses_avx512() {
+                        use $ukr512 as u;
+                        return Some(Ukr {
+                            lanes: $n512,
+                            mr_div_n: u::MR_DIV_N,
+                            nr: u::NR,
+                            kernel: |i, j| u::UKR[i][j],
+                        });
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        use $ukr as u;
+                        return Some(Ukr {
+                            lanes: $n,
+                            mr_div_n: u::MR_DIV_N,
+                            nr: u::NR,
+                            kernel: |i, j| u::UKR[i][j],
+                        });
+                    }
+                    None
+                }
+                #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+                None
+            }
+
             #[allow(clippy::too_many_arguments)]
             unsafe fn gemm_avx2(
                 m: usize,
@@ -179,14 +214,26 @@ macro_rules! gemm_float {
     };
 }
 // N: f32 lanes of a 256-bit register; gemm-f32 instantiates its FMA path with `4 * 2`
-gemm_float!(f32, 8, gemm_f32::microkernel::fma::f32);
+gemm_float!(
+    f32,
+    8,
+    gemm_f32::microkernel::fma::f32,
+    16,
+    gemm_f32::microkernel::avx512f::f32
+);
 // gemm-f64: `4 * 1`
-gemm_float!(f64, 4, gemm_f64::microkernel::fma::f64);
+gemm_float!(
+    f64,
+    4,
+    gemm_f64::microkernel::fma::f64,
+    8,
+    gemm_f64::microkernel::avx512f::f64
+);
 
 /// `C[m,n] (+)= A[m,k] · B[k,n]` with `C` row-major and `A`, `B` read through
 /// `(row stride, column stride)`; `par` lets `gemm` split the product over the rayon pool.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn mm<T: GemmFloat + num_traits::Float>(
+pub fn mm<T: GemmFloat + num_traits::Float>(
     m: usize,
     n: usize,
     k: usize,

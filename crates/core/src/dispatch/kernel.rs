@@ -40,6 +40,7 @@ use rayon::prelude::*;
 
 use super::act;
 use super::gemm::{mm, GemmFloat};
+use super::packed::{mm_packed, PackedB, Ukr};
 use super::profile::{timed, Phase};
 use crate::expert::{ExpertLayout, ExpertSlot};
 use crate::plan::DispatchPlan;
@@ -347,6 +348,191 @@ fn run_jobs<J: Send>(mut jobs: Vec<J>, work: impl Fn(&J) -> usize, f: impl Fn(J)
         .for_each(|j| timed(Phase::Total, || f(j)));
 }
 
+/// One way the kernels read an expert's weights as the `B` of `C = A · B`: `B [k, n]` at
+/// `p[at..]` with `(row, column)` strides.
+#[derive(Clone, Copy)]
+struct Form {
+    at: usize,
+    k: usize,
+    n: usize,
+    strides: (usize, usize),
+}
+
+/// The two weight operands of a pass: forward `[W1; W3]ᵀ` (up) and `W2t` (down); backward
+/// `W2tᵀ` (for `dA`) and `[W1; W3]` (for `dX`).
+fn forms(s: &ExpertSlot, d: usize, backward: bool) -> [Form; 2] {
+    let (h, uw) = (s.spec.hidden, up_width(s));
+    if backward {
+        [
+            Form {
+                at: s.w2t,
+                k: d,
+                n: h,
+                strides: (1, d),
+            },
+            Form {
+                at: s.w1,
+                k: uw,
+                n: d,
+                strides: (d, 1),
+            },
+        ]
+    } else {
+        [
+            Form {
+                at: s.w1,
+                k: d,
+                n: uw,
+                strides: (1, d),
+            },
+            Form {
+                at: s.w2t,
+                k: h,
+                n: d,
+                strides: (d, 1),
+            },
+        ]
+    }
+}
+
+/// Panels per packing job (of `MR` columns each).
+const PACK_PANELS: usize = 4;
+
+/// The weights of the current wave's experts, packed once for all their row tiles (see
+/// [`super::packed`]); segments of at most one row tile keep calling `gemm`, which packs
+/// per call anyway. An expert that continues into the next wave keeps its packing.
+struct WavePacks<T: 'static> {
+    ukr: Option<Ukr<T>>,
+    /// `(expert, its two packed forms)`, ascending by expert.
+    cur: Vec<(usize, [PackedB<T>; 2])>,
+    spare: Vec<Vec<T>>,
+    /// Which experts get packed (see [`Self::new`]).
+    pack_expert: Vec<bool>,
+}
+
+impl<T: KFloat> WavePacks<T> {
+    /// Packing an expert once pays when the row tiles that would share the packing (those of
+    /// its segments of more than one tile, over all waves) outnumber the threads; otherwise
+    /// its tiles run side by side, each `gemm` call packing in parallel with the others, and
+    /// a shared packing only adds a synchronisation.
+    fn new(layout: &ExpertLayout, waves: &[Wave]) -> Self {
+        let ukr = if PACKING.load(Ordering::Relaxed) {
+            T::microkernels()
+        } else {
+            None
+        };
+        let mut tiles = vec![0; layout.num_experts()];
+        for g in waves.iter().flat_map(|w| &w.segs) {
+            if g.r1 - g.r0 > row_tile() {
+                tiles[g.e] += (g.r1 - g.r0).div_ceil(row_tile());
+            }
+        }
+        let threads = rayon::current_num_threads();
+        Self {
+            ukr,
+            cur: Vec::new(),
+            spare: Vec::new(),
+            pack_expert: tiles.into_iter().map(|t| t > threads).collect(),
+        }
+    }
+
+    /// Packs the wave's experts that need it (in parallel, by panel ranges).
+    fn prepare(&mut self, layout: &ExpertLayout, wave: &Wave, p: &[T], backward: bool) {
+        let Some(ukr) = self.ukr else { return };
+        let want: Vec<usize> = wave
+            .segs
+            .iter()
+            .filter(|g| g.r1 - g.r0 > row_tile() && self.pack_expert[g.e])
+            .map(|g| g.e)
+            .collect();
+        let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cur)
+            .into_iter()
+            .partition(|(e, _)| want.contains(e));
+        for (_, packs) in drop {
+            self.spare.extend(packs.into_iter().map(PackedB::into_buf));
+        }
+        let d = layout.d_model;
+        let mut fresh = Vec::new();
+        for &e in &want {
+            if keep.iter().any(|(k, _)| *k == e) {
+                continue;
+            }
+            let f = forms(&layout.slots[e], d, backward);
+            let packs = f.map(|f| {
+                let buf = self.spare.pop().unwrap_or_default();
+                PackedB::new(buf, f.k, f.n, row_tile(), ukr)
+            });
+            fresh.push((e, packs, f));
+        }
+        {
+            let packers: Vec<_> = fresh
+                .iter_mut()
+                .flat_map(|(_, packs, f)| {
+                    packs
+                        .iter_mut()
+                        .zip(f.iter())
+                        .map(|(pb, f)| pb.packer(&p[f.at..], f.strides))
+                })
+                .collect();
+            let mut jobs = Vec::new();
+            for (i, pk) in packers.iter().enumerate() {
+                let panels = pk.panels();
+                jobs.extend(
+                    (0..panels)
+                        .step_by(PACK_PANELS)
+                        .map(|p0| (i, p0, (p0 + PACK_PANELS).min(panels))),
+                );
+            }
+            // SAFETY: every job packs its own panel range of its own packing
+            run_jobs(
+                jobs,
+                |j| j.2 - j.1,
+                |(i, p0, p1)| unsafe { packers[i].pack(p0, p1) },
+            );
+        }
+        PACKINGS.fetch_add(2 * fresh.len(), Ordering::Relaxed);
+        self.cur = keep;
+        self.cur
+            .extend(fresh.into_iter().map(|(e, packs, _)| (e, packs)));
+        self.cur.sort_by_key(|(e, _)| *e);
+    }
+
+    /// `C[m, n] (+)= A · B` for form `which` of expert `e`'s weights: from the packing when
+    /// the wave has one, else through `gemm`.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        &self,
+        layout: &ExpertLayout,
+        p: &[T],
+        e: usize,
+        which: usize,
+        backward: bool,
+        m: usize,
+        c: &mut [T],
+        a: &[T],
+        a_rs: usize,
+    ) {
+        match self.cur.binary_search_by_key(&e, |(x, _)| *x) {
+            Ok(i) => mm_packed(m, c, false, a, a_rs, &self.cur[i].1[which]),
+            Err(_) => {
+                let f = forms(&layout.slots[e], layout.d_model, backward)[which];
+                mm(
+                    m,
+                    f.n,
+                    f.k,
+                    c,
+                    false,
+                    a,
+                    (a_rs, 1),
+                    &p[f.at..],
+                    f.strides,
+                    false,
+                )
+            }
+        }
+    }
+}
+
 /// Token-major view of a plan for the scatters: `(off, idx)` of [`DispatchPlan::by_token`]
 /// and, per token, the first of its assignments not yet added.
 struct Scatter {
@@ -404,6 +590,20 @@ pub fn set_row_tile(rows: usize) {
     ROW_TILE_OVERRIDE.store(rows, Ordering::Relaxed);
 }
 static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
+static PACKING: AtomicBool = AtomicBool::new(true);
+static PACKINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many expert-weight operands the kernels have packed once for several row tiles since
+/// the process started (see `set_packing`); for tests and diagnostics.
+pub fn packings() -> usize {
+    PACKINGS.load(Ordering::Relaxed)
+}
+
+/// Whether experts' weights are packed once per wave for all their row tiles (default on;
+/// off: every row tile's `gemm` call packs them), for A/B measurements.
+pub fn set_packing(on: bool) {
+    PACKING.store(on, Ordering::Relaxed);
+}
 
 /// Overrides the rows per wave for the whole process (`0`: the default rule, `usize::MAX`:
 /// one wave, i.e. every per-assignment temporary alive at once), for A/B measurements. Waves
@@ -472,8 +672,11 @@ pub fn forward<T: KFloat>(
     let mut scatter = Scatter::new(plan);
     let mut y = zeroed(plan.num_tokens * d);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
+    let mut packs = WavePacks::new(layout, &waves);
     for wave in waves {
         let (a0, a1) = (wave.a0, wave.a1);
+        packs.prepare(layout, &wave, p, false);
+        let packs = &packs;
         let tiles = wave.tiles();
         let f = &wave.segs[0];
         let at = uvoff[f.e] + f.r0 * up_width(&layout.slots[f.e]);
@@ -498,7 +701,7 @@ pub fn forward<T: KFloat>(
                         gather(x, d, &plan.token[a0..a0 + m], xe)
                     });
                     // [u | v] = xe · [W1; W3]ᵀ   (the up weights are [uw, d], read transposed)
-                    mm(m, uw, d, uv, false, xe, (d, 1), &p[s.w1..], (1, d), false);
+                    packs.mm(layout, p, t.e, 0, false, m, uv, xe, d);
                     if let Some(b1) = s.b1 {
                         let b1 = &p[b1..b1 + h];
                         uv.chunks_exact_mut(uw)
@@ -507,7 +710,7 @@ pub fn forward<T: KFloat>(
                     let a = grown(&mut ws.a, m * h);
                     act::forward_tile(s.spec.kind, h, uv, a);
                     // o = a · W2t, then w·(o + b2): the scatter only adds
-                    mm(m, d, h, o, false, a, (h, 1), &p[s.w2t..], (d, 1), false);
+                    packs.mm(layout, p, t.e, 1, false, m, o, a, h);
                     act::scale_rows(o, &w[a0..a0 + m], s.b2.map(|b2| &p[b2..b2 + d]), d);
                 })
             },
@@ -654,8 +857,11 @@ pub fn backward<T: KFloat>(
     let mut dx = zeroed::<T>(plan.num_tokens * d);
     let mut scatter = Scatter::new(plan);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
+    let mut packs = WavePacks::new(layout, &waves);
     for wave in waves {
         let (a0w, a1w) = (wave.a0, wave.a1);
+        packs.prepare(layout, &wave, p, true);
+        let packs = &packs;
 
         // phase A, per row tile: dA, the activation's backward ([dU | dV], w⊙a, dw), dX rows
         let tiles = wave.tiles();
@@ -695,7 +901,7 @@ pub fn backward<T: KFloat>(
                     });
                     // term 1: dA_unscaled = G · W2tᵀ  [m, h]
                     let da = grown(&mut ws.a, m * h);
-                    mm(m, h, d, da, false, ge, (d, 1), &p[s.w2t..], (1, d), false);
+                    packs.mm(layout, p, t.e, 0, true, m, da, ge, d);
                     // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
                     // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; w ⊙ a
                     let b2 = s.b2.map(|b2| &p[b2..b2 + d]);
@@ -713,18 +919,7 @@ pub fn backward<T: KFloat>(
                         dwe,
                     );
                     // term 6: dX = [dU | dV] · [W1; W3]   [m, d]
-                    mm(
-                        m,
-                        d,
-                        uw,
-                        dxe,
-                        false,
-                        duv,
-                        (uw, 1),
-                        &p[s.w1..],
-                        (d, 1),
-                        false,
-                    );
+                    packs.mm(layout, p, t.e, 1, true, m, dxe, duv, uw);
                 })
             },
         );

@@ -13,6 +13,7 @@ pub(crate) use act::{logsumexp_bwd_tile, logsumexp_tile, softmax_bwd_tile, softm
 pub mod alloc;
 pub mod gemm;
 pub mod kernel;
+pub mod packed;
 pub mod profile;
 
 use std::cell::RefCell;
