@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 use super::act;
 use super::gemm::{mm, GemmFloat};
-use super::packed::{mm_packed, PackedB, Ukr};
+use super::packed::{mm_packed, mm_packed_strided, PackedB, RowWriter, Ukr};
 use super::profile::{timed, Phase};
 use crate::expert::{ExpertLayout, ExpertSlot};
 use crate::plan::DispatchPlan;
@@ -108,6 +108,8 @@ kfloat!(f64, libm::erf, f64::exp);
 pub struct Workspace<T> {
     xe: Vec<T>,
     a: Vec<T>,
+    /// A weight-gradient job's block of `[dU | dV]` or `w ⊙ a`, packed for the microkernel.
+    apack: Vec<T>,
 }
 
 fn grown<T: KFloat>(v: &mut Vec<T>, len: usize) -> &mut [T] {
@@ -741,6 +743,8 @@ enum Part {
 #[derive(Clone, Copy, Debug)]
 struct ColBlock {
     seg: Tile,
+    /// The segment's index in its wave.
+    si: usize,
     part: Part,
     c0: usize,
     c1: usize,
@@ -770,7 +774,7 @@ fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
     let target = total.div_ceil(jobs).max(1);
     let mut blocks = Vec::new();
     let (mut uv_at, mut h_at, mut row_at) = (0, 0, 0);
-    for g in &wave.segs {
+    for (si, g) in wave.segs.iter().enumerate() {
         for part in [Part::Up, Part::Down] {
             let w = width(g.e, part);
             let parts = work(g, part)
@@ -786,6 +790,7 @@ fn col_blocks(layout: &ExpertLayout, wave: &Wave) -> Vec<ColBlock> {
                 if c1 > c0 {
                     blocks.push(ColBlock {
                         seg: *g,
+                        si,
                         part,
                         c0,
                         c1,
@@ -820,6 +825,18 @@ impl<T> Disjoint<T> {
     }
 }
 
+/// The rows phase B multiplies by (`x` rows for `[dW1; dW3]`, `gy` rows for `dW2t`), kept
+/// from phase A: packed as `gemm`'s left operand, one packing per 512-row chunk of each
+/// segment (written row by row by phase A's jobs, shared by all of the chunk's column
+/// blocks), or — without microkernels (see `set_packing`) — plain row-major copies read by
+/// `gemm`, which packs them again for every column block.
+enum WaveRows<T: 'static> {
+    /// `[segment][chunk]` → `[x rows, gy rows]`
+    Packed(Vec<Vec<[PackedB<T>; 2]>>),
+    /// `[wave rows, d]` copies of the `x` and `gy` rows, in wave order.
+    Plain { xw: Vec<T>, gw: Vec<T> },
+}
+
 /// Backward of [`forward`] given the upstream gradient `gy [T, d]`.
 ///
 /// Runs wave by wave (see the module docs): phase A (per row tile: the activation's backward and
@@ -849,9 +866,20 @@ pub fn backward<T: KFloat>(
     let mut aw = vec![T::zero(); max_len(&|s| s.spec.hidden)];
     let wave_rows = waves.iter().map(Wave::rows).max().unwrap_or(0);
     let mut dxa = vec![T::zero(); wave_rows * d];
-    // the wave's rows of x and gy, gathered once in phase A and read again in phase B
-    let mut xw = vec![T::zero(); wave_rows * d];
-    let mut gw = vec![T::zero(); wave_rows * d];
+    let ukr = if PACKING.load(Ordering::Relaxed) {
+        T::microkernels()
+    } else {
+        None
+    };
+    // the wave's rows of x and gy for phase B (see `WaveRows`)
+    let mut rows = match ukr {
+        Some(_) => WaveRows::Packed(Vec::new()),
+        None => WaveRows::Plain {
+            xw: vec![T::zero(); wave_rows * d],
+            gw: vec![T::zero(); wave_rows * d],
+        },
+    };
+    let mut spare: Vec<Vec<T>> = Vec::new();
     let mut dw = vec![T::zero(); plan.len()];
     let mut dp = zeroed::<T>(layout.total);
     let mut dx = zeroed::<T>(plan.num_tokens * d);
@@ -862,6 +890,27 @@ pub fn backward<T: KFloat>(
         let (a0w, a1w) = (wave.a0, wave.a1);
         packs.prepare(layout, &wave, p, true);
         let packs = &packs;
+        if let (WaveRows::Packed(chunks), Some(ukr)) = (&mut rows, ukr) {
+            spare.extend(
+                chunks
+                    .drain(..)
+                    .flatten()
+                    .flat_map(|c| c.map(PackedB::into_buf)),
+            );
+            for g in &wave.segs {
+                let seg = (g.r0..g.r1)
+                    .step_by(WGRAD_ROWS)
+                    .map(|r0| {
+                        let mr = WGRAD_ROWS.min(g.r1 - r0);
+                        [(); 2].map(|_| {
+                            let buf = spare.pop().unwrap_or_default();
+                            PackedB::new(buf, mr, d, row_tile(), ukr)
+                        })
+                    })
+                    .collect();
+                chunks.push(seg);
+            }
+        }
 
         // phase A, per row tile: dA, the activation's backward ([dU | dV], w⊙a, dw), dX rows
         let tiles = wave.tiles();
@@ -874,33 +923,92 @@ pub fn backward<T: KFloat>(
         );
         let rows_d = |t: &Tile| (t.r1 - t.r0) * d;
         let dxs = split_lens(&mut dxa[..], tiles.iter().map(rows_d));
-        let xs = split_lens(&mut xw[..], tiles.iter().map(rows_d));
-        let gs = split_lens(&mut gw[..], tiles.iter().map(rows_d));
         let dws = split_lens(&mut dw[a0w..a1w], tiles.iter().map(|t| t.r1 - t.r0));
+        // where each tile keeps its x and gy rows for phase B
+        enum Keep<'a, T: 'static> {
+            Plain(&'a mut [T], &'a mut [T]),
+            Packed(usize),
+        }
+        let (keeps, writers): (Vec<Keep<T>>, Vec<Vec<[RowWriter<T>; 2]>>) = match &mut rows {
+            WaveRows::Plain { xw, gw } => {
+                let xs = split_lens(&mut xw[..], tiles.iter().map(rows_d));
+                let gs = split_lens(&mut gw[..], tiles.iter().map(rows_d));
+                (
+                    xs.into_iter()
+                        .zip(gs)
+                        .map(|(x, g)| Keep::Plain(x, g))
+                        .collect(),
+                    Vec::new(),
+                )
+            }
+            WaveRows::Packed(chunks) => (
+                tiles
+                    .iter()
+                    .map(|t| Keep::Packed(wave.segs.iter().position(|g| g.e == t.e).unwrap()))
+                    .collect(),
+                chunks
+                    .iter_mut()
+                    .map(|seg| {
+                        seg.iter_mut()
+                            .map(|[px, pg]| [px.row_writer(), pg.row_writer()])
+                            .collect()
+                    })
+                    .collect(),
+            ),
+        };
         let jobs: Vec<_> = tiles
             .into_iter()
             .zip(duvs)
             .zip(aws)
             .zip(dxs.into_iter().zip(dws))
-            .zip(xs.into_iter().zip(gs))
-            .map(|((((t, duv), aw), (dx, dw)), (xe, ge))| (t, duv, aw, dx, dw, xe, ge))
+            .zip(keeps)
+            .map(|((((t, duv), aw), (dx, dw)), keep)| (t, duv, aw, dx, dw, keep))
             .collect();
+        let writers = &writers;
+        let segs = &wave.segs;
         run_jobs(
             jobs,
             |j| uvlen(&j.0),
-            |(t, duv, aw, dxe, dwe, xe, ge)| {
+            |(t, duv, aw, dxe, dwe, keep)| {
                 let s = &layout.slots[t.e];
                 let (h, uw, m) = (s.spec.hidden, up_width(s), t.r1 - t.r0);
                 let a0 = plan.offsets[t.e] as usize + t.r0;
                 let at = uvoff[t.e] + t.r0 * uw;
                 let uv = &saved.uv[at..at + m * uw];
+                let tokens = &plan.token[a0..a0 + m];
                 T::with_ws(|ws| {
-                    timed(Phase::GatherScatter, || {
-                        gather(gy, d, &plan.token[a0..a0 + m], ge);
-                        gather(x, d, &plan.token[a0..a0 + m], xe);
-                    });
+                    let Workspace {
+                        xe: gbuf, a: dabuf, ..
+                    } = ws;
+                    let ge: &[T] = match keep {
+                        Keep::Plain(xe, ge) => {
+                            timed(Phase::GatherScatter, || {
+                                gather(gy, d, tokens, ge);
+                                gather(x, d, tokens, xe);
+                            });
+                            ge
+                        }
+                        Keep::Packed(si) => {
+                            let ge = grown(gbuf, m * d);
+                            let g = &segs[si];
+                            timed(Phase::GatherScatter, || {
+                                gather(gy, d, tokens, ge);
+                                for (r, &tok) in tokens.iter().enumerate() {
+                                    let er = t.r0 + r - g.r0;
+                                    let [wx, wg] = &writers[si][er / WGRAD_ROWS];
+                                    let tok = tok as usize;
+                                    // SAFETY: row `er` of the segment belongs to this tile
+                                    unsafe {
+                                        wx.put(er % WGRAD_ROWS, &x[tok * d..(tok + 1) * d]);
+                                        wg.put(er % WGRAD_ROWS, &ge[r * d..(r + 1) * d]);
+                                    }
+                                }
+                            });
+                            ge
+                        }
+                    };
                     // term 1: dA_unscaled = G · W2tᵀ  [m, h]
-                    let da = grown(&mut ws.a, m * h);
+                    let da = grown(dabuf, m * h);
                     packs.mm(layout, p, t.e, 0, true, m, da, ge, d);
                     // term 2: dw_a = <g_t, o_a> = <dA_unscaled_a, a_a> + <g_t, b2>
                     // term 4: [dU | dV] through the activation with dA = w ⊙ dA_unscaled; w ⊙ a
@@ -926,12 +1034,13 @@ pub fn backward<T: KFloat>(
 
         // phase B, per column block of each expert's weights: weight (and bias) gradients
         let dps = Disjoint(dp.as_mut_ptr(), dp.len());
-        let (duv, aw, xw, gw) = (&duv[..], &aw[..], &xw[..], &gw[..]);
+        let (duv, aw, rows) = (&duv[..], &aw[..], &rows);
         run_jobs(
             col_blocks(layout, &wave),
             |b| (b.seg.r1 - b.seg.r0) * (b.c1 - b.c0),
             |ColBlock {
                  seg,
+                 si,
                  part,
                  c0,
                  c1,
@@ -955,26 +1064,43 @@ pub fn backward<T: KFloat>(
                     };
                     (dps.range(w_at + c0 * d, cb * d), bias)
                 };
-                {
+                T::with_ws(|ws| {
                     for r0 in (seg.r0..seg.r1).step_by(WGRAD_ROWS) {
                         let mr = WGRAD_ROWS.min(seg.r1 - r0);
-                        // Up: X rows; Down: G rows (gathered in phase A)
-                        let ra = (row_at + r0 - seg.r0) * d;
-                        let rows = &(if part == Part::Up { xw } else { gw })[ra..ra + mr * d];
                         let at = off + (r0 - seg.r0) * width + c0;
                         // term 5: [dW1; dW3] = [dU | dV]ᵀ · X;  term 3: dW2t = (w ⊙ a)ᵀ · G
-                        mm(
-                            cb,
-                            d,
-                            mr,
-                            dwt,
-                            r0 > 0,
-                            &src[at..],
-                            (1, width),
-                            rows,
-                            (d, 1),
-                            false,
-                        );
+                        // (X or G: the rows gathered in phase A)
+                        let which = if part == Part::Up { 0 } else { 1 };
+                        match rows {
+                            WaveRows::Packed(chunks) => {
+                                let pb = &chunks[si][(r0 - seg.r0) / WGRAD_ROWS][which];
+                                mm_packed_strided(
+                                    cb,
+                                    dwt,
+                                    r0 > 0,
+                                    &src[at..],
+                                    (1, width),
+                                    pb,
+                                    &mut ws.apack,
+                                );
+                            }
+                            WaveRows::Plain { xw, gw } => {
+                                let ra = (row_at + r0 - seg.r0) * d;
+                                let rows = &[xw, gw][which][ra..ra + mr * d];
+                                mm(
+                                    cb,
+                                    d,
+                                    mr,
+                                    dwt,
+                                    r0 > 0,
+                                    &src[at..],
+                                    (1, width),
+                                    rows,
+                                    (d, 1),
+                                    false,
+                                );
+                            }
+                        }
                         match (part, db.as_deref_mut()) {
                             // db1 = Σ_rows dU
                             (Part::Up, Some(db1)) => {
@@ -985,17 +1111,27 @@ pub fn backward<T: KFloat>(
                             }
                             // db2 = Σ_a w_a g_t
                             (Part::Down, Some(db2)) => {
+                                let g = grown(&mut ws.xe, d);
                                 for r in 0..mr {
+                                    match rows {
+                                        WaveRows::Packed(chunks) => {
+                                            chunks[si][(r0 - seg.r0) / WGRAD_ROWS][1].row(r, g)
+                                        }
+                                        WaveRows::Plain { gw, .. } => {
+                                            let ra = (row_at + r0 - seg.r0 + r) * d;
+                                            g.copy_from_slice(&gw[ra..ra + d]);
+                                        }
+                                    }
                                     let wa = w[first + r0 + r];
                                     db2.iter_mut()
-                                        .zip(&rows[r * d..(r + 1) * d])
+                                        .zip(g.iter())
                                         .for_each(|(b, &g)| *b = *b + wa * g);
                                 }
                             }
                             _ => {}
                         }
                     }
-                }
+                })
             },
         );
 

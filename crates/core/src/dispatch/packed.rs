@@ -39,6 +39,72 @@ impl<T> Ukr<T> {
     }
 }
 
+/// `dst.copy_from_slice(src)` for the few short lengths the packing copies (a group of `NR`
+/// values, a panel row of `MR`) as fixed-size moves: `copy_from_slice` calls `memmove` for
+/// them, which at 6 values costs more than the copy (perf: 6–7 % of the kernels' time).
+#[inline(always)]
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn fixed<T: Copy, const N: usize>(dst: &mut [T], src: &[T]) {
+        let s: &[T; N] = src.try_into().expect("copy_short: lengths differ");
+        let d: &mut [T; N] = dst.try_into().expect("copy_short: lengths differ");
+        *d = *s;
+    }
+    match src.len() {
+        4 => fixed::<T, 4>(dst, src),
+        6 => fixed::<T, 6>(dst, src),
+        8 => fixed::<T, 8>(dst, src),
+        // longer rows in 16-value pieces (a whole 64-value array is copied through memcpy too)
+        n if n % 16 == 0 && n <= 64 => {
+            for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+                fixed::<T, 16>(d, s)
+            }
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// `dst[j·ds + i] = src[i·ss + j]` for `i, j < 16`: a 16×16 f32 transpose in registers
+/// (interleave 32-bit pairs, then 64-bit pairs, then 128-bit lanes twice).
+///
+/// # Safety
+/// The CPU has AVX-512F; the 16 rows at `src` and at `dst` are valid for 16 values each.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16_f32(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m512; 16] = std::array::from_fn(|i| _mm512_loadu_ps(src.add(i * ss)));
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (per 128-bit lane: columns 4L, 4L+1 /
+    // 4L+2, 4L+3)
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4g + c], lane L: column 4L + c of rows 4g..4g+4
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+    }
+    for c in 0..4 {
+        // lanes 0/2 and 1/3 of rows 0..8, and of rows 8..16
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+        let v1 = _mm512_shuffle_f32x4::<0xdd>(u[c], u[4 + c]);
+        let x0 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+        let x1 = _mm512_shuffle_f32x4::<0xdd>(u[8 + c], u[12 + c]);
+        // column 4L + c for L = 0, 2, 1, 3
+        _mm512_storeu_ps(dst.add(c * ds), _mm512_shuffle_f32x4::<0x88>(v0, x0));
+        _mm512_storeu_ps(dst.add((8 + c) * ds), _mm512_shuffle_f32x4::<0xdd>(v0, x0));
+        _mm512_storeu_ps(dst.add((4 + c) * ds), _mm512_shuffle_f32x4::<0x88>(v1, x1));
+        _mm512_storeu_ps(dst.add((12 + c) * ds), _mm512_shuffle_f32x4::<0xdd>(v1, x1));
+    }
+}
+
 /// Alignment of the packed panels, in bytes.
 const ALIGN: usize = 64;
 
@@ -131,7 +197,7 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
                     for kk in 0..kb {
                         let src = &b[(k0 + kk) * rs + c0..][..cols];
                         let o = &mut out[kk * mr..(kk + 1) * mr];
-                        o[..cols].copy_from_slice(src);
+                        copy_short(&mut o[..cols], src);
                         o[cols..].iter_mut().for_each(|x| *x = T::zero());
                     }
                 } else {
@@ -139,7 +205,30 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
                     // written stay in L1 while each column of B is read down 16 depths
                     for kk0 in (0..kb).step_by(16) {
                         let kk1 = (kk0 + 16).min(kb);
-                        for r in 0..mr {
+                        // whole 16×16 blocks of f32 on AVX-512: register transposes
+                        let mut r_fast = 0;
+                        #[cfg(target_arch = "x86_64")]
+                        if rs == 1
+                            && kk1 - kk0 == 16
+                            && self.ukr.lanes == 16
+                            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+                        {
+                            // (16 lanes of T: f32 on AVX-512, whose presence `ukr` says)
+                            while r_fast + 16 <= cols {
+                                let src = b[(c0 + r_fast) * cs + k0 + kk0..].as_ptr();
+                                // SAFETY: 16 rows of B's transposed storage, 16 values each,
+                                // `cs` apart (inside `b`, checked by the caller); 16 rows of
+                                // 16 values of `out`, `mr` apart (inside the panel); T is f32.
+                                transpose16_f32(
+                                    src as *const f32,
+                                    cs,
+                                    out[kk0 * mr + r_fast..].as_mut_ptr() as *mut f32,
+                                    mr,
+                                );
+                                r_fast += 16;
+                            }
+                        }
+                        for r in r_fast..mr {
                             if r < cols {
                                 let src = &b[(c0 + r) * cs + (k0 + kk0) * rs..];
                                 for kk in kk0..kk1 {
@@ -186,6 +275,66 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
     }
 }
 
+impl<T: GemmFloat + num_traits::Float> PackedB<T> {
+    /// Start of row `kk` of `B` in the panel of columns `p·MR..`.
+    fn row_at(&self, kk: usize, p: usize) -> usize {
+        let k0 = kk / self.kc * self.kc;
+        self.at(k0, self.kc.min(self.k - k0), p) + (kk - k0) * self.ukr.mr()
+    }
+
+    /// A handle through which several threads write whole rows of `B` (rows instead of
+    /// panels: the kernels gather the rows of a weight gradient's operand straight into its
+    /// packing).
+    pub fn row_writer(&mut self) -> RowWriter<'_, T> {
+        RowWriter {
+            dst: self.buf.as_mut_ptr(),
+            pb: self,
+        }
+    }
+
+    /// Copies row `kk` of `B` out of the packing.
+    pub fn row(&self, kk: usize, out: &mut [T]) {
+        assert!(
+            kk < self.k && out.len() == self.n,
+            "packed row out of bounds"
+        );
+        let mr = self.ukr.mr();
+        for (p, o) in out.chunks_mut(mr).enumerate() {
+            let at = self.row_at(kk, p);
+            o.copy_from_slice(&self.buf[at..at + o.len()]);
+        }
+    }
+}
+
+/// Shared access for writing rows of `B` in parallel (see [`PackedB::row_writer`]).
+pub struct RowWriter<'a, T: 'static> {
+    dst: *mut T,
+    pb: &'a PackedB<T>,
+}
+// SAFETY: each call of `put` writes the entries of its own row only; callers give
+// distinct rows.
+unsafe impl<T: Send + Sync> Send for RowWriter<'_, T> {}
+unsafe impl<T: Send + Sync> Sync for RowWriter<'_, T> {}
+
+impl<T: GemmFloat + num_traits::Float> RowWriter<'_, T> {
+    /// Writes row `kk` of `B` (`row.len() == n`; the padding columns of the last panel are
+    /// zeroed).
+    ///
+    /// # Safety
+    /// No two concurrent calls may write the same row.
+    pub unsafe fn put(&self, kk: usize, row: &[T]) {
+        let pb = self.pb;
+        assert!(kk < pb.k && row.len() == pb.n, "packed row out of bounds");
+        let mr = pb.ukr.mr();
+        for p in 0..pb.panels() {
+            let out = std::slice::from_raw_parts_mut(self.dst.add(pb.row_at(kk, p)), mr);
+            let src = &row[p * mr..row.len().min((p + 1) * mr)];
+            copy_short(&mut out[..src.len()], src);
+            out[src.len()..].iter_mut().for_each(|x| *x = T::zero());
+        }
+    }
+}
+
 /// Shared access for packing panel ranges in parallel (see [`PackedB::packer`]).
 pub struct Packer<'a, T: 'static> {
     dst: *mut T,
@@ -217,7 +366,7 @@ impl<T: GemmFloat + num_traits::Float> Packer<'_, T> {
 }
 
 /// `C[m, n] (+)= A[m, k] · B[k, n]` with `B` packed, `C` row-major with row stride `n` and
-/// `A`'s rows `a_rs` apart (unit column stride). Single-threaded.
+/// `A`'s rows `a_rs` apart (unit column stride), read in place. Single-threaded.
 pub fn mm_packed<T: GemmFloat + num_traits::Float>(
     m: usize,
     c: &mut [T],
@@ -225,6 +374,33 @@ pub fn mm_packed<T: GemmFloat + num_traits::Float>(
     a: &[T],
     a_rs: usize,
     pb: &PackedB<T>,
+) {
+    drive(m, c, accumulate, a, (a_rs, 1), pb, None)
+}
+
+/// [`mm_packed`] with `A` read through any strides `(a_rs, a_cs)`: each depth block of `A` is
+/// first packed into `scratch` in groups of `NR` rows (as `gemm` packs its right operand), so
+/// the microkernel reads it contiguously whatever the strides.
+pub fn mm_packed_strided<T: GemmFloat + num_traits::Float>(
+    m: usize,
+    c: &mut [T],
+    accumulate: bool,
+    a: &[T],
+    a_strides: (usize, usize),
+    pb: &PackedB<T>,
+    scratch: &mut Vec<T>,
+) {
+    drive(m, c, accumulate, a, a_strides, pb, Some(scratch))
+}
+
+fn drive<T: GemmFloat + num_traits::Float>(
+    m: usize,
+    c: &mut [T],
+    accumulate: bool,
+    a: &[T],
+    (a_rs, a_cs): (usize, usize),
+    pb: &PackedB<T>,
+    mut scratch: Option<&mut Vec<T>>,
 ) {
     let (k, n) = (pb.k, pb.n);
     if m == 0 || n == 0 {
@@ -237,25 +413,65 @@ pub fn mm_packed<T: GemmFloat + num_traits::Float>(
         }
         return;
     }
-    assert!(a.len() >= (m - 1) * a_rs + k, "packed gemm: A too small");
+    assert!(
+        a.len() > (m - 1) * a_rs + (k - 1) * a_cs,
+        "packed gemm: A too small"
+    );
     let u = pb.ukr;
-    let mr = u.mr();
-    let (c_ptr, a_ptr, b_ptr) = (c.as_mut_ptr(), a.as_ptr(), pb.buf.as_ptr());
+    let (mr, nr_full) = (u.mr(), u.nr);
+    if let Some(buf) = scratch.as_deref_mut() {
+        let len = m.div_ceil(nr_full) * nr_full * pb.kc.min(k);
+        if buf.len() < len {
+            buf.resize(len, T::zero());
+        }
+    }
+    let (c_ptr, b_ptr) = (c.as_mut_ptr(), pb.buf.as_ptr());
     for k0 in (0..k).step_by(pb.kc) {
         let kb = pb.kc.min(k - k0);
+        // where the microkernel reads A at depth k0: (start, its strides, the distance
+        // between groups of NR rows)
+        let (a_ptr, rhs_rs, rhs_cs, group): (*const T, usize, usize, usize) =
+            match scratch.as_deref_mut() {
+                None => (a[k0 * a_cs..].as_ptr(), a_cs, a_rs, nr_full * a_rs),
+                Some(buf) => {
+                    // groups of NR rows of A, each `kb × NR` with the NR values of a depth
+                    // adjacent (unused slots of the last group are never read); depth by
+                    // depth, so that A is read along its rows once (a group at a time would
+                    // read `kb` lines `a_cs` apart per group, which for the weight gradients'
+                    // kilobyte strides fall into the same L1 sets)
+                    let groups = m.div_ceil(nr_full);
+                    for kk in 0..kb {
+                        let src = (k0 + kk) * a_cs;
+                        for g in 0..groups {
+                            let j0 = g * nr_full;
+                            let nr = nr_full.min(m - j0);
+                            let out = &mut buf[g * kb * nr_full + kk * nr_full..][..nr];
+                            if a_rs == 1 {
+                                copy_short(out, &a[src + j0..src + j0 + nr]);
+                            } else {
+                                for (jj, o) in out.iter_mut().enumerate() {
+                                    *o = a[src + (j0 + jj) * a_rs];
+                                }
+                            }
+                        }
+                    }
+                    (buf.as_ptr(), nr_full, 1, kb * nr_full)
+                }
+            };
         let status = if k0 == 0 && !accumulate { 0 } else { 1 };
         for m0 in (0..n).step_by(pb.mc) {
             let p_end = (m0 + pb.mc).min(n).div_ceil(mr);
-            for j0 in (0..m).step_by(u.nr) {
-                let nr = u.nr.min(m - j0);
+            for j0 in (0..m).step_by(nr_full) {
+                let nr = nr_full.min(m - j0);
                 for p in m0 / mr..p_end {
                     let rows = mr.min(n - p * mr);
                     let lhs = b_ptr.wrapping_add(pb.at(k0, kb, p));
                     // SAFETY: the microkernel reads `kb` columns of `MR` packed values at
-                    // `lhs` (inside the panel), `kb` values of `nr` rows of A from
-                    // `a[j0·a_rs + k0..]` (inside A, asserted above), and writes `rows × nr`
-                    // entries of C from `(j0, p·MR)` (inside C); its CPU features were checked
-                    // when `ukr` was chosen.
+                    // `lhs` (inside the panel); `kb` depths of `nr` rows of A from `a_ptr` at
+                    // group `j0 / NR` (`j0` is a multiple of NR; in place: inside A, asserted above; packed: inside
+                    // `scratch`, sized above); and writes `rows × nr` entries of C from
+                    // `(j0, p·MR)` (inside C). Its CPU features were checked when `ukr` was
+                    // chosen.
                     unsafe {
                         (u.kernel)(rows.div_ceil(u.lanes) - 1, nr - 1)(
                             rows,
@@ -263,12 +479,12 @@ pub fn mm_packed<T: GemmFloat + num_traits::Float>(
                             kb,
                             c_ptr.add(j0 * n + p * mr),
                             lhs,
-                            a_ptr.add(j0 * a_rs + k0),
+                            a_ptr.add(j0 / nr_full * group),
                             n as isize,
                             1,
                             mr as isize,
-                            1,
-                            a_rs as isize,
+                            rhs_rs as isize,
+                            rhs_cs as isize,
                             T::one(),
                             T::one(),
                             status,
@@ -284,7 +500,8 @@ pub fn mm_packed<T: GemmFloat + num_traits::Float>(
     }
 }
 
-/// The plain triple loop of [`mm_packed`] with `B` unpacked (for tests).
+/// The plain triple loop of [`mm_packed`] / [`mm_packed_strided`] with `B` unpacked (for
+/// tests): `A` through `(a_rs, a_cs)`, `B` through `(rs, cs)`.
 #[allow(clippy::too_many_arguments)]
 pub fn mm_ref<T: num_traits::Float>(
     m: usize,
@@ -293,13 +510,15 @@ pub fn mm_ref<T: num_traits::Float>(
     c: &mut [T],
     accumulate: bool,
     a: &[T],
-    a_rs: usize,
+    (a_rs, a_cs): (usize, usize),
     b: &[T],
     (rs, cs): (usize, usize),
 ) {
     for i in 0..m {
         for j in 0..n {
-            let s = (0..k).fold(T::zero(), |s, l| s + a[i * a_rs + l] * b[l * rs + j * cs]);
+            let s = (0..k).fold(T::zero(), |s, l| {
+                s + a[i * a_rs + l * a_cs] * b[l * rs + j * cs]
+            });
             let c = &mut c[i * n + j];
             *c = if accumulate { *c + s } else { s };
         }
