@@ -60,6 +60,14 @@ fn main() {
     };
     let out = fwd();
     let routing = out.routing.clone().unwrap();
+    let mut loads = routing.plan.tokens_per_expert();
+    loads.sort();
+    println!(
+        "rows per expert: min {} median {} max {}",
+        loads[0],
+        loads[loads.len() / 2],
+        loads[loads.len() - 1]
+    );
     let w = Var::from_tensor(&routing.weights.detach()).unwrap();
     let layout = Arc::new(layer.experts.layout.clone());
     let run_dispatch = || {
@@ -180,6 +188,37 @@ fn main() {
             run_dispatch();
         })
     );
+    // the kernels alone on the same plan and data (no candle)
+    {
+        use switchyard_core::dispatch::kernel;
+        let host = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (xs, ws, ps) = (
+            host(x.as_tensor()),
+            host(w.as_tensor()),
+            host(layer.experts.packed.as_tensor()),
+        );
+        let gy = vec![1f32; xs.len()];
+        println!(
+            "kernel fwd         {:8.2} ms",
+            med(|| {
+                kernel::forward(&xs, &ws, &ps, &layout, &routing.plan);
+            })
+        );
+        let ps16: Vec<f32> = ps.iter().map(|v| v * 16.0).collect();
+        println!(
+            "kernel fwd (p×16)  {:8.2} ms",
+            med(|| {
+                kernel::forward(&xs, &ws, &ps16, &layout, &routing.plan);
+            })
+        );
+        println!(
+            "kernel fwd+bwd     {:8.2} ms",
+            med(|| {
+                let (_, s) = kernel::forward(&xs, &ws, &ps, &layout, &routing.plan);
+                kernel::backward(&xs, &ws, &ps, &layout, &routing.plan, &s, &gy);
+            })
+        );
+    }
     println!(
         "dispatch fwd+bwd   {:8.2} ms",
         med(|| {

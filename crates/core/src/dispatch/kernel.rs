@@ -397,6 +397,15 @@ fn forms(s: &ExpertSlot, d: usize, backward: bool) -> [Form; 2] {
     }
 }
 
+/// The smallest spare buffer of at least `len` elements, else a new empty one (which
+/// `PackedB::new` allocates at its exact size).
+fn take_spare<T>(spare: &mut Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let best = (0..spare.len())
+        .filter(|&i| spare[i].capacity() >= len)
+        .min_by_key(|&i| spare[i].capacity());
+    best.map(|i| spare.swap_remove(i)).unwrap_or_default()
+}
+
 /// Panels per packing job (of `MR` columns each).
 const PACK_PANELS: usize = 4;
 
@@ -461,7 +470,7 @@ impl<T: KFloat> WavePacks<T> {
             }
             let f = forms(&layout.slots[e], d, backward);
             let packs = f.map(|f| {
-                let buf = self.spare.pop().unwrap_or_default();
+                let buf = take_spare(&mut self.spare, f.k * f.n);
                 PackedB::new(buf, f.k, f.n, row_tile(), ukr)
             });
             fresh.push((e, packs, f));
@@ -903,7 +912,7 @@ pub fn backward<T: KFloat>(
                     .map(|r0| {
                         let mr = WGRAD_ROWS.min(g.r1 - r0);
                         [(); 2].map(|_| {
-                            let buf = spare.pop().unwrap_or_default();
+                            let buf = take_spare(&mut spare, mr * d);
                             PackedB::new(buf, mr, d, row_tile(), ukr)
                         })
                     })

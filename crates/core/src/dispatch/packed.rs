@@ -140,9 +140,16 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
         let kc = p.kc.clamp(1, k.max(1));
         let mc = (p.mc / mr).max(1) * mr;
         let align = ALIGN / std::mem::size_of::<T>();
-        // every element a product reads is written by the packing: no need to clear
-        if buf.len() < npad * k + align {
-            buf.resize(npad * k + align, T::zero());
+        // every element a product reads is written by the packing: no need to clear. A
+        // buffer too small is replaced by one of exactly the size needed (not grown by
+        // doubling), so the same shapes ask the allocator for the same sizes step after step
+        // and `alloc::Recycling` can hand back the previous step's memory.
+        let len = npad * k + align;
+        if buf.capacity() < len {
+            buf = Vec::with_capacity(len);
+        }
+        if buf.len() < len {
+            buf.resize(len, T::zero());
         }
         let off = buf.as_ptr().align_offset(ALIGN).min(align);
         Self {
