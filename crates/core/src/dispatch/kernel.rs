@@ -11,6 +11,17 @@
 //! that no job holds more than about 1/[`MIN_WGRAD_JOBS`] of the wave's work. rayon runs the
 //! jobs largest first and steals single jobs.
 //!
+//! # Packing
+//! `gemm` packs its weight operand on every call, i.e. once per row tile. Instead, before a
+//! wave's tiles run, the weights of each expert whose multi-tile segments hold more row tiles
+//! than there are threads are packed once (in parallel, by panels) for `gemm`'s own
+//! microkernels (`super::packed`), and kept for the next wave if the expert continues there;
+//! the other tiles call `gemm` as before. In the backward, phase A writes each tile's `x` and
+//! `gy` rows straight into per-chunk packings that all of phase B's column blocks share
+//! (`gemm` would pack them again for every block). Packed and unpacked products give the same
+//! bits, so the thread-count-dependent choice keeps results independent of the thread count.
+//! [`set_packing`] turns all of it off (A/B measurements; then only `gemm` runs).
+//!
 //! # Determinism
 //! The split depends only on the plan and the shapes, never on the thread count; every job
 //! runs single-threaded `gemm` calls of fixed shapes, weight gradients accumulate row chunks
@@ -20,8 +31,10 @@
 //!
 //! # Memory
 //! Only one wave's per-assignment temporaries (forward outputs; `[dU | dV]`, `w ⊙ a`, `dX`
-//! rows and the gathered `x` / `gy` rows of the backward) are alive at a time, allocated per
-//! call. Per-row activations live in per-thread workspaces; the saved pre-activations come
+//! rows and the gathered `x` / `gy` rows of the backward, packed or not) are alive at a time,
+//! allocated per call, plus the packed weights of the wave's experts (one expert's weights,
+//! 6 MB at mixtral8's shapes; buffers are reused wave to wave and allocated at exact sizes so
+//! that `Recycling` reuses them call to call). Per-row activations live in per-thread workspaces; the saved pre-activations come
 //! from a small process-wide pool. Large fresh results ask for transparent huge pages.
 //! The expert-weight gradient is a fresh buffer owned by the returned tensor; see
 //! [`super::backward`] (no zeros-then-add in candle) and [`super::alloc::Recycling`] (reuse
