@@ -3,8 +3,8 @@
 
 mod big_plan;
 
-use big_plan::{big, bits, rel_err};
-use switchyard_core::dispatch::{self, kernel};
+use big_plan::{big, rel_err};
+use switchyard_core::dispatch::kernel;
 
 #[test]
 fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
@@ -16,25 +16,16 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     for rows in [512, 1536, 3000, usize::MAX] {
         kernel::set_wave_rows(rows);
         let run = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| {
-                    let (y, loss) = b.run(false);
-                    let g = dispatch::backward(&loss).unwrap();
-                    assert!(rel_err(&y, &y_ref) < 1e-5, "{rows} rows: forward");
-                    for v in b.vars() {
-                        let (a, r) = (
-                            g.get(v.as_tensor()).unwrap(),
-                            g_ref.get(v.as_tensor()).unwrap(),
-                        );
-                        assert!(rel_err(a, r) < 1e-5, "{rows} rows: {}", rel_err(a, r));
-                    }
-                    let mut out = vec![bits(&y)];
-                    out.extend(b.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
-                    out
-                })
+            b.kernel_bits(threads, |y, g| {
+                assert!(rel_err(y, &y_ref) < 1e-5, "{rows} rows: forward");
+                for v in b.vars() {
+                    let (a, r) = (
+                        g.get(v.as_tensor()).unwrap(),
+                        g_ref.get(v.as_tensor()).unwrap(),
+                    );
+                    assert!(rel_err(a, r) < 1e-5, "{rows} rows: {}", rel_err(a, r));
+                }
+            })
         };
         assert!(
             run(1) == run(3),

@@ -34,19 +34,7 @@ fn several_waves_match_the_reference() {
 #[test]
 fn several_waves_same_bits_for_any_thread_count() {
     let b = big();
-    let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                let (y, loss) = b.run(false);
-                let g = dispatch::backward(&loss).unwrap();
-                let mut out = vec![bits(&y)];
-                out.extend(b.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
-                out
-            })
-    };
+    let run = |threads: usize| b.kernel_bits(threads, |_, _| {});
     let one = run(1);
     for threads in [2, 3] {
         assert!(one == run(threads), "{threads} threads changed the bits");
@@ -63,17 +51,7 @@ fn packed_weights_give_the_same_bits_as_gemm() {
     let run = |threads: usize, packing: bool| {
         dispatch::kernel::set_packing(packing);
         let before = dispatch::kernel::packings();
-        let out = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                let (y, loss) = b.run(false);
-                let g = dispatch::backward(&loss).unwrap();
-                let mut out = vec![bits(&y)];
-                out.extend(b.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
-                out
-            });
+        let out = b.kernel_bits(threads, |_, _| {});
         let packed = dispatch::kernel::packings() - before;
         dispatch::kernel::set_packing(true);
         (out, packed)

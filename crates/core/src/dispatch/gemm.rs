@@ -115,25 +115,25 @@ macro_rules! gemm_float {
             fn microkernels() -> Option<Ukr<Self>> {
                 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
                 {
+                    // one of gemm's microkernel families: `$lanes` lanes per vector
+                    macro_rules! family {
+                        ($lanes:expr, $m:path) => {{
+                            use $m as u;
+                            Some(Ukr {
+                                lanes: $lanes,
+                                mr_div_n: u::MR_DIV_N,
+                                nr: u::NR,
+                                kernel: |i, j| u::UKR[i][j],
+                            })
+                        }};
+                    }
                     if uses_avx512() {
-                        use $ukr512 as u;
-                        return Some(Ukr {
-                            lanes: $n512,
-                            mr_div_n: u::MR_DIV_N,
-                            nr: u::NR,
-                            kernel: |i, j| u::UKR[i][j],
-                        });
+                        return family!($n512, $ukr512);
                     }
                     if std::arch::is_x86_feature_detected!("avx2")
                         && std::arch::is_x86_feature_detected!("fma")
                     {
-                        use $ukr as u;
-                        return Some(Ukr {
-                            lanes: $n,
-                            mr_div_n: u::MR_DIV_N,
-                            nr: u::NR,
-                            kernel: |i, j| u::UKR[i][j],
-                        });
+                        return family!($n, $ukr);
                     }
                     None
                 }

@@ -85,6 +85,28 @@ impl Big {
         [&self.x, &self.w, &self.p]
     }
 
+    /// The bits of the kernel's output and of the three gradients (through
+    /// `dispatch::backward`) on a pool of `threads` threads; `check` sees the output and the
+    /// gradient store first.
+    pub fn kernel_bits(
+        &self,
+        threads: usize,
+        check: impl Fn(&Tensor, &candle_core::backprop::GradStore) + Send + Sync,
+    ) -> Vec<Vec<u32>> {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let (y, loss) = self.run(false);
+                let g = switchyard_core::dispatch::backward(&loss).unwrap();
+                check(&y, &g);
+                let mut out = vec![bits(&y)];
+                out.extend(self.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
+                out
+            })
+    }
+
     /// `(y, loss)` through the kernel or the reference.
     pub fn run(&self, reference: bool) -> (Tensor, Tensor) {
         let (x, w, p) = (self.x.as_tensor(), self.w.as_tensor(), self.p.as_tensor());
