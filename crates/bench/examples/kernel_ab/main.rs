@@ -9,6 +9,7 @@
 //! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows; with
 //! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
 //! `SWITCHYARD_AB_PACKING=0`, without packing experts' weights once per wave; with
+//! `SWITCHYARD_AB_OVERFILL=0`, with waves and tiles never over their budgets; with
 //! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
 //! (the default is `Recycling::MIN_BYTES`).
 
@@ -111,6 +112,11 @@ fn main() {
             ("SWITCHYARD_AB_RECYCLE_MIN", recycle_min, default_min),
             ("SWITCHYARD_AB_ROW_TILE", kernel::set_row_tile, 0),
             ("SWITCHYARD_AB_PACKING", |v| kernel::set_packing(v != 0), 1),
+            (
+                "SWITCHYARD_AB_OVERFILL",
+                |v| kernel::set_overfill(v != 0),
+                1,
+            ),
         ]
         .into_iter()
         .find_map(|(name, set, reset)| env(name).map(|v| (set, v, reset)));

@@ -4,12 +4,13 @@
 //!
 //! # Work split
 //! The assignments are processed in waves (see `waves`): consecutive runs of at most
-//! `min(n / WAVE_PARTS, WAVE_BYTES / bytes per row)` rows, cutting an expert only at a
-//! multiple of [`WGRAD_ROWS`]. Within a wave, jobs are sized by load, not by expert: every
-//! segment's rows are cut into row tiles of at most [`ROW_TILE`] rows (forward and input
-//! gradient), and each segment's weight gradients into column blocks of its hidden width so
-//! that no job holds more than about 1/[`MIN_WGRAD_JOBS`] of the wave's work. rayon runs the
-//! jobs largest first and steals single jobs.
+//! `min(n / WAVE_PARTS, WAVE_BYTES / bytes per row)` rows (up to a quarter more to finish an
+//! expert), cutting an expert only at a multiple of [`WGRAD_ROWS`]. Within a wave, jobs are
+//! sized by load, not by expert: every segment's rows are cut into row tiles of about
+//! [`ROW_TILE`] rows (forward and input gradient), and each segment's weight gradients into
+//! column blocks of its hidden width so that no job holds more than about
+//! 1/[`MIN_WGRAD_JOBS`] of the wave's work. rayon runs the jobs largest first and steals
+//! single jobs.
 //!
 //! # Packing
 //! `gemm` packs its weight operand on every call, i.e. once per row tile. Instead, before a
@@ -58,8 +59,8 @@ use super::profile::{timed, Phase};
 use crate::expert::{ExpertLayout, ExpertSlot};
 use crate::plan::DispatchPlan;
 
-/// Most rows in one forward / input-gradient job (rows are split evenly across an expert's
-/// tiles). 256 rows of d=512 f32 is 512 KiB: a tile's operands stay in L2.
+/// Rows in one forward / input-gradient job: at most this many, or up to a quarter more
+/// rather than a small last tile (rows are split evenly across a segment's tiles). 256 rows of d=512 f32 is 512 KiB: a tile's operands stay in L2.
 pub const ROW_TILE: usize = 256;
 /// Rows per accumulation step of a weight-gradient job.
 pub const WGRAD_ROWS: usize = 512;
@@ -242,7 +243,7 @@ impl Wave {
         let mut tiles = Vec::new();
         for g in &self.segs {
             let n = g.r1 - g.r0;
-            let parts = n.div_ceil(row_tile());
+            let parts = tile_count(n);
             tiles.extend((0..parts).map(|i| Tile {
                 e: g.e,
                 r0: g.r0 + i * n / parts,
@@ -255,7 +256,16 @@ impl Wave {
     fn rows(&self) -> usize {
         self.a1 - self.a0
     }
+}
 
+/// Row tiles of a segment of `n` rows: tiles of at most [`ROW_TILE`] rows, except that up to
+/// a quarter more is taken rather than a small last tile (530 rows: two tiles of 265, not
+/// three of 177, which two threads would run in two rounds).
+fn tile_count(n: usize) -> usize {
+    n.div_ceil(row_tile() + row_tile() / 4 * usize::from(OVERFILL.load(Ordering::Relaxed)))
+}
+
+impl Wave {
     /// Elements of a per-row buffer of `width(e)` columns over the wave.
     fn len(&self, layout: &ExpertLayout, width: impl Fn(&ExpertSlot) -> usize) -> usize {
         self.segs
@@ -267,8 +277,9 @@ impl Wave {
 
 /// The waves processed one after the other: consecutive assignments, at most `budget` rows
 /// each (`min(n / WAVE_PARTS, WAVE_BYTES / bytes per row)`, rounded down to a multiple of
-/// [`WGRAD_ROWS`], at least one). Only the current wave's per-assignment temporaries are alive at a time.
-/// Depends on the plan and the shapes only.
+/// [`WGRAD_ROWS`], at least one), or up to a quarter more to finish an expert. Only the
+/// current wave's per-assignment temporaries are alive at a time. Depends on the plan and the
+/// shapes only.
 fn waves<T>(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<Wave> {
     let row_bytes = layout
         .slots
@@ -300,11 +311,22 @@ fn waves<T>(layout: &ExpertLayout, plan: &DispatchPlan) -> Vec<Wave> {
         }
         *rows = 0;
     };
+    // a wave takes the rest of an expert whole when it overfills the budget by at most a
+    // quarter, rather than leaving a wave of a few remainder rows (one small job, the other
+    // threads idle)
+    let slack = if budget >= plan.len() || !OVERFILL.load(Ordering::Relaxed) {
+        0
+    } else {
+        budget / 4
+    };
     for e in 0..plan.num_experts {
         let n = plan.range(e).len();
         let mut r = 0;
         while r < n {
             let mut end = n.min(r + (budget - rows));
+            if end < n && n - r <= budget + slack - rows {
+                end = n;
+            }
             if end < n {
                 end = end / WGRAD_ROWS * WGRAD_ROWS;
                 if end <= r {
@@ -448,7 +470,7 @@ impl<T: KFloat> WavePacks<T> {
         let mut tiles = vec![0; layout.num_experts()];
         for g in waves.iter().flat_map(|w| &w.segs) {
             if g.r1 - g.r0 > row_tile() {
-                tiles[g.e] += (g.r1 - g.r0).div_ceil(row_tile());
+                tiles[g.e] += tile_count(g.r1 - g.r0);
             }
         }
         let threads = rayon::current_num_threads();
@@ -616,6 +638,15 @@ pub fn set_row_tile(rows: usize) {
 static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 static PACKING: AtomicBool = AtomicBool::new(true);
 static PACKINGS: AtomicUsize = AtomicUsize::new(0);
+static OVERFILL: AtomicBool = AtomicBool::new(true);
+
+/// Whether waves finish an expert when that overfills their budget by at most a quarter, and
+/// row tiles take up to a quarter more rather than leave a small last tile (default on); off:
+/// waves of at most the budget, tiles of at most [`ROW_TILE`] rows. For A/B measurements;
+/// either way the results do not depend on the thread count.
+pub fn set_overfill(on: bool) {
+    OVERFILL.store(on, Ordering::Relaxed);
+}
 
 /// How many expert-weight operands the kernels have packed once for several row tiles since
 /// the process started (see `set_packing`); for tests and diagnostics.
@@ -1161,4 +1192,67 @@ pub fn backward<T: KFloat>(
         scatter.add(&mut dx, &dxa[..(a1w - a0w) * d], d, a0w, a1w);
     }
     Grads { dx, dw, dp }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ExpertSpec;
+
+    /// A plan of `tokens` tokens where expert `e` gets `rows[e]` of them (one assignment per
+    /// token).
+    fn plan_of(rows: &[usize]) -> DispatchPlan {
+        let mut pairs = Vec::new();
+        let mut t = 0u32;
+        for (e, &n) in rows.iter().enumerate() {
+            for _ in 0..n {
+                pairs.push((t, e as u32));
+                t += 1;
+            }
+        }
+        DispatchPlan::from_assignments(t as usize, rows.len(), &pairs).unwrap()
+    }
+
+    fn shape(waves: &[Wave]) -> Vec<Vec<(usize, usize, usize)>> {
+        waves
+            .iter()
+            .map(|w| w.segs.iter().map(|g| (g.e, g.r0, g.r1)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn waves_finish_an_expert_within_a_quarter_over_budget_and_cut_at_chunk_multiples() {
+        // d = 512, SwiGLU h = 256: 9216 bytes per row; the budget min(910, 1780 / 8) rounds
+        // to one weight-gradient chunk, 512 rows, with a slack of 128
+        let layout = ExpertLayout::new(512, &vec![ExpertSpec::swiglu(256); 4]);
+        let plan = plan_of(&[530, 700, 100, 450]);
+        let waves = waves::<f32>(&layout, &plan);
+        assert_eq!(
+            shape(&waves),
+            vec![
+                // 530 ≤ 512 + 128: whole
+                vec![(0, 0, 530)],
+                // 700 > 640: cut at 512, then the rest (188) with the next expert (100)
+                vec![(1, 0, 512)],
+                vec![(1, 512, 700), (2, 0, 100)],
+                // 288 rows in the wave; 450 would overfill by 226 > 128: a wave of its own
+                vec![(3, 0, 450)],
+            ]
+        );
+        // every segment starts at a multiple of the weight-gradient chunk
+        assert!(waves
+            .iter()
+            .flat_map(|w| &w.segs)
+            .all(|g| g.r0 % WGRAD_ROWS == 0));
+    }
+
+    #[test]
+    fn tiles_take_up_to_a_quarter_more_rather_than_a_small_last_tile() {
+        assert_eq!(tile_count(256), 1);
+        assert_eq!(tile_count(320), 1);
+        assert_eq!(tile_count(321), 2);
+        assert_eq!(tile_count(530), 2);
+        assert_eq!(tile_count(640), 2);
+        assert_eq!(tile_count(641), 3);
+    }
 }
