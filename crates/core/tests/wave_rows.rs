@@ -1,9 +1,11 @@
-//! `kernel::set_wave_rows` (process-wide, hence its own test binary): every wave size gives
-//! the reference's results, the same bits for any thread count.
+//! `kernel::set_wave_rows` and `kernel::set_overfill` (process-wide, hence their own test
+//! binary and one test function): every wave size, with waves and tiles allowed over their
+//! budgets or not, gives the reference's results and the same bits for any thread count.
 
 mod big_plan;
 
-use big_plan::{big, rel_err};
+use big_plan::{big, rel_err, uneven};
+use candle_core::Tensor;
 use switchyard_core::dispatch::kernel;
 
 #[test]
@@ -33,4 +35,30 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
         );
     }
     kernel::set_wave_rows(0);
+
+    // waves that finish an expert over their budget and tiles over ROW_TILE (the default), and
+    // waves and tiles held to their budgets: both give the reference's results and the same
+    // bits for any thread count (not the same bits as each other: a remainder tile of a few
+    // rows makes `gemm` take its dot-product kernels, another order of summation)
+    let u = uneven();
+    let (y_ref, loss_ref) = u.run(true);
+    let g_ref = loss_ref.backward().unwrap();
+    let close = |y: &Tensor, g: &candle_core::backprop::GradStore| {
+        assert!(rel_err(y, &y_ref) < 1e-5, "uneven plan: forward");
+        for v in u.vars() {
+            let (a, r) = (
+                g.get(v.as_tensor()).unwrap(),
+                g_ref.get(v.as_tensor()).unwrap(),
+            );
+            assert!(rel_err(a, r) < 1e-5, "uneven plan: {}", rel_err(a, r));
+        }
+    };
+    for overfill in [true, false] {
+        kernel::set_overfill(overfill);
+        assert!(
+            u.kernel_bits(1, close) == u.kernel_bits(3, close),
+            "overfill {overfill}: thread count changed the bits"
+        );
+    }
+    kernel::set_overfill(true);
 }

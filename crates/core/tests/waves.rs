@@ -41,8 +41,10 @@ fn several_waves_same_bits_for_any_thread_count() {
     }
 }
 
-/// Experts of several row tiles have their weights packed once per wave (`dispatch::packed`);
-/// that path gives the same bits as `gemm` packing per call, at any thread count. (The only
+/// Experts of several row tiles (and widths of 16 and up) have their weights packed once per
+/// wave (`dispatch::packed`); that path gives the same bits as `gemm` packing per call, at any
+/// thread count (the weight gradients' packed rows too, on this plan: no chunk of 1–2 rows,
+/// which `gemm` would run through other kernels). (The only
 /// test here that flips the process-wide switch; either setting gives the same bits, so tests
 /// running beside it are unaffected.)
 #[test]

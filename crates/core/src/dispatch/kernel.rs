@@ -441,6 +441,9 @@ fn take_spare<T>(spare: &mut Vec<Vec<T>>, len: usize) -> Vec<T> {
     best.map(|i| spare.swap_remove(i)).unwrap_or_default()
 }
 
+/// Experts whose hidden width or model width is below this keep `gemm` (see `WavePacks::new`).
+const MIN_PACK_WIDTH: usize = 16;
+
 /// Panels per packing job (of `MR` columns each).
 const PACK_PANELS: usize = 4;
 
@@ -474,11 +477,20 @@ impl<T: KFloat> WavePacks<T> {
             }
         }
         let threads = rayon::current_num_threads();
+        // `gemm` runs products with a side of 1 or a depth of 1–2 (and some of at most 256
+        // entries) through gemv / dot-product kernels that sum in another order; the packed
+        // path must give `gemm`'s bits, so tiny experts keep `gemm`
+        let wide =
+            |s: &ExpertSlot| s.spec.hidden >= MIN_PACK_WIDTH && layout.d_model >= MIN_PACK_WIDTH;
         Self {
             ukr,
             cur: Vec::new(),
             spare: Vec::new(),
-            pack_expert: tiles.into_iter().map(|t| t > threads).collect(),
+            pack_expert: tiles
+                .into_iter()
+                .zip(&layout.slots)
+                .map(|(t, s)| t > threads && wide(s))
+                .collect(),
         }
     }
 

@@ -47,9 +47,34 @@ pub struct Big {
 /// expert), experts of ~1500 rows (several row tiles each, more than a wave holds, so they
 /// are cut across waves and the packed weights carry over from wave to wave).
 pub fn big() -> Big {
-    let specs: Vec<ExpertSpec> = (0..E)
+    let mut pairs: Vec<(u32, u32)> = (0..TOKENS as u32)
+        .flat_map(|t| (0..K as u32).map(move |j| (t, (t * 3 + j * 2 + t / 7) % E as u32)))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    build(TOKENS, E, &pairs)
+}
+
+/// Experts of 530, 700, 100, 450 and 1300 rows (one expert per token): with waves of 512 rows
+/// (the smallest budget), the first expert finishes in one wave over budget, the second is
+/// cut, and 530 rows make two row tiles of 265 — the plan where `kernel::set_overfill`
+/// changes the waves and tiles.
+pub fn uneven() -> Big {
+    let rows = [530, 700, 100, 450, 1300];
+    let mut pairs = Vec::new();
+    for (e, &n) in rows.iter().enumerate() {
+        let t0 = pairs.len() as u32;
+        pairs.extend((t0..t0 + n).map(|t| (t, e as u32)));
+    }
+    build(pairs.len(), rows.len(), &pairs)
+}
+
+fn build(tokens: usize, experts: usize, pairs: &[(u32, u32)]) -> Big {
+    let specs: Vec<ExpertSpec> = (0..experts)
+        // widths of 16 and up get their weights packed (`dispatch::packed`), narrower ones
+        // keep `gemm`
         .map(|e| match e % 3 {
-            0 => ExpertSpec::swiglu(8 + e),
+            0 => ExpertSpec::swiglu(16 + e),
             1 => ExpertSpec::ffn(Activation::Gelu, 12),
             _ => ExpertSpec::ffn(Activation::Relu, 5 + e),
         })
@@ -57,12 +82,7 @@ pub fn big() -> Big {
     let dev = Device::Cpu;
     let pb = ParamBuilder::new(&ParamStore::new(), 8, DType::F32, &dev);
     let layout = Arc::new(ExpertLayout::new(D_MODEL, &specs));
-    let mut pairs: Vec<(u32, u32)> = (0..TOKENS as u32)
-        .flat_map(|t| (0..K as u32).map(move |j| (t, (t * 3 + j * 2 + t / 7) % E as u32)))
-        .collect();
-    pairs.sort();
-    pairs.dedup();
-    let plan = Arc::new(DispatchPlan::from_assignments(TOKENS, E, &pairs).unwrap());
+    let plan = Arc::new(DispatchPlan::from_assignments(tokens, experts, pairs).unwrap());
     assert!(plan.len() > 3 * kernel::WGRAD_ROWS, "several waves");
     let mk = |n: usize, shape: &[usize]| {
         let t = Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev)
@@ -72,10 +92,10 @@ pub fn big() -> Big {
         Var::from_tensor(&t).unwrap()
     };
     Big {
-        x: mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]),
+        x: mk(tokens * D_MODEL, &[tokens, D_MODEL]),
         w: mk(plan.len(), &[plan.len()]),
         p: mk(layout.total, &[layout.total]),
-        proj: mk(TOKENS * D_MODEL, &[TOKENS, D_MODEL]).as_tensor().clone(),
+        proj: mk(tokens * D_MODEL, &[tokens, D_MODEL]).as_tensor().clone(),
         layout,
         plan,
     }
