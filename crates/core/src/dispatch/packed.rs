@@ -382,7 +382,9 @@ pub fn mm_packed<T: GemmFloat + num_traits::Float>(
     a_rs: usize,
     pb: &PackedB<T>,
 ) {
-    drive(m, c, accumulate, a, (a_rs, 1), pb, None)
+    assert!(c.len() >= m * pb.n, "packed gemm: C too small");
+    // SAFETY: `c` is a live, initialised, exclusively borrowed slice of at least m·n entries
+    unsafe { drive(m, c.as_mut_ptr(), accumulate, a, (a_rs, 1), pb, None) }
 }
 
 /// [`mm_packed`] with `A` read through any strides `(a_rs, a_cs)`: each depth block of `A` is
@@ -397,12 +399,45 @@ pub fn mm_packed_strided<T: GemmFloat + num_traits::Float>(
     pb: &PackedB<T>,
     scratch: &mut Vec<T>,
 ) {
+    assert!(c.len() >= m * pb.n, "packed gemm: C too small");
+    // SAFETY: `c` is a live, initialised, exclusively borrowed slice of at least m·n entries
+    unsafe {
+        drive(
+            m,
+            c.as_mut_ptr(),
+            accumulate,
+            a,
+            a_strides,
+            pb,
+            Some(scratch),
+        )
+    }
+}
+
+/// [`mm_packed_strided`] writing `C` through a raw pointer, so that `C` may start
+/// uninitialised when `accumulate` is false: every entry is then written before any is read.
+///
+/// # Safety
+/// `c` must be valid for writes (and, when `accumulate`, reads of initialised values) of
+/// `m·n` entries, row stride `n`, that nothing else accesses during the call.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn mm_packed_strided_raw<T: GemmFloat + num_traits::Float>(
+    m: usize,
+    c: *mut T,
+    accumulate: bool,
+    a: &[T],
+    a_strides: (usize, usize),
+    pb: &PackedB<T>,
+    scratch: &mut Vec<T>,
+) {
     drive(m, c, accumulate, a, a_strides, pb, Some(scratch))
 }
 
-fn drive<T: GemmFloat + num_traits::Float>(
+/// # Safety
+/// `c_ptr` is valid as for [`mm_packed_strided_raw`].
+unsafe fn drive<T: GemmFloat + num_traits::Float>(
     m: usize,
-    c: &mut [T],
+    c_ptr: *mut T,
     accumulate: bool,
     a: &[T],
     (a_rs, a_cs): (usize, usize),
@@ -413,10 +448,11 @@ fn drive<T: GemmFloat + num_traits::Float>(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(c.len() >= m * n, "packed gemm: C too small");
     if k == 0 {
         if !accumulate {
-            c[..m * n].iter_mut().for_each(|x| *x = T::zero());
+            for i in 0..m * n {
+                c_ptr.add(i).write(T::zero());
+            }
         }
         return;
     }
@@ -432,7 +468,7 @@ fn drive<T: GemmFloat + num_traits::Float>(
             buf.resize(len, T::zero());
         }
     }
-    let (c_ptr, b_ptr) = (c.as_mut_ptr(), pb.buf.as_ptr());
+    let b_ptr = pb.buf.as_ptr();
     for k0 in (0..k).step_by(pb.kc) {
         let kb = pb.kc.min(k - k0);
         // where the microkernel reads A at depth k0: (start, its strides, the distance

@@ -55,12 +55,12 @@ pub fn big() -> Big {
     build(TOKENS, E, &pairs)
 }
 
-/// Experts of 530, 700, 100, 450 and 1300 rows (one expert per token): with waves of 512 rows
-/// (the smallest budget), the first expert finishes in one wave over budget, the second is
-/// cut, and 530 rows make two row tiles of 265 — the plan where `kernel::set_overfill`
-/// changes the waves and tiles.
+/// Experts of 530, 700, 0, 100, 450 and 1300 rows (one expert per token): with waves of 512
+/// rows (the smallest budget), the first expert finishes in one wave over budget, the second
+/// is cut, and 530 rows make two row tiles of 265 — the plan where `kernel::set_overfill`
+/// changes the waves and tiles; the third expert gets no rows (its gradient must be zero).
 pub fn uneven() -> Big {
-    let rows = [530, 700, 100, 450, 1300];
+    let rows = [530, 700, 0, 100, 450, 1300];
     let mut pairs = Vec::new();
     for (e, &n) in rows.iter().enumerate() {
         let t0 = pairs.len() as u32;
