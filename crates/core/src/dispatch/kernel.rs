@@ -1053,7 +1053,9 @@ pub fn backward<T: KFloat>(
             Plain(&'a mut [T], &'a mut [T]),
             Packed(usize),
         }
-        let (keeps, writers): (Vec<Keep<T>>, Vec<Vec<[RowWriter<T>; 2]>>) = match &mut rows {
+        // per segment, per chunk: writers of the x rows' and the gy rows' packings
+        type Writers<'a, T> = Vec<Vec<[RowWriter<'a, T>; 2]>>;
+        let (keeps, writers): (Vec<Keep<T>>, Writers<T>) = match &mut rows {
             WaveRows::Plain { xw, gw } => {
                 let xs = split_lens(&mut xw[..], tiles.iter().map(rows_d));
                 let gs = split_lens(&mut gw[..], tiles.iter().map(rows_d));
@@ -1304,7 +1306,7 @@ mod tests {
     fn waves_finish_an_expert_within_a_quarter_over_budget_and_cut_at_chunk_multiples() {
         // d = 512, SwiGLU h = 256: 9216 bytes per row; the budget min(910, 1780 / 8) rounds
         // to one weight-gradient chunk, 512 rows, with a slack of 128
-        let layout = ExpertLayout::new(512, &vec![ExpertSpec::swiglu(256); 4]);
+        let layout = ExpertLayout::new(512, &[ExpertSpec::swiglu(256); 4]);
         let plan = plan_of(&[530, 700, 100, 450]);
         let waves = waves::<f32>(&layout, &plan);
         assert_eq!(
