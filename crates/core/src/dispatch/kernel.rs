@@ -19,8 +19,13 @@
 //! microkernels (`super::packed`), and kept for the next wave if the expert continues there;
 //! the other tiles call `gemm` as before. In the backward, phase A writes each tile's `x` and
 //! `gy` rows straight into per-chunk packings that all of phase B's column blocks share
-//! (`gemm` would pack them again for every block). Packed and unpacked products give the same
-//! bits, so the thread-count-dependent choice keeps results independent of the thread count.
+//! (`gemm` would pack them again for every block). Packed and unpacked forward and
+//! input-gradient products give the same bits (same microkernels, depth blocks and order of
+//! accumulation; only experts of width ≥ 16 and tiles of more than 64 rows are packed, where
+//! `gemm` takes its general path too), so the thread-count-dependent choice keeps results
+//! independent of the thread count. The weight gradients' packed path does not depend on the
+//! thread count; it can differ from `gemm`'s bits for chunks of 1–2 rows, which `gemm` runs
+//! through other kernels.
 //! [`set_packing`] turns all of it off (A/B measurements; then only `gemm` runs).
 //!
 //! # Determinism
@@ -262,7 +267,11 @@ impl Wave {
 /// a quarter more is taken rather than a small last tile (530 rows: two tiles of 265, not
 /// three of 177, which two threads would run in two rounds).
 fn tile_count(n: usize) -> usize {
-    n.div_ceil(row_tile() + row_tile() / 4 * usize::from(OVERFILL.load(Ordering::Relaxed)))
+    tile_count_for(n, row_tile(), OVERFILL.load(Ordering::Relaxed))
+}
+
+fn tile_count_for(n: usize, tile: usize, overfill: bool) -> usize {
+    n.div_ceil(tile + tile / 4 * usize::from(overfill))
 }
 
 impl Wave {
@@ -444,6 +453,18 @@ fn take_spare<T>(spare: &mut Vec<Vec<T>>, len: usize) -> Vec<T> {
 /// Experts whose hidden width or model width is below this keep `gemm` (see `WavePacks::new`).
 const MIN_PACK_WIDTH: usize = 16;
 
+/// Whether a segment of `n` rows may use packed weights: it has several tiles' worth of rows,
+/// and its tiles have more than 64 rows, so that `gemm` would run them through its general
+/// path too (for ≤ 64 rows and a narrow output it picks other depth blocks, which sum in
+/// another order; see `WavePacks::new`) — whatever `set_row_tile` says.
+fn packable(n: usize) -> bool {
+    packable_for(n, row_tile(), OVERFILL.load(Ordering::Relaxed))
+}
+
+fn packable_for(n: usize, tile: usize, overfill: bool) -> bool {
+    n > tile && n / tile_count_for(n, tile, overfill) > 64
+}
+
 /// Panels per packing job (of `MR` columns each).
 const PACK_PANELS: usize = 4;
 
@@ -472,7 +493,7 @@ impl<T: KFloat> WavePacks<T> {
         };
         let mut tiles = vec![0; layout.num_experts()];
         for g in waves.iter().flat_map(|w| &w.segs) {
-            if g.r1 - g.r0 > row_tile() {
+            if packable(g.r1 - g.r0) {
                 tiles[g.e] += tile_count(g.r1 - g.r0);
             }
         }
@@ -500,7 +521,7 @@ impl<T: KFloat> WavePacks<T> {
         let want: Vec<usize> = wave
             .segs
             .iter()
-            .filter(|g| g.r1 - g.r0 > row_tile() && self.pack_expert[g.e])
+            .filter(|g| packable(g.r1 - g.r0) && self.pack_expert[g.e])
             .map(|g| g.e)
             .collect();
         let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.cur)
@@ -517,7 +538,7 @@ impl<T: KFloat> WavePacks<T> {
             }
             let f = forms(&layout.slots[e], d, backward);
             let packs = f.map(|f| {
-                let buf = take_spare(&mut self.spare, f.k * f.n);
+                let buf = take_spare(&mut self.spare, PackedB::buffer_len(f.k, f.n, ukr));
                 PackedB::new(buf, f.k, f.n, row_tile(), ukr)
             });
             fresh.push((e, packs, f));
@@ -1005,7 +1026,14 @@ pub fn backward<T: KFloat>(
     };
     let mut spare: Vec<Vec<T>> = Vec::new();
     let mut dw = vec![T::zero(); plan.len()];
-    let mut dp = GradBuf::<T>::new(layout, plan, ukr.is_none());
+    // the expert gradient is left unzeroed only when the layout and the plan are the ones the
+    // write-coverage argument assumes (`GradBuf`): experts packed one after the other as
+    // `ExpertLayout::new` lays them out, and one plan range per expert
+    let specs: Vec<_> = layout.slots.iter().map(|s| s.spec).collect();
+    let canonical = *layout == ExpertLayout::new(d, &specs)
+        && plan.num_experts == layout.num_experts()
+        && plan.offsets.len() == plan.num_experts + 1;
+    let mut dp = GradBuf::<T>::new(layout, plan, ukr.is_none() || !canonical);
     let mut dx = zeroed::<T>(plan.num_tokens * d);
     let mut scatter = Scatter::new(plan);
     let uvlen = |t: &Tile| (t.r1 - t.r0) * up_width(&layout.slots[t.e]);
@@ -1027,7 +1055,7 @@ pub fn backward<T: KFloat>(
                     .map(|r0| {
                         let mr = WGRAD_ROWS.min(g.r1 - r0);
                         [(); 2].map(|_| {
-                            let buf = take_spare(&mut spare, mr * d);
+                            let buf = take_spare(&mut spare, PackedB::buffer_len(mr, d, ukr));
                             PackedB::new(buf, mr, d, row_tile(), ukr)
                         })
                     })
@@ -1330,11 +1358,58 @@ mod tests {
 
     #[test]
     fn tiles_take_up_to_a_quarter_more_rather_than_a_small_last_tile() {
-        assert_eq!(tile_count(256), 1);
-        assert_eq!(tile_count(320), 1);
-        assert_eq!(tile_count(321), 2);
-        assert_eq!(tile_count(530), 2);
-        assert_eq!(tile_count(640), 2);
-        assert_eq!(tile_count(641), 3);
+        for (n, with, without) in [
+            (256, 1, 1),
+            (320, 1, 2),
+            (321, 2, 2),
+            (530, 2, 3),
+            (640, 2, 3),
+            (641, 3, 3),
+        ] {
+            assert_eq!(tile_count_for(n, 256, true), with, "{n} rows");
+            assert_eq!(tile_count_for(n, 256, false), without, "{n} rows");
+        }
+    }
+
+    /// A layout that is not `ExpertLayout::new`'s (here: room left after the experts) gets
+    /// a fully zeroed expert gradient, not just the biases and empty experts.
+    #[test]
+    fn an_unusual_layout_gets_a_zeroed_gradient() {
+        let mut layout = ExpertLayout::new(32, &[ExpertSpec::swiglu(32); 2]);
+        layout.total += 7;
+        let plan = plan_of(&[300, 400]);
+        let val = |n: usize, s: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7 + s) % 13) as f32 / 13.0 - 0.5)
+                .collect()
+        };
+        let (x, w, p, gy) = (
+            val(plan.num_tokens * 32, 1),
+            val(plan.len(), 2),
+            val(layout.total, 3),
+            val(plan.num_tokens * 32, 4),
+        );
+        for _ in 0..3 {
+            // leave large values in freed memory of the gradient's size
+            drop(vec![1e30f32; layout.total]);
+            let (_, saved) = forward(&x, &w, &p, &layout, &plan);
+            let g = backward(&x, &w, &p, &layout, &plan, &saved, &gy);
+            assert_eq!(g.dp.len(), layout.total);
+            assert!(g.dp[layout.total - 7..].iter().all(|&v| v == 0.0));
+            assert!(g.dp.iter().all(|v| v.abs() < 1e6));
+        }
+    }
+
+    #[test]
+    fn only_segments_of_several_tiles_over_64_rows_use_packed_weights() {
+        // default tiles: more than one tile's worth of rows
+        assert!(!packable_for(256, 256, true));
+        assert!(packable_for(257, 256, true));
+        assert!(packable_for(2000, 256, false));
+        // small row tiles (`set_row_tile`) never give packed tiles of 64 rows or fewer,
+        // where `gemm` would sum in another order
+        assert!(!packable_for(300, 32, true));
+        assert!(!packable_for(1000, 64, false));
+        assert!(packable_for(1000, 80, false));
     }
 }

@@ -139,19 +139,23 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
         );
         let kc = p.kc.clamp(1, k.max(1));
         let mc = (p.mc / mr).max(1) * mr;
-        let align = ALIGN / std::mem::size_of::<T>();
         // every element a product reads is written by the packing: no need to clear. A
         // buffer too small is replaced by one of exactly the size needed (not grown by
         // doubling), so the same shapes ask the allocator for the same sizes step after step
         // and `alloc::Recycling` can hand back the previous step's memory.
-        let len = npad * k + align;
+        let len = Self::buffer_len(k, n, ukr);
         if buf.capacity() < len {
             buf = Vec::with_capacity(len);
         }
         if buf.len() < len {
             buf.resize(len, T::zero());
         }
-        let off = buf.as_ptr().align_offset(ALIGN).min(align);
+        let off = buf.as_ptr().align_offset(ALIGN);
+        // the microkernels load panels as whole vectors
+        assert!(
+            off <= ALIGN / std::mem::size_of::<T>(),
+            "packed gemm: cannot align the panels"
+        );
         Self {
             buf,
             off,
@@ -162,6 +166,12 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
             mc,
             ukr,
         }
+    }
+
+    /// Elements of the buffer a packing of `B [k, n]` needs (panels padded to `MR` columns,
+    /// plus room to align them).
+    pub fn buffer_len(k: usize, n: usize, ukr: Ukr<T>) -> usize {
+        n.div_ceil(ukr.mr()) * ukr.mr() * k + ALIGN / std::mem::size_of::<T>()
     }
 
     /// Panels (groups of `MR` columns of `B`).
