@@ -2,7 +2,8 @@
 //! layer and the dispatch op alone, as a cross-check of `switchyard bench`'s routing share.
 //!
 //! Run with: `RAYON_NUM_THREADS=1 cargo run --release -p switchyard-bench --example route_cost -- 64`
-//! (the argument is the number of experts; k=8, h=256, d=512, T=4096).
+//! (the argument is the number of experts; k=8, h=256, d=512, T=4096; `-- 8 route 2 1024`
+//! loops the routing of mixtral8's shapes).
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
@@ -41,7 +42,13 @@ fn main() {
     if let Ok(b) = std::env::var("SWITCHYARD_RECYCLE_MIN") {
         ALLOC.set_min_bytes(b.parse().expect("bytes"));
     }
-    let (k, h, d, t) = (8, 256, 512, 4096);
+    // k and h: `-- E [route] [k] [h]` (default k=8, h=256; mixtral8 is `-- 8 route 2 1024`)
+    let arg = |i: usize, default: usize| {
+        std::env::args()
+            .nth(i)
+            .map_or(default, |s| s.parse().expect("k and h are numbers"))
+    };
+    let (k, h, d, t) = (arg(3, 8), arg(4, 256), 512, 4096);
     let cfg = MoeConfig {
         d_model: d,
         experts: vec![ExpertSpec::swiglu(h); e],
