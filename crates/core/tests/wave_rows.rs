@@ -4,29 +4,21 @@
 
 mod big_plan;
 
-use big_plan::{big, rel_err, uneven};
+use big_plan::{big, uneven};
 use candle_core::Tensor;
 use switchyard_core::dispatch::kernel;
 
 #[test]
 fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     let b = big();
-    let (y_ref, loss_ref) = b.run(true);
-    let g_ref = loss_ref.backward().unwrap();
+    let reference = b.reference();
     // the kernel rounds a wave's rows down to a multiple of 512 (at least 512): 1 or 700
     // rows would run as 512, 3000 runs as 2560
     for rows in [512, 1536, 3000, usize::MAX] {
         kernel::set_wave_rows(rows);
         let run = |threads: usize| {
             b.kernel_bits(threads, |y, g| {
-                assert!(rel_err(y, &y_ref) < 1e-5, "{rows} rows: forward");
-                for v in b.vars() {
-                    let (a, r) = (
-                        g.get(v.as_tensor()).unwrap(),
-                        g_ref.get(v.as_tensor()).unwrap(),
-                    );
-                    assert!(rel_err(a, r) < 1e-5, "{rows} rows: {}", rel_err(a, r));
-                }
+                b.assert_close(y, g, &reference, &format!("{rows} rows"))
             })
         };
         assert!(
@@ -41,17 +33,9 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     // bits for any thread count (not the same bits as each other: a remainder tile of a few
     // rows makes `gemm` take its dot-product kernels, another order of summation)
     let u = uneven();
-    let (y_ref, loss_ref) = u.run(true);
-    let g_ref = loss_ref.backward().unwrap();
+    let u_ref = u.reference();
     let close = |y: &Tensor, g: &candle_core::backprop::GradStore| {
-        assert!(rel_err(y, &y_ref) < 1e-5, "uneven plan: forward");
-        for v in u.vars() {
-            let (a, r) = (
-                g.get(v.as_tensor()).unwrap(),
-                g_ref.get(v.as_tensor()).unwrap(),
-            );
-            assert!(rel_err(a, r) < 1e-5, "uneven plan: {}", rel_err(a, r));
-        }
+        u.assert_close(y, g, &u_ref, "uneven plan")
     };
     // the expert gradient is not zeroed up front (only biases and experts without rows are):
     // leave large values in freed memory of its size so that a missed entry would show

@@ -128,6 +128,30 @@ impl Big {
             })
     }
 
+    /// The reference's output and gradients.
+    pub fn reference(&self) -> (Tensor, candle_core::backprop::GradStore) {
+        let (y, loss) = self.run(true);
+        (y, loss.backward().unwrap())
+    }
+
+    /// Asserts that an output and its gradients are within 1e-5 (relative) of the reference's.
+    pub fn assert_close(
+        &self,
+        y: &Tensor,
+        g: &candle_core::backprop::GradStore,
+        (y_ref, g_ref): &(Tensor, candle_core::backprop::GradStore),
+        what: &str,
+    ) {
+        assert!(rel_err(y, y_ref) < 1e-5, "{what}: forward");
+        for v in self.vars() {
+            let (a, r) = (
+                g.get(v.as_tensor()).unwrap(),
+                g_ref.get(v.as_tensor()).unwrap(),
+            );
+            assert!(rel_err(a, r) < 1e-5, "{what}: {}", rel_err(a, r));
+        }
+    }
+
     /// `(y, loss)` through the kernel or the reference.
     pub fn run(&self, reference: bool) -> (Tensor, Tensor) {
         let (x, w, p) = (self.x.as_tensor(), self.w.as_tensor(), self.p.as_tensor());
