@@ -1,6 +1,7 @@
-//! `kernel::set_wave_rows` and `kernel::set_overfill` (process-wide, hence their own test
-//! binary and one test function): every wave size, with waves and tiles allowed over their
-//! budgets or not, gives the reference's results and the same bits for any thread count.
+//! `kernel::set_wave_rows`, `kernel::set_overfill` and `kernel::set_packing` (process-wide,
+//! hence their own test binary and one test function): every wave size, with waves and tiles
+//! allowed over their budgets or not, gives the reference's results and the same bits for any
+//! thread count; packed weights give `gemm`'s bits.
 
 mod big_plan;
 
@@ -51,4 +52,24 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
         );
     }
     kernel::set_overfill(true);
+
+    // experts of several row tiles (and widths of 16 and up) have their weights packed once
+    // per wave (`dispatch::packed`); that path gives the same bits as `gemm` packing per
+    // call, at any thread count (the weight gradients' packed rows too, on this plan: no
+    // chunk of 1–2 rows, which `gemm` would run through other kernels)
+    for threads in [1, 2, 3] {
+        let before = kernel::packings();
+        let with = b.kernel_bits(threads, |_, _| {});
+        assert!(
+            kernel::packings() > before,
+            "{threads} threads: no expert was packed"
+        );
+        kernel::set_packing(false);
+        let without = b.kernel_bits(threads, |_, _| {});
+        kernel::set_packing(true);
+        assert!(
+            with == without,
+            "{threads} threads: packing changed the bits"
+        );
+    }
 }

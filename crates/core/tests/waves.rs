@@ -41,34 +41,6 @@ fn several_waves_same_bits_for_any_thread_count() {
     }
 }
 
-/// Experts of several row tiles (and widths of 16 and up) have their weights packed once per
-/// wave (`dispatch::packed`); that path gives the same bits as `gemm` packing per call, at any
-/// thread count (the weight gradients' packed rows too, on this plan: no chunk of 1–2 rows,
-/// which `gemm` would run through other kernels). (The only
-/// test here that flips the process-wide switch; either setting gives the same bits, so tests
-/// running beside it are unaffected.)
-#[test]
-fn packed_weights_give_the_same_bits_as_gemm() {
-    let b = big();
-    let run = |threads: usize, packing: bool| {
-        dispatch::kernel::set_packing(packing);
-        let before = dispatch::kernel::packings();
-        let out = b.kernel_bits(threads, |_, _| {});
-        let packed = dispatch::kernel::packings() - before;
-        dispatch::kernel::set_packing(true);
-        (out, packed)
-    };
-    for threads in [1, 2, 3] {
-        let (with, packed) = run(threads, true);
-        assert!(packed > 0, "{threads} threads: no expert was packed");
-        let (without, _) = run(threads, false);
-        assert!(
-            with == without,
-            "{threads} threads: packing changed the bits"
-        );
-    }
-}
-
 #[test]
 fn dispatch_backward_equals_plain_backward_on_a_large_plan() {
     let b = big();
