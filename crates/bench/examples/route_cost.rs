@@ -211,13 +211,6 @@ fn main() {
                 kernel::forward(&xs, &ws, &ps, &layout, &routing.plan);
             })
         );
-        let ps16: Vec<f32> = ps.iter().map(|v| v * 16.0).collect();
-        println!(
-            "kernel fwd (p×16)  {:8.2} ms",
-            med(|| {
-                kernel::forward(&xs, &ws, &ps16, &layout, &routing.plan);
-            })
-        );
         println!(
             "kernel fwd+bwd     {:8.2} ms",
             med(|| {

@@ -265,10 +265,9 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
 
     /// Packs every panel on this thread.
     pub fn pack(&mut self, b: &[T], strides: (usize, usize)) {
-        self.check(b, strides);
-        let dst = self.buf.as_mut_ptr();
-        // SAFETY: `dst` is our own buffer, borrowed mutably; `check` bounds `b`.
-        unsafe { self.pack_raw(dst, b, strides, 0, self.panels()) }
+        let packer = self.packer(b, strides);
+        // SAFETY: one call covering every panel, on this thread
+        unsafe { packer.pack(0, packer.panels()) }
     }
 
     fn check(&self, b: &[T], (rs, cs): (usize, usize)) {
