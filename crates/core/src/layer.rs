@@ -14,7 +14,7 @@ use crate::gate::Gate;
 use crate::losses::{self, LossValues};
 use crate::params::{Init, ParamBuilder};
 use crate::plan::DispatchPlan;
-use crate::router::{self, Router, RouterInput};
+use crate::router::{self, Dense, Router, RouterInput};
 use crate::rowops;
 use crate::stats::RoutingStats;
 use crate::{MoeError, Result};
@@ -259,12 +259,11 @@ impl MoeLayer {
         })?;
         let plan = Arc::new(out.plan);
         // one weight per assignment: renormalised, scaled and gathered in one fused op
-        let weights = rowops::plan_weights(
-            &out.dense,
-            &plan,
-            self.cfg.renormalize,
-            self.router.weight_scale(),
-        )?;
+        let (renorm, scale) = (self.cfg.renormalize, self.router.weight_scale());
+        let weights = match &out.dense {
+            Dense::Tensor(dense) => rowops::plan_weights(dense, &plan, renorm, scale)?,
+            Dense::Masked(scores) => rowops::plan_weights_masked(scores, &plan, renorm, scale)?,
+        };
         // each expert's total weight, `Σ_t dense[t, e]` of the final dense weights (the
         // importance loss's input): the plan is sorted by expert, so a sum per segment
         let expert_sums = if plan.is_empty() {

@@ -274,6 +274,34 @@ pub fn plan_weights(
         plan: plan.clone(),
         renormalize,
         scale,
+        masked: false,
+    })?)
+}
+
+/// [`plan_weights`] of `scores ⊙ mask(plan)` (the scores kept at the plan's assignments, zero
+/// elsewhere) without building the mask or the product: `D_t` sums the token's assigned
+/// scores, and the backward writes only the assigned entries — what the product's backward
+/// would leave of [`plan_weights`]' gradient. Same values as [`plan_weights`] on the product
+/// (the row sum skips only zeros; the plan holds each `(token, expert)` once).
+///
+/// The top-k family of routers (softmax top-k, Switch, expert choice, …) combines by masked
+/// scores; at E=1024 the mask (built on the host in f64), the product and their gradients were
+/// four `[T, E]` tensors of each step's routing.
+pub fn plan_weights_masked(
+    scores: &Tensor,
+    plan: &Arc<DispatchPlan>,
+    renormalize: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    if !fused(scores) {
+        let mask = crate::router::plan_mask(plan, scores)?;
+        return plan_weights_composed(&(scores * mask)?, plan, renormalize, scale);
+    }
+    Ok(scores.contiguous()?.apply_op1(PlanWeights {
+        plan: plan.clone(),
+        renormalize,
+        scale,
+        masked: true,
     })?)
 }
 
@@ -298,18 +326,31 @@ struct PlanWeights {
     plan: Arc<DispatchPlan>,
     renormalize: bool,
     scale: f64,
+    /// The input holds scores to be masked by the plan (see [`plan_weights_masked`]).
+    masked: bool,
 }
 
 impl PlanWeights {
-    /// `D_t` of every row (1 without renormalisation).
-    fn denominators<T: RowFloat>(&self, x: &[T]) -> Vec<T> {
+    /// `D_t` of every row (1 without renormalisation): the row's sum, or with `masked` the
+    /// sum of its assigned entries (`by_token`: the plan's CSR by token). Both sum in
+    /// ascending expert order.
+    fn denominators<T: RowFloat>(&self, x: &[T], by_token: &(Vec<u32>, Vec<u32>)) -> Vec<T> {
         let e = self.plan.num_experts;
+        let (off, idx) = by_token;
         (0..self.plan.num_tokens)
             .map(|t| {
                 if !self.renormalize {
                     return T::one();
                 }
-                let s = x[t * e..(t + 1) * e].iter().fold(T::zero(), |a, &v| a + v);
+                let s = if self.masked {
+                    idx[off[t] as usize..off[t + 1] as usize]
+                        .iter()
+                        .fold(T::zero(), |a, &i| {
+                            a + x[t * e + self.plan.expert[i as usize] as usize]
+                        })
+                } else {
+                    x[t * e..(t + 1) * e].iter().fold(T::zero(), |a, &v| a + v)
+                };
                 if s == T::zero() {
                     T::one()
                 } else {
@@ -324,7 +365,7 @@ impl PlanWeights {
             self.plan.num_experts,
             T::from(self.scale).unwrap_or_else(T::one),
         );
-        let den = self.denominators(x);
+        let den = self.denominators(x, &self.plan.by_token());
         self.plan
             .token
             .iter()
@@ -338,9 +379,10 @@ impl PlanWeights {
             self.plan.num_experts,
             T::from(self.scale).unwrap_or_else(T::one),
         );
-        let den = self.denominators(x);
+        let by_token = self.plan.by_token();
+        let den = self.denominators(x, &by_token);
         let mut dx = vec![T::zero(); x.len()];
-        let (off, idx) = self.plan.by_token();
+        let (off, idx) = by_token;
         for t in 0..self.plan.num_tokens {
             let row = &mut dx[t * e..(t + 1) * e];
             let assigned = &idx[off[t] as usize..off[t + 1] as usize];
@@ -350,7 +392,14 @@ impl PlanWeights {
                     acc + g[a] * x[t * e + self.plan.expert[a] as usize]
                 }) * scale
                     / (den[t] * den[t]);
-                row.iter_mut().for_each(|v| *v = -k);
+                if self.masked {
+                    // only the assigned entries: the mask's backward zeroes the rest
+                    for &a in assigned {
+                        row[self.plan.expert[a as usize] as usize] = -k;
+                    }
+                } else {
+                    row.iter_mut().for_each(|v| *v = -k);
+                }
             }
             for &a in assigned {
                 let c = self.plan.expert[a as usize] as usize;
@@ -579,6 +628,98 @@ mod tests {
             let rep = gradcheck(
                 std::slice::from_ref(&v),
                 || Ok((plan_weights(v.as_tensor(), &p, renorm, 1.7)? * &c)?.sum_all()?),
+                1e-6,
+                1e-8,
+                1e-6,
+            )
+            .unwrap();
+            assert!(rep.ok(), "renorm={renorm}: {rep:?}");
+        }
+    }
+
+    /// Scores as a router has them before masking: nonzero everywhere (row 5's assigned
+    /// entries sum to zero: the divisor-1 case; row 3 has no assignment).
+    fn scores(plan: &DispatchPlan, dtype: DType) -> Tensor {
+        let mut v: Vec<f64> = (0..7 * 13)
+            .map(|i| 0.05 + (i * 29 % 17) as f64 * 0.03)
+            .collect();
+        for (&t, &e) in plan.token.iter().zip(&plan.expert) {
+            if t == 5 {
+                v[t as usize * 13 + e as usize] = 0.0;
+            }
+        }
+        Tensor::from_vec(v, (7, 13), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
+
+    #[test]
+    fn masked_plan_weights_equal_plan_weights_of_the_masked_scores_with_their_gradients() {
+        let p = plan();
+        let c = Tensor::from_vec(
+            (0..p.len())
+                .map(|i| (i as f64 * 0.37).sin())
+                .collect::<Vec<_>>(),
+            p.len(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for dtype in [DType::F64, DType::F32] {
+            let c = c.to_dtype(dtype).unwrap();
+            for renorm in [true, false] {
+                for scale in [1.0, 2.5] {
+                    let v = Var::from_tensor(&scores(&p, dtype)).unwrap();
+                    let run = |masked: bool| {
+                        let w = if masked {
+                            plan_weights_masked(v.as_tensor(), &p, renorm, scale).unwrap()
+                        } else {
+                            let mask = crate::router::plan_mask(&p, v.as_tensor()).unwrap();
+                            let dense = (v.as_tensor() * mask).unwrap();
+                            plan_weights(&dense, &p, renorm, scale).unwrap()
+                        };
+                        let g = (&w * &c).unwrap().sum_all().unwrap().backward().unwrap();
+                        let g = g.get(v.as_tensor()).unwrap().clone();
+                        let bits = |t: &Tensor| -> Vec<u64> {
+                            t.flatten_all()
+                                .unwrap()
+                                .to_dtype(DType::F64)
+                                .unwrap()
+                                .to_vec1::<f64>()
+                                .unwrap()
+                                .iter()
+                                // -0 and +0 alike: the product's backward gives -0 where
+                                // the masked op writes nothing
+                                .map(|x| (x + 0.0).to_bits())
+                                .collect()
+                        };
+                        (bits(&w), bits(&g))
+                    };
+                    let what = format!("{dtype:?} renorm={renorm} scale={scale}");
+                    let ((a, ga), (b, gb)) = (run(true), run(false));
+                    assert_eq!(a, b, "weights {what}");
+                    assert_eq!(ga, gb, "gradient {what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_plan_weights_pass_gradcheck() {
+        let p = plan();
+        let v = Var::from_tensor(&(scores(&p, DType::F64) + 0.01).unwrap()).unwrap();
+        let c = Tensor::from_vec(
+            (0..p.len())
+                .map(|i| (i as f64 * 0.61).cos())
+                .collect::<Vec<_>>(),
+            p.len(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        for renorm in [true, false] {
+            let rep = gradcheck(
+                std::slice::from_ref(&v),
+                || Ok((plan_weights_masked(v.as_tensor(), &p, renorm, 0.8)? * &c)?.sum_all()?),
                 1e-6,
                 1e-8,
                 1e-6,

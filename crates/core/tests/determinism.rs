@@ -246,3 +246,74 @@ fn top_k_without_sorting_matches_a_full_sort() {
         );
     }
 }
+
+#[test]
+fn top_k_router_selects_per_row_top_k_in_place_at_any_thread_count() {
+    // the router reads f32 / f64 logits in place, in token blocks over the pool: the same
+    // pairs as `top_k` on each row, with ties, NaN, ±0 and unavailable experts
+    use rand::Rng;
+    let (t, e, k) = (1000, 37, 5);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let vals: Vec<f64> = (0..t * e)
+        .map(|_| match rng.random_range(0..40) {
+            0 => f64::NAN,
+            1 => -0.0,
+            2 => 0.0,
+            _ => rng.random_range(-4..4) as f64 * 0.5,
+        })
+        .collect();
+    let available: Vec<bool> = (0..e).map(|x| x % 7 != 3).collect();
+    let router = router::build(&RouterConfig::TopK { k }, e).unwrap();
+    for dtype in [DType::F32, DType::F64] {
+        let logits = Tensor::from_vec(vals.clone(), (t, e), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let mut expect = Vec::new();
+        for tok in 0..t {
+            // the router adds 0 to available experts' logits (and -1e9 to the others): -0
+            // becomes +0 there
+            let row: Vec<f64> = vals[tok * e..(tok + 1) * e]
+                .iter()
+                .map(|&v| v + 0.0)
+                .collect();
+            for x in top_k(&row, k, (0..e).filter(|&x| available[x])) {
+                expect.push((x as u32, tok as u32));
+            }
+        }
+        expect.sort();
+        for threads in [1, 3] {
+            let plan = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| {
+                    let mut rng = ChaCha8Rng::seed_from_u64(0);
+                    router
+                        .route(RouterInput {
+                            gate_out: &logits,
+                            token_ids: None,
+                            available: Some(&available),
+                            train: true,
+                            rng: &mut rng,
+                        })
+                        .unwrap()
+                        .plan
+                });
+            let mut got: Vec<(u32, u32)> = plan
+                .expert
+                .iter()
+                .zip(&plan.token)
+                .map(|(&x, &tok)| (x, tok))
+                .collect();
+            got.sort();
+            let differ = got.iter().zip(&expect).filter(|(a, b)| a != b).count();
+            assert!(
+                got.len() == expect.len() && differ == 0,
+                "{dtype:?}, {threads} threads: {} pairs for {}, {differ} differ",
+                got.len(),
+                expect.len()
+            );
+        }
+    }
+}

@@ -118,7 +118,7 @@ proptest! {
             let out = r.route(RouterInput { gate_out: &logits, token_ids: Some(&ids), available: None, train, rng: &mut rng }).unwrap();
             check_plan(&out.plan, &cfg, t, e);
             if renorm {
-                let dense = router::safe_row_normalize(&out.dense).unwrap();
+                let dense = router::safe_row_normalize(&out.dense.tensor(&out.plan).unwrap()).unwrap();
                 let sums = dense.sum(1).unwrap().to_vec1::<f64>().unwrap();
                 for (tok, s) in sums.iter().enumerate() {
                     if !out.plan.dropped[tok] {

@@ -196,7 +196,12 @@ fn sigmoid_bias_shifts_selection_not_weights_and_balances() {
         .unwrap();
     // token 1 now goes to expert 1 (0.62 + 0.5 > 0.73 − 0.5); its weight is the unbiased score
     assert_eq!(out.plan.tokens_per_expert(), vec![0, 2]);
-    let w = out.dense.to_vec2::<f64>().unwrap();
+    let w = out
+        .dense
+        .tensor(&out.plan)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     assert!((w[1][1] - 1.0 / (1.0 + (-0.5f64).exp())).abs() < 1e-12);
 }
 
@@ -283,7 +288,13 @@ fn hierarchical_weights_are_products_and_sum_to_one() {
         false,
     );
     assert_eq!(assignments(&out), vec![(0, 3)]);
-    let w = out.dense.to_vec2::<f64>().unwrap()[0].clone();
+    let w = out
+        .dense
+        .tensor(&out.plan)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap()[0]
+        .clone();
     assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     let out = route(
         &RouterConfig::Hierarchical {
@@ -294,7 +305,13 @@ fn hierarchical_weights_are_products_and_sum_to_one() {
         &logits,
         false,
     );
-    let w = out.dense.to_vec2::<f64>().unwrap()[0].clone();
+    let w = out
+        .dense
+        .tensor(&out.plan)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap()[0]
+        .clone();
     let pg1 = 1.0 / (1.0 + (-1.0f64).exp());
     assert!(
         (w[3] - pg1).abs() < 1e-12 && (w[0] - (1.0 - pg1)).abs() < 1e-12,

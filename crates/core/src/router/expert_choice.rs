@@ -4,8 +4,7 @@
 //! torch: `S = softmax(X·W_g); G, I = torch.topk(S.T, c)`.
 
 use super::{
-    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput,
-    RouterOutput,
+    expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
@@ -57,10 +56,9 @@ impl Router for ExpertChoiceRouter {
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        let dense = (&probs * plan_mask(&plan, &probs)?)?;
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: Dense::Masked(probs.clone()),
             probs,
             logits: Some(input.gate_out.clone()),
             load_loss: None,

@@ -6,8 +6,8 @@
 //! torch (V3): `group_scores = scores_for_choice.view(-1, G, E//G).topk(2)[0].sum(-1)`.
 
 use super::{
-    expect_cols, host, mask_unavailable, plan_mask, safe_row_normalize, softmax, top_k,
-    BiasBalancer, Router, RouterInput, RouterOutput,
+    expect_cols, host, mask_unavailable, safe_row_normalize, softmax, top_k, BiasBalancer, Dense,
+    Router, RouterInput, RouterOutput,
 };
 use crate::config::{GroupScore, RouterConfig, ScoreFn};
 use crate::plan::DispatchPlan;
@@ -93,14 +93,13 @@ impl Router for GroupLimitedRouter {
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        let dense = (&scores * plan_mask(&plan, &scores)?)?;
         let probs = match score {
-            ScoreFn::Softmax => scores,
+            ScoreFn::Softmax => scores.clone(),
             ScoreFn::Sigmoid => safe_row_normalize(&scores)?,
         };
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: Dense::Masked(scores),
             probs,
             logits: Some(input.gate_out.clone()),
             load_loss: None,

@@ -77,7 +77,7 @@ impl Router for HashRouter {
         Ok(RouterOutput {
             plan,
             probs: dense.clone(),
-            dense,
+            dense: super::Dense::Tensor(dense),
             logits: None,
             load_loss: None,
         })

@@ -116,7 +116,7 @@ impl Router for HierarchicalRouter {
         // z-loss on the secondary logits, which score the experts themselves
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: super::Dense::Tensor(dense),
             probs,
             logits: Some(secondary),
             load_loss: None,

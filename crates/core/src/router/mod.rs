@@ -5,7 +5,9 @@
 //!    non-differentiable decision; ties break to the lower expert (or token) index;
 //! 2. build the plan from the selected `(token, expert)` pairs;
 //! 3. compute the **dense weights** `[T, E]` with tensor ops (zero where not selected), so
-//!    gradients flow to the gate through the kept weights only.
+//!    gradients flow to the gate through the kept weights only — or, for routers that keep
+//!    their scores as they are at the selected entries, just name the scores
+//!    ([`Dense::Masked`]) and let the layer read the plan's entries of them.
 //!
 //! The layer then optionally renormalises each row, applies the router's weight scale and
 //! gathers one weight per plan assignment.
@@ -59,11 +61,33 @@ impl RouterInput<'_> {
     }
 }
 
+/// A router's combine weights before renormalisation: `[T, E]`, zero outside the plan;
+/// differentiable.
+#[derive(Clone, Debug)]
+pub enum Dense {
+    /// The weights as a tensor.
+    Tensor(Tensor),
+    /// `scores ⊙ mask(plan)`: the scores at the plan's assignments, zero elsewhere — left
+    /// implicit, so neither the mask nor the product is built (the layer reads only the
+    /// plan's entries, [`crate::rowops::plan_weights_masked`]).
+    Masked(Tensor),
+}
+
+impl Dense {
+    /// The weights as a `[T, E]` tensor (builds the product for [`Dense::Masked`]).
+    pub fn tensor(&self, plan: &DispatchPlan) -> Result<Tensor> {
+        match self {
+            Dense::Tensor(t) => Ok(t.clone()),
+            Dense::Masked(s) => Ok((s * plan_mask(plan, s)?)?),
+        }
+    }
+}
+
 /// A router's decision for one batch.
 pub struct RouterOutput {
     pub plan: DispatchPlan,
     /// `[T, E]` combine weights, zero outside the plan; differentiable.
-    pub dense: Tensor,
+    pub dense: Dense,
     /// `[T, E]` the router's full distribution over experts (for the Switch balancing loss
     /// and the routing entropy).
     pub probs: Tensor,
@@ -138,7 +162,11 @@ pub fn host(t: &Tensor) -> Result<(Vec<f64>, usize)> {
 
 /// Indices of the `k` largest values among `candidates`, descending; ties go to the lower
 /// index and NaN ranks below everything.
-pub fn top_k(values: &[f64], k: usize, candidates: impl Iterator<Item = usize>) -> Vec<usize> {
+pub fn top_k<V: Copy + Into<f64>>(
+    values: &[V],
+    k: usize,
+    candidates: impl Iterator<Item = usize>,
+) -> Vec<usize> {
     let mut out = Vec::with_capacity(k);
     top_k_into(values, k, candidates, &mut out);
     out
@@ -149,18 +177,19 @@ pub fn top_k(values: &[f64], k: usize, candidates: impl Iterator<Item = usize>) 
 const INSERTION_TOP_K: usize = 16;
 
 /// [`top_k`] into a reused buffer (cleared first): no allocation once `out` has capacity,
-/// and no full sort of the candidates.
-pub fn top_k_into(
-    values: &[f64],
+/// and no full sort of the candidates. Values are compared as f64 (f32 converts exactly).
+pub fn top_k_into<V: Copy + Into<f64>>(
+    values: &[V],
     k: usize,
     candidates: impl Iterator<Item = usize>,
     out: &mut Vec<usize>,
 ) {
     let key = |i: usize| {
-        if values[i].is_nan() {
+        let v: f64 = values[i].into();
+        if v.is_nan() {
             f64::NEG_INFINITY
         } else {
-            values[i]
+            v
         }
     };
     // `a` ranks before `b`: larger value, then lower index
@@ -170,17 +199,28 @@ pub fn top_k_into(
         return;
     }
     if k <= INSERTION_TOP_K {
+        // the kept entries' keys beside them (sorted like `out`): most candidates are turned
+        // away by one compare with the last, and an insertion compares stored keys
+        let mut keys = [0f64; INSERTION_TOP_K];
         for i in candidates {
-            if out.len() == k {
-                if before(i, out[k - 1]).is_ge() {
+            let ki = key(i);
+            let n = out.len();
+            // `i` ranks before kept entry `j`: larger key, then lower index
+            let ahead = |keys: &[f64], j: usize, out: &[usize]| {
+                keys[j].total_cmp(&ki).then(i.cmp(&out[j])).is_lt()
+            };
+            if n == k {
+                if !ahead(&keys, k - 1, out) {
                     continue;
                 }
                 out.pop();
             }
             let mut at = out.len();
-            while at > 0 && before(i, out[at - 1]).is_lt() {
+            while at > 0 && ahead(&keys, at - 1, out) {
+                keys[at] = keys[at - 1];
                 at -= 1;
             }
+            keys[at] = ki;
             out.insert(at, i);
         }
     } else {
@@ -193,14 +233,77 @@ pub fn top_k_into(
     }
 }
 
-/// A `[T, E]` 0/1 tensor with ones at the plan's assignments.
-pub(crate) fn plan_mask(plan: &DispatchPlan, like: &Tensor) -> Result<Tensor> {
-    let (t, e) = (plan.num_tokens, plan.num_experts);
-    let mut m = vec![0f64; t * e];
-    for (&tok, &ex) in plan.token.iter().zip(&plan.expert) {
-        m[tok as usize * e + ex as usize] = 1.0;
+/// Tokens per rayon job of [`top_k_pairs`].
+const TOP_K_TOKENS: usize = 256;
+
+/// Every token's [`top_k_into`] over the columns of `values [T, E]` that are `available`, as
+/// `(token, expert)` pairs, token after token. An f32 / f64 CPU tensor is read in place (no
+/// host copy in f64) and the tokens are split over the rayon pool in blocks; the pairs do not
+/// depend on the thread count.
+pub(crate) fn top_k_pairs(
+    values: &Tensor,
+    k: usize,
+    available: Option<&[bool]>,
+) -> Result<Vec<(u32, u32)>> {
+    fn run<V: Copy + Into<f64> + Sync>(
+        v: &[V],
+        t: usize,
+        e: usize,
+        k: usize,
+        available: Option<&[bool]>,
+    ) -> Vec<(u32, u32)> {
+        use rayon::prelude::*;
+        let blocks: Vec<Vec<(u32, u32)>> = (0..t.div_ceil(TOP_K_TOKENS))
+            .into_par_iter()
+            .map(|b| {
+                let mut chosen = Vec::with_capacity(k);
+                let mut pairs = Vec::with_capacity(TOP_K_TOKENS * k);
+                for tok in b * TOP_K_TOKENS..t.min((b + 1) * TOP_K_TOKENS) {
+                    let row = &v[tok * e..(tok + 1) * e];
+                    let ok = |x: &usize| available.is_none_or(|a| a[*x]);
+                    top_k_into(row, k, (0..e).filter(ok), &mut chosen);
+                    pairs.extend(chosen.iter().map(|&x| (tok as u32, x as u32)));
+                }
+                pairs
+            })
+            .collect();
+        blocks.concat()
     }
-    Ok(Tensor::from_vec(m, (t, e), like.device())?.to_dtype(like.dtype())?)
+    let (t, e) = values.dims2()?;
+    let (storage, layout) = values.storage_and_layout();
+    let offsets = layout.contiguous_offsets();
+    match (&*storage, offsets) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => {
+            Ok(run(&v[a..b], t, e, k, available))
+        }
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F64(v)), Some((a, b))) => {
+            Ok(run(&v[a..b], t, e, k, available))
+        }
+        _ => {
+            drop(storage);
+            let (v, _) = host(values)?;
+            Ok(run(&v, t, e, k, available))
+        }
+    }
+}
+
+/// A `[T, E]` 0/1 tensor with ones at the plan's assignments, of `like`'s dtype and device.
+pub(crate) fn plan_mask(plan: &DispatchPlan, like: &Tensor) -> Result<Tensor> {
+    fn ones_at<F: candle_core::WithDType>(
+        plan: &DispatchPlan,
+        dev: &candle_core::Device,
+    ) -> Result<Tensor> {
+        let (t, e) = (plan.num_tokens, plan.num_experts);
+        let mut m = vec![F::from_f64(0.0); t * e];
+        for (&tok, &ex) in plan.token.iter().zip(&plan.expert) {
+            m[tok as usize * e + ex as usize] = F::from_f64(1.0);
+        }
+        Ok(Tensor::from_vec(m, (t, e), dev)?)
+    }
+    match like.dtype() {
+        DType::F32 => ones_at::<f32>(plan, like.device()),
+        _ => Ok(ones_at::<f64>(plan, like.device())?.to_dtype(like.dtype())?),
+    }
 }
 
 /// Row-wise softmax with a backward (fused on the CPU, see [`crate::rowops`]).

@@ -78,7 +78,7 @@ impl Router for NoisyTopKRouter {
         };
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: super::Dense::Tensor(dense),
             probs: softmax(&clean)?,
             logits: Some(raw),
             load_loss,

@@ -7,7 +7,7 @@
 //! attractive. The bias is not a parameter and gets no gradient.
 
 use super::{
-    expect_cols, host, mask_unavailable, plan_mask, safe_row_normalize, top_k, Router, RouterInput,
+    expect_cols, host, mask_unavailable, safe_row_normalize, top_k, Dense, Router, RouterInput,
     RouterOutput,
 };
 use crate::config::RouterConfig;
@@ -114,10 +114,9 @@ impl Router for SigmoidBiasRouter {
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        let dense = (&scores * plan_mask(&plan, &scores)?)?;
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: Dense::Masked(scores.clone()),
             probs: safe_row_normalize(&scores)?,
             logits: Some(input.gate_out.clone()),
             load_loss: None,

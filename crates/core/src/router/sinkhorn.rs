@@ -8,8 +8,7 @@
 //! scores = torch.gather(torch.sigmoid(logits), 1, idx)`.
 
 use super::{
-    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput,
-    RouterOutput,
+    expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
@@ -95,10 +94,9 @@ impl Router for SinkhornRouter {
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let scores = candle_nn::ops::sigmoid(&logits)?;
-        let dense = (&scores * plan_mask(&plan, &scores)?)?;
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: Dense::Masked(scores.clone()),
             probs: softmax(&logits)?,
             logits: Some(input.gate_out.clone()),
             load_loss: None,

@@ -9,8 +9,7 @@
 //! Weights are the router probabilities of the kept experts, `p_i(x)` as in Switch.
 
 use super::{
-    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k, Router, RouterInput,
-    RouterOutput,
+    expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::{DropPolicy, RouterConfig};
 use crate::plan::DispatchPlan;
@@ -90,10 +89,9 @@ impl Router for SwitchRouter {
             }
         }
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        let dense = (&probs * plan_mask(&plan, &probs)?)?;
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: Dense::Masked(probs.clone()),
             probs,
             logits: Some(input.gate_out.clone()),
             load_loss: None,

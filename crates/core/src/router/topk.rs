@@ -2,8 +2,7 @@
 //! torch: `probs = softmax(logits); w, idx = torch.topk(probs, k)`.
 
 use super::{
-    expect_cols, host, mask_unavailable, plan_mask, softmax, top_k_into, Router, RouterInput,
-    RouterOutput,
+    expect_cols, mask_unavailable, softmax, top_k_pairs, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
@@ -32,26 +31,13 @@ impl Router for TopKRouter {
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
         expect_cols(&input, self.experts, "top_k router")?;
         let logits = mask_unavailable(input.gate_out, input.available)?;
-        let (vals, e) = host(&logits)?;
-        let t = input.num_tokens();
-        let mut pairs = Vec::with_capacity(t * self.k);
-        let mut chosen = Vec::with_capacity(self.k);
-        for tok in 0..t {
-            let row = &vals[tok * e..(tok + 1) * e];
-            top_k_into(
-                row,
-                self.k,
-                (0..e).filter(|&x| input.is_available(x)),
-                &mut chosen,
-            );
-            pairs.extend(chosen.iter().map(|&x| (tok as u32, x as u32)));
-        }
+        let (t, e) = (input.num_tokens(), self.experts);
+        let pairs = top_k_pairs(&logits, self.k, input.available)?;
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let probs = softmax(&logits)?;
-        let dense = (&probs * plan_mask(&plan, &probs)?)?;
         Ok(RouterOutput {
             plan,
-            dense,
+            dense: Dense::Masked(probs.clone()),
             probs,
             logits: Some(input.gate_out.clone()),
             load_loss: None,
