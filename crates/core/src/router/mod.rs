@@ -199,30 +199,34 @@ pub fn top_k_into<V: Copy + Into<f64>>(
         return;
     }
     if k <= INSERTION_TOP_K {
-        // the kept entries' keys beside them (sorted like `out`): most candidates are turned
-        // away by one compare with the last, and an insertion compares stored keys
+        // the kept entries and their keys in fixed arrays, best first: most candidates are
+        // turned away by one compare with the last kept, and an insertion shifts in place
         let mut keys = [0f64; INSERTION_TOP_K];
+        let mut idx = [0usize; INSERTION_TOP_K];
+        let mut n = 0;
         for i in candidates {
             let ki = key(i);
-            let n = out.len();
             // `i` ranks before kept entry `j`: larger key, then lower index
-            let ahead = |keys: &[f64], j: usize, out: &[usize]| {
-                keys[j].total_cmp(&ki).then(i.cmp(&out[j])).is_lt()
+            let ahead = |keys: &[f64], idx: &[usize], j: usize| {
+                keys[j].total_cmp(&ki).then(i.cmp(&idx[j])).is_lt()
             };
             if n == k {
-                if !ahead(&keys, k - 1, out) {
+                if !ahead(&keys, &idx, k - 1) {
                     continue;
                 }
-                out.pop();
+                n -= 1;
             }
-            let mut at = out.len();
-            while at > 0 && ahead(&keys, at - 1, out) {
+            let mut at = n;
+            while at > 0 && ahead(&keys, &idx, at - 1) {
                 keys[at] = keys[at - 1];
+                idx[at] = idx[at - 1];
                 at -= 1;
             }
             keys[at] = ki;
-            out.insert(at, i);
+            idx[at] = i;
+            n += 1;
         }
+        out.extend_from_slice(&idx[..n]);
     } else {
         out.extend(candidates);
         if out.len() > k {
