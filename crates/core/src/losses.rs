@@ -24,7 +24,7 @@ pub fn switch_balance(probs: &Tensor, counts: &[usize], k: usize) -> Result<Tens
     let f: Vec<f64> = counts.iter().map(|&c| c as f64 / denom).collect();
     let f = Tensor::from_vec(f, e, probs.device())?.to_dtype(probs.dtype())?;
     // torch: E * (f * probs.mean(0)).sum()
-    Ok(((probs.mean(0)? * f)?.sum_all()? * e as f64)?)
+    Ok(((crate::rowops::col_means(probs)? * f)?.sum_all()? * e as f64)?)
 }
 
 /// Router z-loss (Zoph et al. 2022, ST-MoE eq. 5): `mean_t (logsumexp_e logits[t, e])²`.
