@@ -342,9 +342,11 @@ pub fn plan_weights(
 
 /// [`plan_weights`] of `scores ⊙ mask(plan)` (the scores kept at the plan's assignments, zero
 /// elsewhere) without building the mask or the product: `D_t` sums the token's assigned
-/// scores, and the backward writes only the assigned entries — what the product's backward
-/// would leave of [`plan_weights`]' gradient. Same values as [`plan_weights`] on the product
-/// (the row sum skips only zeros; the plan holds each `(token, expert)` once).
+/// scores (plus `Σ_e x·0`, so that a NaN or infinite score anywhere in the row makes it NaN,
+/// as it does the product's), and the backward writes `-k·0` outside the plan — what the
+/// product's backward leaves of [`plan_weights`]' gradient. The same bits as [`plan_weights`]
+/// on the product, signs of zeros and NaN rows included (the plan holds each
+/// `(token, expert)` once, and the row sum only skips zeros).
 ///
 /// The top-k family of routers (softmax top-k, Switch, expert choice, …) combines by masked
 /// scores; at E=1024 the mask (built on the host in f64), the product and their gradients were
@@ -405,11 +407,17 @@ impl PlanWeights {
                     return T::one();
                 }
                 let s = if self.masked {
-                    idx[off[t] as usize..off[t + 1] as usize]
+                    let assigned = idx[off[t] as usize..off[t + 1] as usize]
                         .iter()
                         .fold(T::zero(), |a, &i| {
                             a + x[t * e + self.plan.expert[i as usize] as usize]
-                        })
+                        });
+                    // plus `Σ_e x·0`, as the product's row sum has it: ±0 for finite rows, NaN
+                    // when any score (assigned or not) is NaN or infinite
+                    let zeros = x[t * e..(t + 1) * e]
+                        .iter()
+                        .fold(T::zero(), |a, &v| a + v * T::zero());
+                    assigned + zeros
                 } else {
                     x[t * e..(t + 1) * e].iter().fold(T::zero(), |a, &v| a + v)
                 };
@@ -455,7 +463,9 @@ impl PlanWeights {
                 }) * scale
                     / (den[t] * den[t]);
                 if self.masked {
-                    // only the assigned entries: the mask's backward zeroes the rest
+                    // what the mask's backward leaves of it: `-k·0` outside the plan (±0, or
+                    // NaN with the row's denominator), `-k` at the assignments
+                    row.iter_mut().for_each(|v| *v = -k * T::zero());
                     for &a in assigned {
                         row[self.plan.expert[a as usize] as usize] = -k;
                     }
@@ -719,6 +729,19 @@ mod tests {
     #[test]
     fn masked_plan_weights_equal_plan_weights_of_the_masked_scores_with_their_gradients() {
         let p = plan();
+        // unassigned entries of rows 2 and 4 NaN and +inf in the second pass: the product
+        // turns those rows' weights and gradients into NaN, and so must the masked op
+        let unassigned = |t: usize| {
+            (0..13)
+                .find(|&e| {
+                    !p.token
+                        .iter()
+                        .zip(&p.expert)
+                        .any(|(&a, &b)| (a as usize, b as usize) == (t, e))
+                })
+                .unwrap()
+        };
+        let (n2, n4) = (unassigned(2), unassigned(4));
         let c = Tensor::from_vec(
             (0..p.len())
                 .map(|i| (i as f64 * 0.37).sin())
@@ -727,11 +750,24 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        for dtype in [DType::F64, DType::F32] {
+        for (dtype, nonfinite) in [(DType::F64, false), (DType::F32, false), (DType::F32, true)] {
             let c = c.to_dtype(dtype).unwrap();
             for renorm in [true, false] {
                 for scale in [1.0, 2.5] {
-                    let v = Var::from_tensor(&scores(&p, dtype)).unwrap();
+                    let mut sv = scores(&p, DType::F64)
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap();
+                    if nonfinite {
+                        sv[2 * 13 + n2] = f64::NAN;
+                        sv[4 * 13 + n4] = f64::INFINITY;
+                    }
+                    let sv = Tensor::from_vec(sv, (7, 13), &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap();
+                    let v = Var::from_tensor(&sv).unwrap();
                     let run = |masked: bool| {
                         let w = if masked {
                             plan_weights_masked(v.as_tensor(), &p, renorm, scale).unwrap()
@@ -750,15 +786,18 @@ mod tests {
                                 .to_vec1::<f64>()
                                 .unwrap()
                                 .iter()
-                                // -0 and +0 alike: the product's backward gives -0 where
-                                // the masked op writes nothing
-                                .map(|x| (x + 0.0).to_bits())
+                                // one NaN for all NaNs (their payloads are not compared)
+                                .map(|x| if x.is_nan() { u64::MAX } else { x.to_bits() })
                                 .collect()
                         };
                         (bits(&w), bits(&g))
                     };
-                    let what = format!("{dtype:?} renorm={renorm} scale={scale}");
+                    let what =
+                        format!("{dtype:?} renorm={renorm} scale={scale} nonfinite={nonfinite}");
                     let ((a, ga), (b, gb)) = (run(true), run(false));
+                    if nonfinite && renorm {
+                        assert!(a.contains(&u64::MAX), "NaN weights expected: {what}");
+                    }
                     assert_eq!(a, b, "weights {what}");
                     assert_eq!(ga, gb, "gradient {what}");
                 }

@@ -13,7 +13,7 @@ pub struct RoutingStats {
     pub dropped_fraction: f64,
     /// Mean over tokens of the entropy (nats) of the router's distribution over experts.
     pub entropy: f64,
-    /// Largest router logit in the batch (watch it with the z-loss).
+    /// Largest router logit in the batch (watch it with the z-loss); NaN when any logit is NaN.
     pub max_logit: f64,
     /// Experts that received no token.
     pub dead_experts: Vec<usize>,
@@ -72,8 +72,16 @@ impl RoutingStats {
             |a, x| if x > 0.0 { a + x * x.ln() } else { a },
             |a, b| a + b,
         )? / t;
+        // NaN wins: a NaN logit must show in the statistic (f64::max would skip it)
+        let nan_max = |a: f64, x: f64| {
+            if a.is_nan() || x.is_nan() {
+                f64::NAN
+            } else {
+                a.max(x)
+            }
+        };
         let max_logit = match logits {
-            Some(l) if l.elem_count() > 0 => reduce(l, f64::NAN, f64::max, f64::max)?,
+            Some(l) if l.elem_count() > 0 => reduce(l, f64::NEG_INFINITY, nan_max, nan_max)?,
             _ => 0.0,
         };
         let dead_experts = tokens_per_expert
@@ -131,7 +139,7 @@ mod tests {
                 .unwrap()
                 .to_vec1::<f64>()
                 .unwrap();
-            let ml = lv.iter().copied().fold(f64::NAN, f64::max);
+            let ml = lv.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let at = |threads| {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -147,6 +155,21 @@ mod tests {
             );
             assert_eq!(one.max_logit, ml, "{dtype:?}");
             assert_eq!(one, at(3), "{dtype:?}");
+            // one NaN logit anywhere: the max is NaN, at any thread count
+            let mut lv = lv.clone();
+            lv[3 * 64 + 7] = f64::NAN;
+            let l = Tensor::from_vec(lv, (t, e), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            for threads in [1, 3] {
+                let s = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| RoutingStats::compute(&plan, &p, Some(&l)).unwrap());
+                assert!(s.max_logit.is_nan(), "{dtype:?}, {threads} threads");
+            }
         }
     }
 }
