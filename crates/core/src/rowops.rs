@@ -588,15 +588,11 @@ mod tests {
     fn fused_ops_pass_gradcheck() {
         let v = Var::from_tensor(&x(DType::F64)).unwrap();
         let c = (x(DType::F64) * 0.1).unwrap().sin().unwrap();
-        let rep = gradcheck(
-            std::slice::from_ref(&v),
+        assert_gradcheck(
+            &v,
             || Ok((softmax_rows(v.as_tensor())? * &c)?.sum_all()?),
-            1e-6,
-            1e-8,
-            1e-6,
-        )
-        .unwrap();
-        assert!(rep.ok(), "softmax: {rep:?}");
+            "softmax",
+        );
         let rep = gradcheck(
             std::slice::from_ref(&v),
             || Ok((logsumexp_rows(v.as_tensor())? * c.narrow(1, 0, 1)?.squeeze(1)?)?.sum_all()?),
@@ -648,16 +644,9 @@ mod tests {
             for renorm in [true, false] {
                 for scale in [1.0, 2.5] {
                     let v = Var::from_tensor(&dense(&p, dtype)).unwrap();
-                    let c = Tensor::from_vec(
-                        (0..p.len())
-                            .map(|i| (i as f64 * 0.37).sin())
-                            .collect::<Vec<_>>(),
-                        p.len(),
-                        &Device::Cpu,
-                    )
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap();
+                    let c = weighting(p.len(), |i| (i * 0.37).sin())
+                        .to_dtype(dtype)
+                        .unwrap();
                     let run = |fused: bool| {
                         let w = if fused {
                             plan_weights(v.as_tensor(), &p, renorm, scale).unwrap()
@@ -688,25 +677,36 @@ mod tests {
         }
         let fill = Tensor::from_vec(fill, (7, 13), &Device::Cpu).unwrap();
         let v = Var::from_tensor(&(dense(&p, DType::F64) + fill).unwrap()).unwrap();
-        let c = Tensor::from_vec(
-            (0..p.len())
-                .map(|i| (i as f64 * 0.61).cos())
-                .collect::<Vec<_>>(),
-            p.len(),
+        gradcheck_weights(&p, &v, &|x, renorm| plan_weights(x, &p, renorm, 1.7));
+    }
+
+    /// `[n]` values `f(0), f(1), …`: a weighting of the per-assignment outputs, so that the
+    /// gradients are not trivial.
+    fn weighting(n: usize, f: impl Fn(f64) -> f64) -> Tensor {
+        Tensor::from_vec(
+            (0..n).map(|i| f(i as f64)).collect::<Vec<_>>(),
+            n,
             &Device::Cpu,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Central differences of `Σ_a c_a · w_a` for the weights `op(x, renormalize)`.
+    fn gradcheck_weights(p: &DispatchPlan, v: &Var, op: &dyn Fn(&Tensor, bool) -> Result<Tensor>) {
+        let c = weighting(p.len(), |i| (i * 0.61).cos());
         for renorm in [true, false] {
-            let rep = gradcheck(
-                std::slice::from_ref(&v),
-                || Ok((plan_weights(v.as_tensor(), &p, renorm, 1.7)? * &c)?.sum_all()?),
-                1e-6,
-                1e-8,
-                1e-6,
-            )
-            .unwrap();
-            assert!(rep.ok(), "renorm={renorm}: {rep:?}");
+            assert_gradcheck(
+                v,
+                || Ok((op(v.as_tensor(), renorm)? * &c)?.sum_all()?),
+                &format!("renorm={renorm}"),
+            );
         }
+    }
+
+    /// Central differences in f64 of `loss` with respect to `v` (eps 1e-6, atol 1e-8, rtol 1e-6).
+    fn assert_gradcheck(v: &Var, loss: impl Fn() -> Result<Tensor>, what: &str) {
+        let rep = gradcheck(std::slice::from_ref(v), loss, 1e-6, 1e-8, 1e-6).unwrap();
+        assert!(rep.ok(), "{what}: {rep:?}");
     }
 
     /// Scores as a router has them before masking: nonzero everywhere (row 5's assigned
@@ -742,14 +742,7 @@ mod tests {
                 .unwrap()
         };
         let (n2, n4) = (unassigned(2), unassigned(4));
-        let c = Tensor::from_vec(
-            (0..p.len())
-                .map(|i| (i as f64 * 0.37).sin())
-                .collect::<Vec<_>>(),
-            p.len(),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let c = weighting(p.len(), |i| (i * 0.37).sin());
         for (dtype, nonfinite) in [(DType::F64, false), (DType::F32, false), (DType::F32, true)] {
             let c = c.to_dtype(dtype).unwrap();
             for renorm in [true, false] {
@@ -809,25 +802,7 @@ mod tests {
     fn masked_plan_weights_pass_gradcheck() {
         let p = plan();
         let v = Var::from_tensor(&(scores(&p, DType::F64) + 0.01).unwrap()).unwrap();
-        let c = Tensor::from_vec(
-            (0..p.len())
-                .map(|i| (i as f64 * 0.61).cos())
-                .collect::<Vec<_>>(),
-            p.len(),
-            &Device::Cpu,
-        )
-        .unwrap();
-        for renorm in [true, false] {
-            let rep = gradcheck(
-                std::slice::from_ref(&v),
-                || Ok((plan_weights_masked(v.as_tensor(), &p, renorm, 0.8)? * &c)?.sum_all()?),
-                1e-6,
-                1e-8,
-                1e-6,
-            )
-            .unwrap();
-            assert!(rep.ok(), "renorm={renorm}: {rep:?}");
-        }
+        gradcheck_weights(&p, &v, &|x, renorm| plan_weights_masked(x, &p, renorm, 0.8));
     }
 
     #[test]
@@ -868,15 +843,11 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let rep = gradcheck(
-            std::slice::from_ref(&v),
+        assert_gradcheck(
+            &v,
             || Ok((col_means(v.as_tensor())? * &c)?.sum_all()?),
-            1e-6,
-            1e-8,
-            1e-6,
-        )
-        .unwrap();
-        assert!(rep.ok(), "{rep:?}");
+            "col_means",
+        );
         // the same bits at any thread count
         let big = Tensor::from_vec(
             base.iter().map(|&v| v as f32).collect::<Vec<_>>(),

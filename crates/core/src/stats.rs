@@ -119,26 +119,22 @@ mod tests {
                 .to_dtype(dtype)
                 .unwrap();
             let p = crate::rowops::softmax_rows(&l).unwrap();
-            let pv = p
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let host = |t: &Tensor| -> Vec<f64> {
+                t.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let pv = host(&p);
             let h = -pv
                 .iter()
                 .filter(|&&x| x > 0.0)
                 .map(|&x| x * x.ln())
                 .sum::<f64>()
                 / t as f64;
-            let lv = l
-                .to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let lv = host(&l);
             let ml = lv.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let at = |threads| {
                 rayon::ThreadPoolBuilder::new()

@@ -11,6 +11,15 @@ use switchyard_core::{
     losses, DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig, ScoreFn,
 };
 
+/// A router's dense combine weights `[T, E]` on the host.
+fn dense(out: &router::RouterOutput) -> Vec<Vec<f64>> {
+    out.dense
+        .tensor(&out.plan)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap()
+}
+
 fn route(cfg: &RouterConfig, logits: &[Vec<f64>], train: bool) -> router::RouterOutput {
     let (t, c) = (logits.len(), logits[0].len());
     let flat: Vec<f64> = logits.iter().flatten().cloned().collect();
@@ -196,12 +205,7 @@ fn sigmoid_bias_shifts_selection_not_weights_and_balances() {
         .unwrap();
     // token 1 now goes to expert 1 (0.62 + 0.5 > 0.73 − 0.5); its weight is the unbiased score
     assert_eq!(out.plan.tokens_per_expert(), vec![0, 2]);
-    let w = out
-        .dense
-        .tensor(&out.plan)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap();
+    let w = dense(&out);
     assert!((w[1][1] - 1.0 / (1.0 + (-0.5f64).exp())).abs() < 1e-12);
 }
 
@@ -288,13 +292,7 @@ fn hierarchical_weights_are_products_and_sum_to_one() {
         false,
     );
     assert_eq!(assignments(&out), vec![(0, 3)]);
-    let w = out
-        .dense
-        .tensor(&out.plan)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap()[0]
-        .clone();
+    let w = dense(&out)[0].clone();
     assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     let out = route(
         &RouterConfig::Hierarchical {
@@ -305,13 +303,7 @@ fn hierarchical_weights_are_products_and_sum_to_one() {
         &logits,
         false,
     );
-    let w = out
-        .dense
-        .tensor(&out.plan)
-        .unwrap()
-        .to_vec2::<f64>()
-        .unwrap()[0]
-        .clone();
+    let w = dense(&out)[0].clone();
     let pg1 = 1.0 / (1.0 + (-1.0f64).exp());
     assert!(
         (w[3] - pg1).abs() < 1e-12 && (w[0] - (1.0 - pg1)).abs() < 1e-12,
