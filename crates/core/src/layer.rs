@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -12,44 +12,13 @@ use crate::dispatch::{self, DispatchImpl};
 use crate::expert::ExpertBank;
 use crate::gate::Gate;
 use crate::losses::{self, LossValues};
+use crate::noise;
 use crate::params::{Init, ParamBuilder};
 use crate::plan::DispatchPlan;
 use crate::router::{self, Dense, Router, RouterInput};
 use crate::rowops;
 use crate::stats::RoutingStats;
 use crate::{MoeError, Result};
-
-/// Values per noise stream of [`jitter_noise`].
-const JITTER_BLOCK: usize = 1 << 14;
-
-/// `n` values uniform in `[1 − ε, 1 + ε]`, in the dtype they are used in: block `b` of
-/// [`JITTER_BLOCK`] values comes from its own ChaCha8 stream (`seed`, stream `b`), 24 random
-/// bits per f32 value and 53 per f64, and the blocks are drawn over the rayon pool, so the
-/// noise depends on the seed only, not on the thread count. (Drawing `T·d` f64 values one by one
-/// from the caller's generator, then converting them, was ~38 ms of a training step at
-/// T=4096, d=512: `route_only` forward+backward 24 ms without jitter, 62 ms with.)
-pub fn jitter_noise<F: candle_core::WithDType>(n: usize, seed: u64, eps: f64) -> Vec<F> {
-    use rand::{RngCore, SeedableRng};
-    use rayon::prelude::*;
-    let mut out = vec![F::from_f64(1.0); n];
-    let bits = if std::mem::size_of::<F>() <= 4 {
-        24
-    } else {
-        53
-    };
-    let scale = 2.0 * eps / (1u64 << bits) as f64;
-    out.par_chunks_mut(JITTER_BLOCK)
-        .enumerate()
-        .for_each(|(b, block)| {
-            let mut r = ChaCha8Rng::seed_from_u64(seed);
-            r.set_stream(b as u64);
-            for v in block {
-                let u = (r.next_u64() >> (64 - bits)) as f64;
-                *v = F::from_f64(1.0 - eps + u * scale);
-            }
-        });
-    out
-}
 
 /// Per-call inputs besides the hidden states.
 pub struct ForwardCtx<'a> {
@@ -228,19 +197,17 @@ impl MoeLayer {
     }
 
     /// Gate input with multiplicative jitter `x · U(1−ε, 1+ε)` in training (noise from
-    /// [`jitter_noise`], seeded by one draw from `ctx.rng`).
+    /// [`noise::uniform`], seeded by one draw from `ctx.rng`).
     fn jitter(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<Tensor> {
         let eps = self.cfg.jitter;
         if !ctx.train || eps == 0.0 {
             return Ok(x.clone());
         }
-        let seed: u64 = ctx.rng.random();
-        let (n, shape, dev) = (x.elem_count(), x.shape(), x.device());
-        let noise = match x.dtype() {
-            DType::F32 => Tensor::from_vec(jitter_noise::<f32>(n, seed, eps), shape, dev)?,
-            DType::F64 => Tensor::from_vec(jitter_noise::<f64>(n, seed, eps), shape, dev)?,
-            dt => Tensor::from_vec(jitter_noise::<f64>(n, seed, eps), shape, dev)?.to_dtype(dt)?,
-        };
+        let noise = noise::tensor_like(
+            x,
+            ctx.rng.random(),
+            noise::Dist::Uniform(1.0 - eps, 1.0 + eps),
+        )?;
         Ok((x * noise)?)
     }
 
@@ -300,6 +267,10 @@ impl MoeLayer {
         let weights = match &out.dense {
             Dense::Tensor(dense) => rowops::plan_weights(dense, &plan, renorm, scale)?,
             Dense::Masked(scores) => rowops::plan_weights_masked(scores, &plan, renorm, scale)?,
+            // rows sum to 1 over the plan by definition: renormalised whatever `renorm` says
+            Dense::MaskedSoftmax(logits) => {
+                rowops::plan_weights_masked(&rowops::softmax_rows(logits)?, &plan, true, scale)?
+            }
         };
         // each expert's total weight, `Σ_t dense[t, e]` of the final dense weights (the
         // importance loss's input): the plan is sorted by expert, so a sum per segment
@@ -460,37 +431,4 @@ impl MoeBlock for MoeLayer {
 
 pub(crate) fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_noise_is_uniform_in_its_range_and_the_same_at_any_thread_count() {
-        let n = 5 * JITTER_BLOCK + 123;
-        let at = |threads: usize, seed: u64| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| jitter_noise::<f32>(n, seed, 0.1))
-        };
-        let a = at(1, 7);
-        assert_eq!(a, at(3, 7));
-        assert_ne!(a, at(1, 8));
-        assert!(a.iter().all(|&v| (0.9..=1.1).contains(&v)));
-        // mean 1 and variance ε²/3 of U(1 − ε, 1 + ε), within a few standard errors
-        let mean = a.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
-        let var = a.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(
-            (mean - 1.0).abs() < 4.0 * (0.01 / 3.0 / n as f64).sqrt(),
-            "mean {mean}"
-        );
-        assert!((var / (0.01 / 3.0) - 1.0).abs() < 0.02, "variance {var}");
-        // blocks are distinct streams, not copies of one another
-        assert_ne!(a[..JITTER_BLOCK], a[JITTER_BLOCK..2 * JITTER_BLOCK]);
-        let b = jitter_noise::<f64>(n, 7, 0.1);
-        assert!(b.iter().all(|&v| (0.9..=1.1).contains(&v)));
-    }
 }

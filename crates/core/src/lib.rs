@@ -37,6 +37,7 @@ pub mod expert;
 pub mod gate;
 pub mod layer;
 pub mod losses;
+pub mod noise;
 pub mod params;
 pub mod plan;
 pub mod router;

@@ -3,7 +3,6 @@
 
 use candle_core::Tensor;
 
-use crate::router::{host, top_k};
 use crate::{MoeError, Result};
 
 /// Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4):
@@ -69,19 +68,18 @@ pub fn load(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<Te
         // every expert is always in the top-k: the load is exactly balanced
         return Ok(Tensor::zeros((), clean.dtype(), clean.device())?);
     }
-    let (vals, _) = host(noisy)?;
+    // each token's k+1 largest noisy logits, best first
+    let top = crate::router::top_k_pairs(noisy, k + 1, None)?;
     let (mut idx_in, mut idx_out, mut is_in) = (
         Vec::with_capacity(t),
         Vec::with_capacity(t),
         vec![0f64; t * e],
     );
-    for tok in 0..t {
-        let row = &vals[tok * e..(tok + 1) * e];
-        let top = top_k(row, k + 1, 0..e);
-        idx_in.push(top[k] as u32); // (k+1)-th largest
-        idx_out.push(top[k - 1] as u32); // k-th largest
-        for &x in &top[..k] {
-            is_in[tok * e + x] = 1.0;
+    for (tok, row) in top.chunks_exact(k + 1).enumerate() {
+        idx_in.push(row[k].1); // (k+1)-th largest
+        idx_out.push(row[k - 1].1); // k-th largest
+        for &(_, x) in &row[..k] {
+            is_in[tok * e + x as usize] = 1.0;
         }
     }
     let dev = noisy.device();

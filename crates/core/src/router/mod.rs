@@ -71,6 +71,12 @@ pub enum Dense {
     /// implicit, so neither the mask nor the product is built (the layer reads only the
     /// plan's entries, [`crate::rowops::plan_weights_masked`]).
     Masked(Tensor),
+    /// The softmax over each row's plan entries of these logits, zero elsewhere (Shazeer's
+    /// `softmax(KeepTopK(H, k))`): rows already sum to 1 over the plan, whatever the layer's
+    /// `renormalize` says. Computed as the full row softmax renormalised over the plan
+    /// ([`crate::rowops::softmax_rows`], then [`crate::rowops::plan_weights_masked`]), not as
+    /// a masked `[T, E]` graph.
+    MaskedSoftmax(Tensor),
 }
 
 impl Dense {
@@ -79,6 +85,7 @@ impl Dense {
         match self {
             Dense::Tensor(t) => Ok(t.clone()),
             Dense::Masked(s) => Ok((s * plan_mask(plan, s)?)?),
+            Dense::MaskedSoftmax(l) => masked_softmax(l, &plan_mask(plan, l)?),
         }
     }
 }

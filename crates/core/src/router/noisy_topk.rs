@@ -3,15 +3,14 @@
 //! and softmax over just those. The gate produces `2E` columns: clean logits, then the raw
 //! noise scales. Its smooth load loss is in `losses::load`.
 
-use candle_core::Tensor;
-use rand_distr::{Distribution, StandardNormal};
+use rand::Rng;
 
 use super::{
-    expect_cols, host, mask_unavailable, masked_softmax, plan_mask, softmax, top_k, Router,
-    RouterInput, RouterOutput,
+    expect_cols, mask_unavailable, softmax, top_k_pairs, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::RouterConfig;
 use crate::expert::softplus;
+use crate::noise::{self, Dist};
 use crate::plan::DispatchPlan;
 use crate::{losses, Result};
 
@@ -50,35 +49,22 @@ impl Router for NoisyTopKRouter {
         let (noisy, std) = if input.train {
             // std = softplus(x · W_noise) + noise_epsilon
             let std = (softplus(&input.gate_out.narrow(1, e, e)?)? + NOISE_FLOOR)?;
-            let eps: Vec<f64> = (0..t * e)
-                .map(|_| StandardNormal.sample(&mut *input.rng))
-                .collect();
-            let eps = Tensor::from_vec(eps, (t, e), clean.device())?.to_dtype(clean.dtype())?;
+            // ε ~ N(0, 1): drawn in the logits' dtype, in parallel, from one seed
+            let eps = noise::tensor_like(&clean, input.rng.random(), Dist::Normal)?;
             ((&clean + (eps * &std)?)?, Some(std))
         } else {
             (clean.clone(), None)
         };
-        let (vals, _) = host(&noisy)?;
-        let mut pairs = Vec::with_capacity(t * self.k);
-        for tok in 0..t {
-            for x in top_k(
-                &vals[tok * e..(tok + 1) * e],
-                self.k,
-                (0..e).filter(|&x| input.is_available(x)),
-            ) {
-                pairs.push((tok as u32, x as u32));
-            }
-        }
+        let pairs = top_k_pairs(&noisy, self.k, input.available)?;
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
-        // G = softmax(KeepTopK(H, k))
-        let dense = masked_softmax(&noisy, &plan_mask(&plan, &noisy)?)?;
         let load_loss = match &std {
             Some(std) => Some(losses::load(&clean, &noisy, std, self.k)?),
             None => None,
         };
         Ok(RouterOutput {
             plan,
-            dense: super::Dense::Tensor(dense),
+            // G = softmax(KeepTopK(H, k))
+            dense: Dense::MaskedSoftmax(noisy),
             probs: softmax(&clean)?,
             logits: Some(raw),
             load_loss,

@@ -1,0 +1,72 @@
+//! `route_only` forward+backward (gate, router, plan, weights, losses, statistics) of the
+//! softmax top-k, noisy top-k and Switch routers at fine64's shapes (T=4096, d=512, E=64,
+//! k=8; Switch k=1), in training mode, on the recycling allocator the binaries use.
+//!
+//! Run with: `RAYON_NUM_THREADS=1 cargo run --release -p switchyard-bench --example router_probe`
+//! (`ONLY=noisy_top_k` runs one router, e.g. under perf).
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::time::Instant;
+use switchyard_core::*;
+
+#[global_allocator]
+static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
+    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+
+/// Median of 15 timed calls after one warm-up, in ms.
+fn med(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..15)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[7]
+}
+
+fn main() {
+    let routers = [
+        ("top_k", RouterConfig::TopK { k: 8 }),
+        ("noisy_top_k", RouterConfig::NoisyTopK { k: 8 }),
+        (
+            "switch",
+            RouterConfig::Switch {
+                k: 1,
+                capacity_factor: 1.25,
+                eval_capacity_factor: None,
+                drop_policy: DropPolicy::Position,
+            },
+        ),
+    ];
+    let only = std::env::var("ONLY").ok();
+    for (name, router) in routers {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let cfg = MoeConfig {
+            d_model: 512,
+            experts: vec![ExpertSpec::swiglu(256); 64],
+            router,
+            ..Default::default()
+        };
+        let store = ParamStore::new();
+        let pb = ParamBuilder::new(&store, 1, DType::F32, &Device::Cpu);
+        let layer = MoeLayer::new(&pb.pp("moe"), &cfg).unwrap();
+        let x = Tensor::randn(0f32, 1., (4096, 512), &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&x).unwrap();
+        let ms = med(|| {
+            let mut r = ChaCha8Rng::seed_from_u64(0);
+            let (routing, aux) = layer
+                .route_only(x.as_tensor(), &mut ForwardCtx::new(true, &mut r))
+                .unwrap();
+            let loss = ((routing.weights.sum_all().unwrap() * 0.1).unwrap() + aux).unwrap();
+            loss.backward().unwrap();
+        });
+        println!("{name}: route_only fwd+bwd {ms:.2} ms");
+    }
+}
