@@ -8,26 +8,11 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::time::Instant;
 use switchyard_core::*;
 
 #[global_allocator]
 static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
     switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
-
-/// Median of 15 timed calls after one warm-up, in ms.
-fn med(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut v: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[7]
-}
 
 fn main() {
     let routers = [
@@ -59,14 +44,16 @@ fn main() {
         let layer = MoeLayer::new(&pb.pp("moe"), &cfg).unwrap();
         let x = Tensor::randn(0f32, 1., (4096, 512), &Device::Cpu).unwrap();
         let x = Var::from_tensor(&x).unwrap();
-        let ms = med(|| {
+        // median of 15 timed calls after one warm-up
+        let secs = switchyard_bench::timing::median_secs(15, || -> Result<()> {
             let mut r = ChaCha8Rng::seed_from_u64(0);
-            let (routing, aux) = layer
-                .route_only(x.as_tensor(), &mut ForwardCtx::new(true, &mut r))
-                .unwrap();
-            let loss = ((routing.weights.sum_all().unwrap() * 0.1).unwrap() + aux).unwrap();
-            loss.backward().unwrap();
-        });
+            let (routing, aux) =
+                layer.route_only(x.as_tensor(), &mut ForwardCtx::new(true, &mut r))?;
+            ((routing.weights.sum_all()? * 0.1)? + aux)?.backward()?;
+            Ok(())
+        })
+        .unwrap();
+        let ms = secs * 1e3;
         println!("{name}: route_only fwd+bwd {ms:.2} ms");
     }
 }
