@@ -63,34 +63,13 @@ pub fn importance(gates: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `clean`, `noisy`, `std`: `[T, E]` → scalar.
 pub fn load(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<Tensor> {
-    let (t, e) = noisy.dims2()?;
+    let (_, e) = noisy.dims2()?;
     if k >= e {
         // every expert is always in the top-k: the load is exactly balanced
         return Ok(Tensor::zeros((), clean.dtype(), clean.device())?);
     }
-    // each token's k+1 largest noisy logits, best first
-    let top = crate::router::top_k_pairs(noisy, k + 1, None)?;
-    let (mut idx_in, mut idx_out, mut is_in) = (
-        Vec::with_capacity(t),
-        Vec::with_capacity(t),
-        vec![0f64; t * e],
-    );
-    for (tok, row) in top.chunks_exact(k + 1).enumerate() {
-        idx_in.push(row[k].1); // (k+1)-th largest
-        idx_out.push(row[k - 1].1); // k-th largest
-        for &(_, x) in &row[..k] {
-            is_in[tok * e + x as usize] = 1.0;
-        }
-    }
-    let dev = noisy.device();
-    let thr_in = noisy.gather(&Tensor::from_vec(idx_in, (t, 1), dev)?, 1)?;
-    let thr_out = noisy.gather(&Tensor::from_vec(idx_out, (t, 1), dev)?, 1)?;
-    let is_in = Tensor::from_vec(is_in, (t, e), dev)?.to_dtype(noisy.dtype())?;
-    let p_in = normal_cdf(&clean.broadcast_sub(&thr_in)?.div(std)?)?;
-    let p_out = normal_cdf(&clean.broadcast_sub(&thr_out)?.div(std)?)?;
-    // torch: prob = torch.where(is_in, p_in, p_out)
-    let prob = ((&is_in * p_in)? + ((1.0 - &is_in)? * p_out)?)?;
-    cv_squared(&prob.sum(0)?)
+    // Σ_t P(t, i), fused on the CPU (`rowops::load_sums_composed` is the readable form)
+    cv_squared(&crate::rowops::load_sums(clean, noisy, std, k)?)
 }
 
 /// Standard normal CDF `Φ(x) = ½(1 + erf(x/√2))`.

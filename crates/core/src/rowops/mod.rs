@@ -121,6 +121,9 @@ macro_rules! per_float {
     };
 }
 
+mod load;
+pub use load::{load_sums, load_sums_composed};
+
 struct SoftmaxRows;
 
 impl CustomOp1 for SoftmaxRows {
