@@ -339,8 +339,10 @@ pub fn safe_row_normalize(x: &Tensor) -> Result<Tensor> {
 
 /// Adds a large negative constant to the logits of unavailable experts, so every score
 /// function (softmax, sigmoid) gives them exactly zero.
+/// What [`mask_unavailable`] adds to the logit of an expert that is not available.
+pub(crate) const UNAVAILABLE_LOGIT: f64 = -1e9;
+
 pub(crate) fn mask_unavailable(logits: &Tensor, available: Option<&[bool]>) -> Result<Tensor> {
-    const UNAVAILABLE_LOGIT: f64 = -1e9;
     match available {
         None => Ok(logits.clone()),
         Some(a) => {

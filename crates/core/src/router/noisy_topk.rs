@@ -9,10 +9,9 @@ use super::{
     expect_cols, mask_unavailable, softmax, top_k_pairs, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::RouterConfig;
-use crate::expert::softplus;
 use crate::noise::{self, Dist};
 use crate::plan::DispatchPlan;
-use crate::{losses, Result};
+use crate::{losses, rowops, Result};
 
 /// Shazeer's `noise_epsilon`: a floor on the noise scale, so Φ never divides by ~0.
 const NOISE_FLOOR: f64 = 1e-2;
@@ -47,11 +46,12 @@ impl Router for NoisyTopKRouter {
         let raw = input.gate_out.narrow(1, 0, e)?;
         let clean = mask_unavailable(&raw, input.available)?;
         let (noisy, std) = if input.train {
-            // std = softplus(x · W_noise) + noise_epsilon
-            let std = (softplus(&input.gate_out.narrow(1, e, e)?)? + NOISE_FLOOR)?;
             // ε ~ N(0, 1): drawn in the logits' dtype, in parallel, from one seed
             let eps = noise::tensor_like(&clean, input.rng.random(), Dist::Normal)?;
-            ((&clean + (eps * &std)?)?, Some(std))
+            // H = clean + ε · std, std = softplus(x · W_noise) + noise_epsilon (fused)
+            let (noisy, std) =
+                rowops::noisy_logits(input.gate_out, &eps, input.available, NOISE_FLOOR)?;
+            (noisy, Some(std))
         } else {
             (clean.clone(), None)
         };

@@ -122,7 +122,9 @@ macro_rules! per_float {
 }
 
 mod load;
+mod noisy;
 pub use load::{load_sums, load_sums_composed};
+pub use noisy::{noisy_logits, noisy_logits_composed};
 
 struct SoftmaxRows;
 
