@@ -1,7 +1,8 @@
-//! `kernel::set_wave_rows`, `kernel::set_overfill` and `kernel::set_packing` (process-wide,
-//! hence their own test binary and one test function): every wave size, with waves and tiles
-//! allowed over their budgets or not, gives the reference's results and the same bits for any
-//! thread count; packed weights give `gemm`'s bits.
+//! `kernel::set_wave_rows`, `kernel::set_overfill`, `kernel::set_packing` and
+//! `kernel::set_stream_min_bytes` (process-wide, hence their own test binary and one test
+//! function): every wave size, with waves and tiles allowed over their budgets or not, gives
+//! the reference's results and the same bits for any thread count; packed weights give
+//! `gemm`'s bits; streamed weight-gradient blocks the same bits as blocks written in place.
 
 mod big_plan;
 
@@ -72,4 +73,36 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
             "{threads} threads: packing changed the bits"
         );
     }
+
+    // final weight-gradient blocks streamed out of a per-thread block (large expert
+    // gradients; forced here for every size) give the bits of blocks written in place: the
+    // big plan in one wave (every expert's blocks streamed), the uneven one in waves of 512
+    // rows (experts continued in a later wave, not streamed, mixed in)
+    for (name, plan, rows) in [("big", &b, usize::MAX), ("uneven", &u, 512)] {
+        kernel::set_wave_rows(rows);
+        for threads in [1, 3] {
+            kernel::set_stream_min_bytes(usize::MAX);
+            dirty();
+            let before = kernel::streamed_blocks();
+            let plain = plan.kernel_bits(threads, |_, _| {});
+            assert_eq!(
+                kernel::streamed_blocks(),
+                before,
+                "{name}: streamed when off"
+            );
+            kernel::set_stream_min_bytes(0);
+            dirty();
+            let streamed = plan.kernel_bits(threads, |_, _| {});
+            assert!(
+                kernel::streamed_blocks() > before,
+                "{name}, {threads} threads: no block was streamed"
+            );
+            assert!(
+                plain == streamed,
+                "{name}, {threads} threads: streaming changed the bits"
+            );
+        }
+    }
+    kernel::set_stream_min_bytes(kernel::STREAM_MIN_BYTES);
+    kernel::set_wave_rows(0);
 }

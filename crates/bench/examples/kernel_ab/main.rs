@@ -10,6 +10,8 @@
 //! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
 //! `SWITCHYARD_AB_PACKING=0`, without packing experts' weights once per wave; with
 //! `SWITCHYARD_AB_OVERFILL=0`, with waves and tiles never over their budgets; with
+//! `SWITCHYARD_AB_STREAM_MIN=N`, streaming final weight-gradient blocks of expert gradients
+//! of N bytes and up (`18446744073709551615`: never); with
 //! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
 //! (the default is `Recycling::MIN_BYTES`).
 
@@ -111,6 +113,11 @@ fn main() {
             ("SWITCHYARD_AB_WGRAD_JOBS", kernel::set_wgrad_jobs, 0),
             ("SWITCHYARD_AB_RECYCLE_MIN", recycle_min, default_min),
             ("SWITCHYARD_AB_ROW_TILE", kernel::set_row_tile, 0),
+            (
+                "SWITCHYARD_AB_STREAM_MIN",
+                kernel::set_stream_min_bytes,
+                kernel::STREAM_MIN_BYTES,
+            ),
             ("SWITCHYARD_AB_PACKING", |v| kernel::set_packing(v != 0), 1),
             (
                 "SWITCHYARD_AB_OVERFILL",

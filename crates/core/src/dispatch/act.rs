@@ -452,6 +452,41 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     p * scale
 }
 
+/// `dst[..src.len()] = src` by non-temporal stores (x86-64: the 16-byte aligned middle
+/// through `movntdq`, the ends by plain copies, then a store fence), which write whole cache
+/// lines to memory without first reading them: a plain store to a line not in cache reads it
+/// (8.5 GB/s of writes on this machine against 20–21 GB/s streamed, 1 GiB, 1 thread). For
+/// results that are final and too large to stay in cache, e.g. the expert gradient at large E.
+///
+/// # Safety
+/// `dst` is valid for `src.len()` writes and does not overlap `src`.
+pub(crate) unsafe fn stream_copy<T: Copy>(dst: *mut T, src: &[T]) {
+    let bytes = std::mem::size_of_val(src);
+    let (d, s) = (dst as *mut u8, src.as_ptr() as *const u8);
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+        let head = d.align_offset(16).min(bytes);
+        std::ptr::copy_nonoverlapping(s, d, head);
+        let body = (bytes - head) / 16 * 16;
+        let mut i = head;
+        while i < head + body {
+            // SAFETY: `d + i` is 16-byte aligned and 16 bytes inside `dst`; `s + i` 16 bytes
+            // inside `src` (SSE2 is part of x86-64)
+            _mm_stream_si128(
+                d.add(i) as *mut __m128i,
+                _mm_loadu_si128(s.add(i) as *const __m128i),
+            );
+            i += 16;
+        }
+        std::ptr::copy_nonoverlapping(s.add(i), d.add(i), bytes - i);
+        // the streamed lines are weakly ordered: fence them before anyone else reads them
+        _mm_sfence();
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::ptr::copy_nonoverlapping(s, d, bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

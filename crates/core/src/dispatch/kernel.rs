@@ -129,6 +129,9 @@ pub struct Workspace<T> {
     a: Vec<T>,
     /// A weight-gradient job's block of `[dU | dV]` or `w ⊙ a`, packed for the microkernel.
     apack: Vec<T>,
+    /// A weight-gradient job's result block, when it is streamed to the gradient afterwards
+    /// (see [`STREAM_MIN_BYTES`]).
+    wblock: Vec<T>,
 }
 
 fn grown<T: KFloat>(v: &mut Vec<T>, len: usize) -> &mut [T] {
@@ -672,6 +675,30 @@ static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 static PACKING: AtomicBool = AtomicBool::new(true);
 static PACKINGS: AtomicUsize = AtomicUsize::new(0);
 static OVERFILL: AtomicBool = AtomicBool::new(true);
+static STREAM_MIN: AtomicUsize = AtomicUsize::new(STREAM_MIN_BYTES);
+static STREAMED: AtomicUsize = AtomicUsize::new(0);
+
+/// Expert gradients of at least this many bytes are written with non-temporal stores where an
+/// expert's weight-gradient block is final in one job (the job's segment holds all the
+/// expert's rows): computed in a per-thread block that stays in cache, then streamed out
+/// (`act::stream_copy`), since a plain store reads every line before writing it. Blocks that a
+/// later wave adds to keep the plain stores (streaming would send them to memory only to read
+/// them back). The size is where it paid on the development VM (`kernel_ab`,
+/// `SWITCHYARD_AB_STREAM_MIN`, 1 thread): 1.03–1.06× at E=1024 (a 1.6 GB gradient),
+/// 0.94–1.00× at E=256–512 (0.4–0.8 GB, which a 480 MiB last-level cache partly holds),
+/// 1.00–1.02× at fine64 (0.1 GB).
+pub const STREAM_MIN_BYTES: usize = 1 << 30;
+
+/// Overrides [`STREAM_MIN_BYTES`] for the whole process (`usize::MAX`: never stream, `0`:
+/// always), for A/B measurements and tests; the results are the same bits either way.
+pub fn set_stream_min_bytes(bytes: usize) {
+    STREAM_MIN.store(bytes, Ordering::Relaxed);
+}
+
+/// Weight-gradient blocks streamed out so far (process-wide), for tests.
+pub fn streamed_blocks() -> usize {
+    STREAMED.load(Ordering::Relaxed)
+}
 
 /// Whether waves finish an expert when that overfills their budget by at most a quarter, and
 /// row tiles take up to a quarter more rather than leave a small last tile (default on); off:
@@ -1187,6 +1214,7 @@ pub fn backward<T: KFloat>(
         );
 
         // phase B, per column block of each expert's weights: weight (and bias) gradients
+        let stream = layout.total * std::mem::size_of::<T>() >= STREAM_MIN.load(Ordering::Relaxed);
         let dps = dp.disjoint();
         let (duv, aw, rows) = (&duv[..], &aw[..], &rows);
         run_jobs(
@@ -1218,7 +1246,18 @@ pub fn backward<T: KFloat>(
                     }
                 };
                 let dwt = dps.ptr(w_at + c0 * d, cb * d);
+                let expert_rows = plan.range(e).len();
                 T::with_ws(|ws| {
+                    // a block this job writes whole and final: computed in cache, then streamed
+                    let streamed = stream
+                        && seg.r0 == 0
+                        && seg.r1 == expert_rows
+                        && matches!(rows, WaveRows::Packed(_));
+                    let out = if streamed {
+                        grown(&mut ws.wblock, cb * d).as_mut_ptr()
+                    } else {
+                        dwt
+                    };
                     for r0 in (seg.r0..seg.r1).step_by(WGRAD_ROWS) {
                         let mr = WGRAD_ROWS.min(seg.r1 - r0);
                         let at = off + (r0 - seg.r0) * width + c0;
@@ -1228,12 +1267,13 @@ pub fn backward<T: KFloat>(
                         match rows {
                             WaveRows::Packed(chunks) => {
                                 let pb = &chunks[si][(r0 - seg.r0) / WGRAD_ROWS][which];
-                                // SAFETY: the job's own cb × d block; the expert's first chunk
-                                // (r0 = 0) writes it whole before later chunks add to it
+                                // SAFETY: the job's own cb × d block (or its copy in the
+                                // workspace); the expert's first chunk (r0 = 0) writes it whole
+                                // before later chunks add to it
                                 unsafe {
                                     mm_packed_strided_raw(
                                         cb,
-                                        dwt,
+                                        out,
                                         r0 > 0,
                                         &src[at..],
                                         (1, width),
@@ -1290,6 +1330,11 @@ pub fn backward<T: KFloat>(
                             }
                             _ => {}
                         }
+                    }
+                    if streamed {
+                        // SAFETY: the job's own cb × d block of the gradient, written whole
+                        unsafe { act::stream_copy(dwt, &ws.wblock[..cb * d]) };
+                        STREAMED.fetch_add(1, Ordering::Relaxed);
                     }
                 })
             },
