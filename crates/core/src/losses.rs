@@ -61,7 +61,7 @@ pub fn importance(gates: &Tensor) -> Result<Tensor> {
 /// logit of the row if `i` is in the top-k, else the k-th largest.
 ///
 /// # Shapes
-/// `clean`, `noisy`, `std`: `[T, E]` → scalar.
+/// `clean`, `noisy`, `std`: `[T, E]` → scalar; `k ≥ 1` (an error otherwise).
 pub fn load(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<Tensor> {
     let (_, e) = noisy.dims2()?;
     if k >= e {

@@ -78,11 +78,13 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     // gradients; forced here for every size) give the bits of blocks written in place: the
     // big plan in one wave (every expert's blocks streamed), the uneven one in waves of 512
     // rows (experts continued in a later wave, not streamed, mixed in)
+    // leave large values in freed memory of the plan's gradient size (see `dirty` above)
+    let dirty_for = |total: usize| drop(vec![1e30f32; total]);
     for (name, plan, rows) in [("big", &b, usize::MAX), ("uneven", &u, 512)] {
         kernel::set_wave_rows(rows);
         for threads in [1, 3] {
             kernel::set_stream_min_bytes(usize::MAX);
-            dirty();
+            dirty_for(plan.layout.total);
             let before = kernel::streamed_blocks();
             let plain = plan.kernel_bits(threads, |_, _| {});
             assert_eq!(
@@ -91,7 +93,7 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
                 "{name}: streamed when off"
             );
             kernel::set_stream_min_bytes(0);
-            dirty();
+            dirty_for(plan.layout.total);
             let streamed = plan.kernel_bits(threads, |_, _| {});
             assert!(
                 kernel::streamed_blocks() > before,

@@ -688,6 +688,9 @@ static STREAMED: AtomicUsize = AtomicUsize::new(0);
 /// 0.94–1.00× at E=256–512 (0.4–0.8 GB, which a 480 MiB last-level cache partly holds),
 /// 1.00–1.02× at fine64 (0.1 GB).
 pub const STREAM_MIN_BYTES: usize = 1 << 30;
+/// ...and only blocks of at most this many bytes, which stay in a core's L2 between the
+/// product and the copy (E=1024's largest, the up projection of one expert, is 1 MiB).
+const STREAM_BLOCK_MAX: usize = 1 << 20;
 
 /// Overrides [`STREAM_MIN_BYTES`] for the whole process (`usize::MAX`: never stream, `0`:
 /// always), for A/B measurements and tests; the results are the same bits either way.
@@ -1250,6 +1253,7 @@ pub fn backward<T: KFloat>(
                 T::with_ws(|ws| {
                     // a block this job writes whole and final: computed in cache, then streamed
                     let streamed = stream
+                        && cb * d * std::mem::size_of::<T>() <= STREAM_BLOCK_MAX
                         && seg.r0 == 0
                         && seg.r1 == expert_rows
                         && matches!(rows, WaveRows::Packed(_));

@@ -337,11 +337,11 @@ pub fn safe_row_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.broadcast_div(&(s + zero_rows)?)?)
 }
 
-/// Adds a large negative constant to the logits of unavailable experts, so every score
-/// function (softmax, sigmoid) gives them exactly zero.
 /// What [`mask_unavailable`] adds to the logit of an expert that is not available.
 pub(crate) const UNAVAILABLE_LOGIT: f64 = -1e9;
 
+/// Adds a large negative constant to the logits of unavailable experts, so every score
+/// function (softmax, sigmoid) gives them exactly zero.
 pub(crate) fn mask_unavailable(logits: &Tensor, available: Option<&[bool]>) -> Result<Tensor> {
     match available {
         None => Ok(logits.clone()),

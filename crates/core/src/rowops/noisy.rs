@@ -9,7 +9,8 @@
 //! with the load loss, most of what the noisy router cost over plain top-k. Here each
 //! direction is one pass over the rows, split over the pool by rows (the same bits at any
 //! thread count). The backward writes the gate output's gradient
-//! `[∂noisy | (∂noisy · ε + ∂std) · σ(raw)]`; the noise gets none.
+//! `[∂noisy | (∂noisy · ε + ∂std) · σ(raw)]`, and the noise's, `∂noisy · std`, only when the
+//! noise is itself tracked (the router's is a constant).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -63,10 +64,11 @@ fn check(gate_out: &Tensor, eps: &Tensor, available: Option<&[bool]>) -> Result<
         return Err(MoeError::input(
             "noisy logits",
             format!(
-                "gate output {:?} must be [T, 2E] with noise [T, E] (noise {:?}, {} availability flags)",
+                "gate output {:?} must be [T, 2E] with noise [T, E] and E availability flags \
+                 (got noise {:?}, {} flags)",
                 gate_out.dims(),
                 eps.dims(),
-                available.map_or(e, <[bool]>::len)
+                available.map_or_else(|| "no".to_string(), |a| a.len().to_string())
             ),
         ));
     }
@@ -159,12 +161,18 @@ impl CustomOp2 for NoisyLogits {
         &self,
         g: &Tensor,
         eps: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        // ∂eps = ∂noisy · std, as the composed ops give; skipped for a constant noise
+        let deps = if eps.track_op() {
+            Some((grad.get(0)? * res.get(1)?)?)
+        } else {
+            None
+        };
         Ok((
             Some(g.apply_op3(eps, &grad.contiguous()?, NoisyLogitsBwd)?),
-            None,
+            deps,
         ))
     }
 }
@@ -239,7 +247,9 @@ mod tests {
     fn inputs(t: usize, e: usize, dtype: DType) -> (Var, Tensor) {
         let f = |i: usize, a: usize, b: usize| ((i * a % b) as f64 - (b / 2) as f64) / b as f64;
         let mut g: Vec<f64> = (0..t * 2 * e).map(|i| 3.0 * f(i, 37, 23)).collect();
-        g[e..2 * e].iter_mut().for_each(|x| *x += 25.0);
+        if t > 0 {
+            g[e..2 * e].iter_mut().for_each(|x| *x += 25.0);
+        }
         let eps: Vec<f64> = (0..t * e).map(|i| 2.0 * f(i, 29, 19)).collect();
         let dev = &Device::Cpu;
         let g = Tensor::from_vec(g, (t, 2 * e), dev)
@@ -276,7 +286,7 @@ mod tests {
 
     #[test]
     fn fused_logits_match_the_composed_ops_with_their_gradient() {
-        let mut avail = vec![true; 9];
+        let mut avail = [true; 9];
         avail[4] = false;
         for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-6)] {
             for (t, e, a) in [(150, 9, None), (70, 9, Some(&avail[..])), (3, 1, None)] {
@@ -296,6 +306,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_tracked_noise_gets_the_composed_gradient_and_no_rows_work() {
+        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-6)] {
+            let (g, eps) = inputs(30, 4, dtype);
+            let eps = Var::from_tensor(&eps).unwrap();
+            let deps = |f: Logits| {
+                let (n, s) = f(g.as_tensor(), eps.as_tensor(), None, 1e-2).unwrap();
+                let loss = ((&n * eps.as_tensor().cos().unwrap())
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    + s.sum_all().unwrap())
+                .unwrap();
+                let grads = loss.backward().unwrap();
+                let d = grads.get(eps.as_tensor()).unwrap();
+                d.to_dtype(DType::F64)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f64>()
+                    .unwrap()
+            };
+            let (a, b) = (deps(noisy_logits), deps(noisy_logits_composed));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                .fold(0.0, f64::max);
+            assert!(worst < tol, "{dtype:?} noise gradient: {worst:e}");
+        }
+        // T = 0: empty results, as the composed ops give
+        let (g, eps) = inputs(0, 3, DType::F32);
+        let (n, s) = noisy_logits(g.as_tensor(), &eps, None, 1e-2).unwrap();
+        assert_eq!((n.dims(), s.dims()), (&[0, 3][..], &[0, 3][..]));
+        let dg = n.sum_all().unwrap().backward().unwrap();
+        assert_eq!(dg.get(g.as_tensor()).unwrap().dims(), &[0, 6]);
     }
 
     #[test]
