@@ -157,6 +157,7 @@ fn main() {
             }
         });
         // how busy the threads were: job time summed over threads / (threads · wall)
+        let streamed = kernel::streamed_blocks();
         let busy = pool.install(|| {
             switchyard_core::dispatch::profile::set_enabled(true);
             switchyard_core::dispatch::profile::take();
@@ -168,8 +169,9 @@ fn main() {
             p.total_ns as f64 * 1e-9 / (wall * threads as f64)
         });
         println!(
-            "{name:<9} threads {threads}: jobs busy {:.1} % of thread time",
-            busy * 100.0
+            "{name:<9} threads {threads}: jobs busy {:.1} % of thread time, {} weight-gradient blocks streamed per call",
+            busy * 100.0,
+            kernel::streamed_blocks() - streamed
         );
         // the current kernel's forward and backward timed apart (medians)
         let (mut tf, mut tb) = (Vec::new(), Vec::new());
