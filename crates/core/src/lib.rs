@@ -11,6 +11,9 @@
 //! - [`expert`]: FFN and SwiGLU experts of any width, packed into one parameter per layer;
 //! - [`dispatch`]: the readable reference and the CPU custom op with its explicit backward;
 //! - [`losses`], [`stats`]: balancing losses, z-loss and routing statistics;
+//! - [`rowops`]: the routers' and losses' `[T, E]` ops fused on the CPU (softmax,
+//!   log-sum-exp, column means, plan weights, the noisy router's logits and load sums), each
+//!   beside its composed candle form; [`noise`]: parallel, seeded noise tensors;
 //! - [`layer`]: [`MoeLayer`]; [`soft_moe`]: [`SoftMoeLayer`], both behind [`MoeBlock`].
 //!
 //! ```
