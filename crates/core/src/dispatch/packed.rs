@@ -124,7 +124,7 @@ pub struct PackedB<T: 'static> {
 }
 
 impl<T: GemmFloat + num_traits::Float> PackedB<T> {
-    /// An empty packing that reuses `buf`'s memory; fill it with [`Self::pack_panels`].
+    /// An empty packing that reuses `buf`'s memory; fill it with [`Self::pack`] or, over several threads, [`Self::packer`].
     /// `rows_hint`: the typical row count of `A` (blocks the product like `gemm` would).
     pub fn new(mut buf: Vec<T>, k: usize, n: usize, rows_hint: usize, ukr: Ukr<T>) -> Self {
         let mr = ukr.mr();

@@ -263,7 +263,7 @@ impl CustomOp3 for LogSumExpBwd {
 /// candle reduces over the first dimension element by element with a stride (0.9 ms for
 /// `[4096, 64]`, 15 ms for `[4096, 1024]` at 1 thread: ~1 GB/s), and its backward
 /// materialises the broadcast `[T, E]` gradient. Here the forward adds rows in blocks of
-/// [`ROWS_PER_JOB`] over the pool (f64 partial sums, blocks merged in order: the same result at
+/// 64 rows over the pool (f64 partial sums, blocks merged in order: the same result at
 /// any thread count) and the backward hands candle the `[E]` gradient over `T` as a broadcast
 /// view, which its accumulation reads without a `[T, E]` copy.
 pub fn col_means(x: &Tensor) -> Result<Tensor> {

@@ -20,7 +20,7 @@ use crate::router::UNAVAILABLE_LOGIT;
 use crate::{MoeError, Result};
 
 /// `(noisy, std)`, each `[T, E]`, from `gate_out [T, 2E]` and `eps [T, E]`; experts marked
-/// unavailable get [`UNAVAILABLE_LOGIT`] added to their clean logit, as the router's
+/// unavailable get −1e9 added to their clean logit, as the router's
 /// `mask_unavailable` does.
 pub fn noisy_logits(
     gate_out: &Tensor,
