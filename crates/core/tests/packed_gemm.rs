@@ -54,8 +54,9 @@ fn check<T: GemmFloat + num_traits::Float>(tol: f64, what: &str) -> usize {
             let a_t = (1, m + 2);
             let a = vals::<T>(m.max(k) * (m.max(k) + 3), 20 + si as u64);
             for accumulate in [false, true] {
-                // pieces: 1 = packed at once, 3 = in three panel ranges, 0 = row by row
-                for pieces in [1, 3, 0] {
+                // pieces: 1 = packed at once, 3 = in three panel ranges, 0 = row by row,
+                // 4 = in three row ranges (`pack_rows`, contiguous and transposed storage)
+                for pieces in [1, 3, 0, 4] {
                     // a reused, dirty buffer: packing must write every entry a product reads
                     let mut pb = PackedB::new(vec![T::nan(); 7], k, n, m, ukr);
                     if pieces == 0 {
@@ -73,6 +74,12 @@ fn check<T: GemmFloat + num_traits::Float>(tol: f64, what: &str) -> usize {
                         }
                     } else if pieces == 1 {
                         pb.pack(&b, strides);
+                    } else if pieces == 4 {
+                        let packer = pb.packer(&b, strides);
+                        // SAFETY: disjoint row ranges, one after the other
+                        for i in 0..3 {
+                            unsafe { packer.pack_rows(i * k / 3, (i + 1) * k / 3) };
+                        }
                     } else {
                         let panels = pb.panels();
                         let packer = pb.packer(&b, strides);

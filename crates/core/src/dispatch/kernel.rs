@@ -468,8 +468,10 @@ fn packable_for(n: usize, tile: usize, overfill: bool) -> bool {
     n > tile && n / tile_count_for(n, tile, overfill) > 64
 }
 
-/// Panels per packing job (of `MR` columns each).
+/// Panels per packing job (of `MR` columns each), for weights read transposed...
 const PACK_PANELS: usize = 4;
+/// ...and rows per packing job for weights whose rows are contiguous.
+const PACK_ROWS: usize = 64;
 
 /// The weights of the current wave's experts, packed once for all their row tiles (see
 /// [`super::packed`]); segments of at most one row tile keep calling `gemm`, which packs
@@ -556,20 +558,38 @@ impl<T: KFloat> WavePacks<T> {
                         .map(|(pb, f)| pb.packer(&p[f.at..], f.strides))
                 })
                 .collect();
+            // weights whose packed rows are rows of their storage: jobs of whole rows (read in
+            // order); transposed ones: jobs of panels (each reads its rows of the storage)
             let mut jobs = Vec::new();
             for (i, pk) in packers.iter().enumerate() {
-                let panels = pk.panels();
-                jobs.extend(
-                    (0..panels)
-                        .step_by(PACK_PANELS)
-                        .map(|p0| (i, p0, (p0 + PACK_PANELS).min(panels))),
-                );
+                if pk.rows_contiguous() {
+                    let rows = pk.rows();
+                    jobs.extend(
+                        (0..rows)
+                            .step_by(PACK_ROWS)
+                            .map(|r0| (i, true, r0, (r0 + PACK_ROWS).min(rows))),
+                    );
+                } else {
+                    let panels = pk.panels();
+                    jobs.extend(
+                        (0..panels)
+                            .step_by(PACK_PANELS)
+                            .map(|p0| (i, false, p0, (p0 + PACK_PANELS).min(panels))),
+                    );
+                }
             }
-            // SAFETY: every job packs its own panel range of its own packing
+            // SAFETY: every job packs its own row or panel range of its own packing, and a
+            // packing gets only one kind of range
             run_jobs(
                 jobs,
-                |j| j.2 - j.1,
-                |(i, p0, p1)| unsafe { packers[i].pack(p0, p1) },
+                |j| (j.3 - j.2) * if j.1 { 1 } else { PACK_ROWS / PACK_PANELS },
+                |(i, by_rows, a, b)| unsafe {
+                    if by_rows {
+                        packers[i].pack_rows(a, b)
+                    } else {
+                        packers[i].pack(a, b)
+                    }
+                },
             );
         }
         PACKINGS.fetch_add(2 * fresh.len(), Ordering::Relaxed);

@@ -203,59 +203,75 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
         p1: usize,
     ) {
         let mr = self.ukr.mr();
+        // the panel `p`'s block at depth block `k0` (block depth `kb`)
+        let panel = |k0: usize, kb: usize, p: usize| {
+            std::slice::from_raw_parts_mut(dst.add(self.at(k0, kb, p)), kb * mr)
+        };
         for k0 in (0..self.k).step_by(self.kc) {
             let kb = self.kc.min(self.k - k0);
-            for p in p0..p1 {
-                let out = std::slice::from_raw_parts_mut(dst.add(self.at(k0, kb, p)), kb * mr);
-                let c0 = p * mr;
-                let cols = mr.min(self.n - c0);
-                if cs == 1 {
-                    // rows of B are contiguous: copy MR-wide slices
-                    for kk in 0..kb {
-                        let src = &b[(k0 + kk) * rs + c0..][..cols];
-                        let o = &mut out[kk * mr..(kk + 1) * mr];
-                        copy_short(&mut o[..cols], src);
+            if cs == 1 {
+                // rows of B are contiguous: walk them in order (one sequential read stream;
+                // panel by panel it would be a stream of 2 KiB strides, which the hardware
+                // prefetchers follow badly), copying each row's MR-wide slices into the
+                // panels
+                for kk in 0..kb {
+                    let row = &b[(k0 + kk) * rs..];
+                    for p in p0..p1 {
+                        let c0 = p * mr;
+                        let cols = mr.min(self.n - c0);
+                        let o = &mut panel(k0, kb, p)[kk * mr..(kk + 1) * mr];
+                        copy_short(&mut o[..cols], &row[c0..c0 + cols]);
                         o[cols..].iter_mut().for_each(|x| *x = T::zero());
                     }
-                } else {
-                    // transpose, in blocks of 16 depths so that the 16 output rows being
-                    // written stay in L1 while each column of B is read down 16 depths
-                    for kk0 in (0..kb).step_by(16) {
-                        let kk1 = (kk0 + 16).min(kb);
-                        // whole 16×16 blocks of f32 on AVX-512: register transposes
-                        let mut r_fast = 0;
-                        #[cfg(target_arch = "x86_64")]
-                        if rs == 1
-                            && kk1 - kk0 == 16
-                            && self.ukr.lanes == 16
-                            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-                        {
-                            // (16 lanes of T: f32 on AVX-512, whose presence `ukr` says)
-                            while r_fast + 16 <= cols {
-                                let src = b[(c0 + r_fast) * cs + k0 + kk0..].as_ptr();
-                                // SAFETY: 16 rows of B's transposed storage, 16 values each,
-                                // `cs` apart (inside `b`, checked by the caller); 16 rows of
-                                // 16 values of `out`, `mr` apart (inside the panel); T is f32.
-                                transpose16_f32(
-                                    src as *const f32,
-                                    cs,
-                                    out[kk0 * mr + r_fast..].as_mut_ptr() as *mut f32,
-                                    mr,
-                                );
-                                r_fast += 16;
+                }
+                continue;
+            }
+            for p in p0..p1 {
+                let out = panel(k0, kb, p);
+                let c0 = p * mr;
+                let cols = mr.min(self.n - c0);
+                // transpose: B's columns are rows of its storage (`cs` apart); 16 of them
+                // at a time, each read along the whole depth block (16 sequential streams)
+                // through 16×16 register transposes on AVX-512 for f32
+                let mut r_fast = 0;
+                #[cfg(target_arch = "x86_64")]
+                if rs == 1
+                    && self.ukr.lanes == 16
+                    && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+                {
+                    // (16 lanes of T: f32 on AVX-512, whose presence `ukr` says)
+                    while r_fast + 16 <= cols {
+                        for kk0 in (0..kb / 16 * 16).step_by(16) {
+                            let src = b[(c0 + r_fast) * cs + k0 + kk0..].as_ptr();
+                            // SAFETY: 16 rows of B's transposed storage, 16 values each,
+                            // `cs` apart (inside `b`, checked by the caller); 16 rows of
+                            // 16 values of `out`, `mr` apart (inside the panel); T is f32.
+                            transpose16_f32(
+                                src as *const f32,
+                                cs,
+                                out[kk0 * mr + r_fast..].as_mut_ptr() as *mut f32,
+                                mr,
+                            );
+                        }
+                        // the depths after the last whole 16
+                        for r in r_fast..r_fast + 16 {
+                            let src = &b[(c0 + r) * cs + k0 * rs..];
+                            for kk in kb / 16 * 16..kb {
+                                out[kk * mr + r] = src[kk * rs];
                             }
                         }
-                        for r in r_fast..mr {
-                            if r < cols {
-                                let src = &b[(c0 + r) * cs + (k0 + kk0) * rs..];
-                                for kk in kk0..kk1 {
-                                    out[kk * mr + r] = src[(kk - kk0) * rs];
-                                }
-                            } else {
-                                for kk in kk0..kk1 {
-                                    out[kk * mr + r] = T::zero();
-                                }
-                            }
+                        r_fast += 16;
+                    }
+                }
+                for r in r_fast..mr {
+                    if r < cols {
+                        let src = &b[(c0 + r) * cs + k0 * rs..];
+                        for kk in 0..kb {
+                            out[kk * mr + r] = src[kk * rs];
+                        }
+                    } else {
+                        for kk in 0..kb {
+                            out[kk * mr + r] = T::zero();
                         }
                     }
                 }
@@ -358,7 +374,8 @@ pub struct Packer<'a, T: 'static> {
     b: &'a [T],
     strides: (usize, usize),
 }
-// SAFETY: each call of `pack` writes the panels it is given only; callers give disjoint ranges.
+// SAFETY: each call of `pack` / `pack_rows` writes the panels / rows it is given only; callers
+// give disjoint ranges (and do not mix the two on one packing).
 unsafe impl<T: Send + Sync> Send for Packer<'_, T> {}
 unsafe impl<T: Send + Sync> Sync for Packer<'_, T> {}
 
@@ -378,6 +395,45 @@ impl<T: GemmFloat + num_traits::Float> Packer<'_, T> {
             "panel range out of bounds"
         );
         self.pb.pack_raw(self.dst, self.b, self.strides, p0, p1)
+    }
+
+    /// Rows of `B`: whether they are contiguous in its storage (then [`Self::pack_rows`] reads
+    /// it in order).
+    pub fn rows_contiguous(&self) -> bool {
+        self.strides.1 == 1
+    }
+
+    /// Rows of `B` in the packing.
+    pub fn rows(&self) -> usize {
+        self.pb.k
+    }
+
+    /// Packs rows `r0..r1` of `B` into every panel: for contiguous rows, one sequential read
+    /// (by panels, a job reads `MR`-wide pieces of every row, 2 KiB apart at d=512, which the
+    /// hardware prefetchers follow badly). The same packing as [`Self::pack`].
+    ///
+    /// # Safety
+    /// No two concurrent calls may cover the same row.
+    pub unsafe fn pack_rows(&self, r0: usize, r1: usize) {
+        let pb = self.pb;
+        assert!(r0 <= r1 && r1 <= pb.k, "row range out of bounds");
+        let (rs, cs) = self.strides;
+        let mr = pb.ukr.mr();
+        for kk in r0..r1 {
+            for p in 0..pb.panels() {
+                let out = std::slice::from_raw_parts_mut(self.dst.add(pb.row_at(kk, p)), mr);
+                let c0 = p * mr;
+                let cols = mr.min(pb.n - c0);
+                if cs == 1 {
+                    copy_short(&mut out[..cols], &self.b[kk * rs + c0..kk * rs + c0 + cols]);
+                } else {
+                    for (j, o) in out[..cols].iter_mut().enumerate() {
+                        *o = self.b[kk * rs + (c0 + j) * cs];
+                    }
+                }
+                out[cols..].iter_mut().for_each(|x| *x = T::zero());
+            }
+        }
     }
 }
 
