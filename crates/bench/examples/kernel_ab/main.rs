@@ -10,8 +10,6 @@
 //! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
 //! `SWITCHYARD_AB_PACKING=0`, without packing experts' weights once per wave; with
 //! `SWITCHYARD_AB_OVERFILL=0`, with waves and tiles never over their budgets; with
-//! `SWITCHYARD_AB_PACK_ORDER=0`, with the weight packings' loops of before 29f (panel by
-//! panel) instead of reading the weights in storage order; with
 //! `SWITCHYARD_AB_STREAM_MIN=N`, streaming final weight-gradient blocks of expert gradients
 //! of N bytes and up (`18446744073709551615`: never); with
 //! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
@@ -121,11 +119,6 @@ fn main() {
                 kernel::STREAM_MIN_BYTES,
             ),
             ("SWITCHYARD_AB_PACKING", |v| kernel::set_packing(v != 0), 1),
-            (
-                "SWITCHYARD_AB_PACK_ORDER",
-                |v| switchyard_core::dispatch::packed::set_storage_order(v != 0),
-                1,
-            ),
             (
                 "SWITCHYARD_AB_OVERFILL",
                 |v| kernel::set_overfill(v != 0),

@@ -562,7 +562,7 @@ impl<T: KFloat> WavePacks<T> {
             // order); transposed ones: jobs of panels (each reads its rows of the storage)
             let mut jobs = Vec::new();
             for (i, pk) in packers.iter().enumerate() {
-                if pk.rows_contiguous() && super::packed::storage_order() {
+                if pk.rows_contiguous() {
                     let rows = pk.rows();
                     jobs.extend(
                         (0..rows)

@@ -105,20 +105,6 @@ unsafe fn transpose16_f32(src: *const f32, ss: usize, dst: *mut f32, ds: usize) 
     }
 }
 
-static STORAGE_ORDER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether packings read the weights in storage order (default on: see `pack_raw`); off: the
-/// loops before, panel by panel (the kernels then split row-contiguous packings by panels
-/// too). For A/B measurements (`kernel_ab`'s `SWITCHYARD_AB_PACK_ORDER=0`); the same bits.
-pub fn set_storage_order(on: bool) {
-    STORAGE_ORDER.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// See [`set_storage_order`].
-pub fn storage_order() -> bool {
-    STORAGE_ORDER.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Alignment of the packed panels, in bytes.
 const ALIGN: usize = 64;
 
@@ -216,9 +202,6 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
         p0: usize,
         p1: usize,
     ) {
-        if !STORAGE_ORDER.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.pack_raw_by_panels(dst, b, (rs, cs), p0, p1);
-        }
         let mr = self.ukr.mr();
         // the panel `p`'s block at depth block `k0` (block depth `kb`)
         let panel = |k0: usize, kb: usize, p: usize| {
@@ -289,77 +272,6 @@ impl<T: GemmFloat + num_traits::Float> PackedB<T> {
                     } else {
                         for kk in 0..kb {
                             out[kk * mr + r] = T::zero();
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The packing loops before 29f (panel by panel; for `packed::set_storage_order(false)`,
-    /// A/B measurements only): the same bits.
-    unsafe fn pack_raw_by_panels(
-        &self,
-        dst: *mut T,
-        b: &[T],
-        (rs, cs): (usize, usize),
-        p0: usize,
-        p1: usize,
-    ) {
-        let mr = self.ukr.mr();
-        for k0 in (0..self.k).step_by(self.kc) {
-            let kb = self.kc.min(self.k - k0);
-            for p in p0..p1 {
-                let out = std::slice::from_raw_parts_mut(dst.add(self.at(k0, kb, p)), kb * mr);
-                let c0 = p * mr;
-                let cols = mr.min(self.n - c0);
-                if cs == 1 {
-                    // rows of B are contiguous: copy MR-wide slices
-                    for kk in 0..kb {
-                        let src = &b[(k0 + kk) * rs + c0..][..cols];
-                        let o = &mut out[kk * mr..(kk + 1) * mr];
-                        copy_short(&mut o[..cols], src);
-                        o[cols..].iter_mut().for_each(|x| *x = T::zero());
-                    }
-                } else {
-                    // transpose, in blocks of 16 depths so that the 16 output rows being
-                    // written stay in L1 while each column of B is read down 16 depths
-                    for kk0 in (0..kb).step_by(16) {
-                        let kk1 = (kk0 + 16).min(kb);
-                        // whole 16×16 blocks of f32 on AVX-512: register transposes
-                        let mut r_fast = 0;
-                        #[cfg(target_arch = "x86_64")]
-                        if rs == 1
-                            && kk1 - kk0 == 16
-                            && self.ukr.lanes == 16
-                            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-                        {
-                            // (16 lanes of T: f32 on AVX-512, whose presence `ukr` says)
-                            while r_fast + 16 <= cols {
-                                let src = b[(c0 + r_fast) * cs + k0 + kk0..].as_ptr();
-                                // SAFETY: 16 rows of B's transposed storage, 16 values each,
-                                // `cs` apart (inside `b`, checked by the caller); 16 rows of
-                                // 16 values of `out`, `mr` apart (inside the panel); T is f32.
-                                transpose16_f32(
-                                    src as *const f32,
-                                    cs,
-                                    out[kk0 * mr + r_fast..].as_mut_ptr() as *mut f32,
-                                    mr,
-                                );
-                                r_fast += 16;
-                            }
-                        }
-                        for r in r_fast..mr {
-                            if r < cols {
-                                let src = &b[(c0 + r) * cs + (k0 + kk0) * rs..];
-                                for kk in kk0..kk1 {
-                                    out[kk * mr + r] = src[(kk - kk0) * rs];
-                                }
-                            } else {
-                                for kk in kk0..kk1 {
-                                    out[kk * mr + r] = T::zero();
-                                }
-                            }
                         }
                     }
                 }
