@@ -355,11 +355,24 @@ impl<T: GemmFloat + num_traits::Float> RowWriter<'_, T> {
     /// # Safety
     /// No two concurrent calls may write the same row.
     pub unsafe fn put(&self, kk: usize, row: &[T]) {
-        let pb = self.pb;
-        assert!(kk < pb.k && row.len() == pb.n, "packed row out of bounds");
-        let mr = pb.ukr.mr();
-        for p in 0..pb.panels() {
-            let out = std::slice::from_raw_parts_mut(self.dst.add(pb.row_at(kk, p)), mr);
+        self.pb.write_row(self.dst, kk, row)
+    }
+}
+
+impl<T: GemmFloat + num_traits::Float> PackedB<T> {
+    /// Writes row `kk` of `B` into every panel of the packing at `dst` (the padding columns
+    /// of the last panel zeroed).
+    ///
+    /// # Safety
+    /// `dst` is this packing's buffer, and no other thread writes row `kk` at the same time.
+    unsafe fn write_row(&self, dst: *mut T, kk: usize, row: &[T]) {
+        assert!(
+            kk < self.k && row.len() == self.n,
+            "packed row out of bounds"
+        );
+        let mr = self.ukr.mr();
+        for p in 0..self.panels() {
+            let out = std::slice::from_raw_parts_mut(dst.add(self.row_at(kk, p)), mr);
             let src = &row[p * mr..row.len().min((p + 1) * mr)];
             copy_short(&mut out[..src.len()], src);
             out[src.len()..].iter_mut().for_each(|x| *x = T::zero());
@@ -418,21 +431,16 @@ impl<T: GemmFloat + num_traits::Float> Packer<'_, T> {
         let pb = self.pb;
         assert!(r0 <= r1 && r1 <= pb.k, "row range out of bounds");
         let (rs, cs) = self.strides;
-        let mr = pb.ukr.mr();
+        let mut strided = Vec::new();
         for kk in r0..r1 {
-            for p in 0..pb.panels() {
-                let out = std::slice::from_raw_parts_mut(self.dst.add(pb.row_at(kk, p)), mr);
-                let c0 = p * mr;
-                let cols = mr.min(pb.n - c0);
-                if cs == 1 {
-                    copy_short(&mut out[..cols], &self.b[kk * rs + c0..kk * rs + c0 + cols]);
-                } else {
-                    for (j, o) in out[..cols].iter_mut().enumerate() {
-                        *o = self.b[kk * rs + (c0 + j) * cs];
-                    }
-                }
-                out[cols..].iter_mut().for_each(|x| *x = T::zero());
-            }
+            let row = if cs == 1 {
+                &self.b[kk * rs..kk * rs + pb.n]
+            } else {
+                strided.clear();
+                strided.extend((0..pb.n).map(|j| self.b[kk * rs + j * cs]));
+                &strided[..]
+            };
+            pb.write_row(self.dst, kk, row);
         }
     }
 }
