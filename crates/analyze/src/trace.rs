@@ -197,7 +197,8 @@ pub fn forced_routing(trace: &RoutingTrace, lt: &LayerTrace, bi: usize) -> Resul
             weight_of.insert((tok as u32, e as u32), w);
         }
     }
-    let plan = DispatchPlan::from_assignments(t, lt.num_experts, &pairs)?;
+    let plan = DispatchPlan::from_assignments(t, lt.num_experts, &pairs)
+        .map_err(switchyard_core::MoeError::from)?;
     let w: Vec<f32> = plan
         .token
         .iter()

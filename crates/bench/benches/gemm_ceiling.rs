@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use switchyard_core::dispatch::gemm::{matmul, with_isa, GemmIsa};
+use switchyard_kernels::gemm::{matmul, with_isa, GemmIsa};
 
 /// Side of the square GEMM.
 const N: usize = 1024;

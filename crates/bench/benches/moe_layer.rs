@@ -55,10 +55,8 @@ fn bench(c: &mut Criterion) {
                 let out = layer
                     .forward(x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
                     .unwrap();
-                switchyard_core::dispatch::backward(
-                    &(out.y.sum_all().unwrap() + out.aux_loss).unwrap(),
-                )
-                .unwrap()
+                switchyard_core::backward(&(out.y.sum_all().unwrap() + out.aux_loss).unwrap())
+                    .unwrap()
             })
         });
         let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -79,7 +77,7 @@ fn bench(c: &mut Criterion) {
                     &routing.plan,
                 )
                 .unwrap();
-                switchyard_core::dispatch::backward(&y.sum_all().unwrap()).unwrap()
+                switchyard_core::backward(&y.sum_all().unwrap()).unwrap()
             })
         });
     }

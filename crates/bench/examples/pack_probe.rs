@@ -1,12 +1,12 @@
 //! The kernels' weight GEMMs at their tile shapes (256 rows, 8 experts of 1024 rows each),
 //! 1 thread, alternating: `gemm` called per tile (it packs the expert's weights on every call)
-//! against `switchyard_core::dispatch::packed` (weights packed once per expert, then every
+//! against `switchyard_kernels::packed` (weights packed once per expert, then every
 //! tile through `gemm`'s microkernels), and how much of the latter the packing itself takes.
 //!
 //! Run with: `cargo run --release -p switchyard-bench --example pack_probe`
 use std::time::Instant;
-use switchyard_core::dispatch::gemm::{mm, GemmFloat};
-use switchyard_core::dispatch::packed::{mm_packed, PackedB};
+use switchyard_kernels::gemm::{mm, GemmFloat};
+use switchyard_kernels::packed::{mm_packed, PackedB};
 
 fn fill(n: usize, s: u32) -> Vec<f32> {
     (0..n)

@@ -1,4 +1,4 @@
-//! How fast `dispatch::packed` packs expert weights from memory: 256 distinct `[512, 512]`
+//! How fast `switchyard_kernels::packed` packs expert weights from memory: 256 distinct `[512, 512]`
 //! f32 matrices (256 MiB, more than the caches hold) packed for the microkernels as the
 //! forward's up projection reads them (transposed: `B = Wᵀ`, strides `(1, k)`) and as the
 //! backward's `dX` reads them (plain rows: strides `(n, 1)`), 1 thread, best of 3 passes, in
@@ -6,8 +6,8 @@
 //!
 //! Run with: `cargo run --release -p switchyard-bench --example pack_rate`
 use std::time::Instant;
-use switchyard_core::dispatch::gemm::GemmFloat;
-use switchyard_core::dispatch::packed::PackedB;
+use switchyard_kernels::gemm::GemmFloat;
+use switchyard_kernels::packed::PackedB;
 
 fn main() {
     let (count, k, n) = (256, 512, 512);

@@ -17,8 +17,8 @@ use switchyard_core::*;
 /// The allocator `switchyard-bench` runs on: freed blocks of 256 KiB and up are reused; here
 /// `SWITCHYARD_RECYCLE=0` turns that off and `SWITCHYARD_RECYCLE_MIN=N` starts it at N bytes.
 #[global_allocator]
-static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
-    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+static ALLOC: switchyard_kernels::alloc::Recycling<std::alloc::System> =
+    switchyard_kernels::alloc::Recycling::new(std::alloc::System);
 
 fn med(mut f: impl FnMut()) -> f64 {
     f();
@@ -171,8 +171,7 @@ fn main() {
         "layer fwd+bwd (dispatch::backward) {:8.2} ms",
         med(|| {
             let o = fwd();
-            switchyard_core::dispatch::backward(&(o.y.sum_all().unwrap() + o.aux_loss).unwrap())
-                .unwrap();
+            switchyard_core::backward(&(o.y.sum_all().unwrap() + o.aux_loss).unwrap()).unwrap();
         })
     );
     println!(
@@ -186,7 +185,7 @@ fn main() {
         "dispatch fwd+bwd (dispatch::backward) {:8.2} ms",
         med(|| {
             let y = run_dispatch();
-            switchyard_core::dispatch::backward(&y.sum_all().unwrap()).unwrap();
+            switchyard_core::backward(&y.sum_all().unwrap()).unwrap();
         })
     );
     println!(
@@ -197,7 +196,8 @@ fn main() {
     );
     // the kernels alone on the same plan and data (no candle)
     {
-        use switchyard_core::dispatch::kernel;
+        use switchyard_kernels::dispatch as kernel;
+        let opts = switchyard_kernels::KernelOptions::default();
         let host = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (xs, ws, ps) = (
             host(x.as_tensor()),
@@ -208,14 +208,14 @@ fn main() {
         println!(
             "kernel fwd         {:8.2} ms",
             med(|| {
-                kernel::forward(&xs, &ws, &ps, &layout, &routing.plan);
+                kernel::forward(&xs, &ws, &ps, &layout, &routing.plan, &opts);
             })
         );
         println!(
             "kernel fwd+bwd     {:8.2} ms",
             med(|| {
-                let (_, s) = kernel::forward(&xs, &ws, &ps, &layout, &routing.plan);
-                kernel::backward(&xs, &ws, &ps, &layout, &routing.plan, &s, &gy);
+                let (_, s) = kernel::forward(&xs, &ws, &ps, &layout, &routing.plan, &opts);
+                kernel::backward(&xs, &ws, &ps, &layout, &routing.plan, &s, &gy, &opts);
             })
         );
     }

@@ -15,8 +15,8 @@ use rand_chacha::ChaCha8Rng;
 use switchyard_core::*;
 
 #[global_allocator]
-static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
-    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+static ALLOC: switchyard_kernels::alloc::Recycling<std::alloc::System> =
+    switchyard_kernels::alloc::Recycling::new(std::alloc::System);
 
 fn main() {
     let routers = [

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use gemm::{gemm, Parallelism};
-use switchyard_core::dispatch::gemm as sy_gemm;
+use switchyard_kernels::gemm as sy_gemm;
 
 use crate::shapes::LayerShape;
 use crate::timing::median_secs;

@@ -4,11 +4,13 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use switchyard_core::dispatch::{self, kernel, profile};
+use std::cell::Cell;
+
 use switchyard_core::{
-    ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, MoeOutput, ParamBuilder,
-    ParamStore, RouterConfig,
+    ExpertSpec, ForwardCtx, Init, KernelOptions, MoeBlock, MoeConfig, MoeLayer, MoeOutput,
+    ParamBuilder, ParamStore, RouterConfig,
 };
+use switchyard_kernels::{dispatch as kernel, profile};
 
 use crate::ceiling::{ceiling_row, DenseCeiling};
 use crate::shapes::LayerShape;
@@ -22,6 +24,8 @@ struct LayerBench {
     store: ParamStore,
     layer: MoeLayer,
     x: Var,
+    /// The kernels' options for the next forward (A/B variants change them).
+    kernel: Cell<KernelOptions>,
 }
 
 impl LayerBench {
@@ -39,17 +43,23 @@ impl LayerBench {
         let x = Var::from_tensor(
             &Tensor::from_vec(xs, (s.tokens, s.d), &Device::Cpu)?.to_dtype(DType::F32)?,
         )?;
-        Ok(Self { store, layer, x })
+        Ok(Self {
+            store,
+            layer,
+            x,
+            kernel: Cell::new(KernelOptions::default()),
+        })
     }
 
     fn forward(&self) -> switchyard_core::Result<MoeOutput> {
         let mut rng = ChaCha8Rng::seed_from_u64(SEED);
-        self.layer
-            .forward(self.x.as_tensor(), &mut ForwardCtx::new(true, &mut rng))
+        let mut ctx = ForwardCtx::new(true, &mut rng);
+        ctx.kernel = self.kernel.get();
+        self.layer.forward(self.x.as_tensor(), &mut ctx)
     }
 
     /// Forward, then the backward of `sum(y) + aux_loss` through
-    /// [`switchyard_core::dispatch::backward`]; returns the gradient bytes.
+    /// [`switchyard_core::backward`]; returns the gradient bytes.
     fn fwd_bwd(&self) -> switchyard_core::Result<usize> {
         self.fwd_bwd_with(false)
     }
@@ -71,7 +81,7 @@ fn backward(loss: &Tensor, plain: bool) -> candle_core::Result<candle_core::back
     if plain {
         loss.backward()
     } else {
-        dispatch::backward(loss)
+        switchyard_core::backward(loss)
     }
 }
 
@@ -233,9 +243,9 @@ fn routing_cost(lb: &LayerBench, reps: usize) -> switchyard_core::Result<(f64, f
 pub struct Variant {
     /// Candle's plain `loss.backward()` instead of `dispatch::backward`.
     pub plain_backward: bool,
-    /// [`kernel::set_wave_rows`] (0: default; `usize::MAX`: one wave).
+    /// [`KernelOptions::wave_rows`] (0: default; `usize::MAX`: one wave).
     pub wave_rows: usize,
-    /// [`kernel::set_huge_pages`].
+    /// [`KernelOptions::huge_pages`].
     pub huge_pages: bool,
     /// [`MemProbe::set_recycling`] (large freed blocks reused by the binary's allocator).
     pub recycle: bool,
@@ -257,9 +267,12 @@ impl Variant {
         recycle: false,
     };
 
-    fn apply(&self, mem: Option<&dyn MemProbe>) {
-        kernel::set_wave_rows(self.wave_rows);
-        kernel::set_huge_pages(self.huge_pages);
+    fn apply(&self, lb: &LayerBench, mem: Option<&dyn MemProbe>) {
+        lb.kernel.set(KernelOptions {
+            wave_rows: self.wave_rows,
+            huge_pages: self.huge_pages,
+            ..KernelOptions::default()
+        });
         if let Some(m) = mem {
             m.set_recycling(self.recycle);
         }
@@ -269,7 +282,7 @@ impl Variant {
 /// fwd+bwd of `s` under each variant, timed round-robin with the dense ceiling (`reps`
 /// rounds after one warm-up round), each with its ratio to the ceiling; with `mem`, each
 /// variant's peak-memory figures. Rows: the ceiling, then one per variant (in the row's
-/// `config`: `<name>[<i>]`). Leaves the knobs at [`Variant::CURRENT`].
+/// `config`: `<name>[<i>]`). Leaves the allocator at [`Variant::CURRENT`].
 pub fn ab_rows(
     s: &LayerShape,
     threads: usize,
@@ -290,7 +303,7 @@ pub fn ab_rows(
             tc.push(c);
         }
         for (v, times) in variants.iter().zip(&mut tv) {
-            v.apply(mem);
+            v.apply(&lb, mem);
             let t = std::time::Instant::now();
             lb.fwd_bwd_with(v.plain_backward).map_err(&err)?;
             if round > 0 {
@@ -324,11 +337,11 @@ pub fn ab_rows(
             ..Default::default()
         };
         if let Some(probe) = mem {
-            v.apply(mem);
+            v.apply(&lb, mem);
             memory_with(&lb, probe, &mut row, v.plain_backward).map_err(&err)?;
         }
         rows.push(row);
     }
-    Variant::CURRENT.apply(mem);
+    Variant::CURRENT.apply(&lb, mem);
     Ok(rows)
 }

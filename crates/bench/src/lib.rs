@@ -78,7 +78,7 @@ pub trait MemProbe: Sync {
     /// Sets the peak to the current live bytes.
     fn reset_peak(&self);
     /// Turns the binary's recycling of large freed blocks on or off
-    /// (`switchyard_core::dispatch::alloc::Recycling`), where it has one.
+    /// (`switchyard_kernels::alloc::Recycling`), where it has one.
     fn set_recycling(&self, _on: bool) {}
 }
 

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use switchyard_bench::{format_table, run, write_json, BenchOpts, MemProbe};
-use switchyard_core::dispatch::alloc::Recycling;
+use switchyard_kernels::alloc::Recycling;
 
 /// The system allocator behind Switchyard's recycling of large blocks (as a training binary
 /// would use it), counting live bytes and their peak (blocks kept for reuse count as freed).

@@ -16,10 +16,10 @@ use switchyard_train::trainer::{self, load_model, TrainConfig, Trainer};
 
 /// Large freed blocks (256 KiB and up, e.g. a big layer's expert-weight gradient) are reused by
 /// the next step's allocation of the same size instead of being unmapped and faulted in again
-/// (see `switchyard_core::dispatch::alloc`).
+/// (see `switchyard_kernels::alloc`).
 #[global_allocator]
-static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
-    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+static ALLOC: switchyard_kernels::alloc::Recycling<std::alloc::System> =
+    switchyard_kernels::alloc::Recycling::new(std::alloc::System);
 
 #[derive(Parser)]
 #[command(

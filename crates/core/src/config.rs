@@ -5,55 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{MoeError, Result};
 
-/// Elementwise non-linearity of an FFN expert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Relu,
-    /// Exact GELU, `x·Φ(x)` (PyTorch's default `gelu`).
-    Gelu,
-    Silu,
-}
-
-/// The architecture of one expert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum ExpertKind {
-    /// `act(x·W1ᵀ + b1)·W2ᵀ + b2`.
-    Ffn { activation: Activation },
-    /// `(silu(x·W1ᵀ) ⊙ x·W3ᵀ)·W2ᵀ`, as in Mixtral; no biases.
-    SwiGlu,
-}
-
-/// One expert: its kind and its own hidden width (experts in a layer may differ in both).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExpertSpec {
-    #[serde(flatten)]
-    pub kind: ExpertKind,
-    pub hidden: usize,
-}
-
-impl ExpertSpec {
-    pub fn swiglu(hidden: usize) -> Self {
-        Self {
-            kind: ExpertKind::SwiGlu,
-            hidden,
-        }
-    }
-    pub fn ffn(activation: Activation, hidden: usize) -> Self {
-        Self {
-            kind: ExpertKind::Ffn { activation },
-            hidden,
-        }
-    }
-    /// Multiply-adds per token, used for FLOP counts and "equal active compute" baselines.
-    pub fn params(&self, d_model: usize) -> usize {
-        match self.kind {
-            ExpertKind::SwiGlu => 3 * d_model * self.hidden,
-            ExpertKind::Ffn { .. } => 2 * d_model * self.hidden + self.hidden + d_model,
-        }
-    }
-}
+pub use switchyard_kernels::layout::{Activation, ExpertKind, ExpertSpec};
 
 /// Which tokens a switch router keeps when an expert is over capacity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,3 +32,14 @@ impl MoeError {
 }
 
 pub type Result<T> = std::result::Result<T, MoeError>;
+
+/// Kernel errors keep their message: a shape error is reported as the same `Input` error the
+/// readable code gives.
+impl From<switchyard_kernels::KernelError> for MoeError {
+    fn from(e: switchyard_kernels::KernelError) -> Self {
+        match e {
+            switchyard_kernels::KernelError::Input { op, reason } => MoeError::Input { op, reason },
+            switchyard_kernels::KernelError::Candle(e) => MoeError::Candle(e),
+        }
+    }
+}

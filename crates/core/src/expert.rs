@@ -13,85 +13,24 @@ use crate::config::{Activation, ExpertKind, ExpertSpec};
 use crate::params::{Init, ParamBuilder};
 use crate::Result;
 
-/// Where one expert's tensors start inside the flat parameter vector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExpertSlot {
-    pub spec: ExpertSpec,
-    pub w1: usize,
-    pub w3: Option<usize>,
-    pub w2t: usize,
-    pub b1: Option<usize>,
-    pub b2: Option<usize>,
-}
+pub use switchyard_kernels::layout::{ExpertLayout, ExpertSlot};
 
-/// Plain-data description of a layer's experts; the kernels read only this.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExpertLayout {
-    pub d_model: usize,
-    pub slots: Vec<ExpertSlot>,
-    pub total: usize,
-}
-
-impl ExpertLayout {
-    pub fn new(d_model: usize, specs: &[ExpertSpec]) -> Self {
-        let mut at = 0;
-        let mut take = |n: usize| {
-            let s = at;
-            at += n;
-            s
-        };
-        let slots = specs
-            .iter()
-            .map(|&spec| {
-                let (h, d) = (spec.hidden, d_model);
-                let glu = spec.kind == ExpertKind::SwiGlu;
-                let w1 = take(h * d);
-                let w3 = glu.then(|| take(h * d));
-                let w2t = take(h * d);
-                let b1 = (!glu).then(|| take(h));
-                let b2 = (!glu).then(|| take(d));
-                ExpertSlot {
-                    spec,
-                    w1,
-                    w3,
-                    w2t,
-                    b1,
-                    b2,
-                }
-            })
-            .collect();
-        Self {
-            d_model,
-            slots,
-            total: at,
+/// Initial values of a layout's parameters: projections ~ U(±1/√fan_in) as PyTorch's
+/// `nn.Linear`, biases zero.
+pub fn init_values(layout: &ExpertLayout, pb: &ParamBuilder) -> Vec<f64> {
+    let mut v = vec![0.0; layout.total];
+    let d = layout.d_model;
+    for s in &layout.slots {
+        let h = s.spec.hidden;
+        let mut put =
+            |at: usize, n: usize, init: Init| v[at..at + n].copy_from_slice(&pb.sample(n, init));
+        put(s.w1, h * d, Init::Uniform(1.0 / (d as f64).sqrt()));
+        if let Some(w3) = s.w3 {
+            put(w3, h * d, Init::Uniform(1.0 / (d as f64).sqrt()));
         }
+        put(s.w2t, h * d, Init::Uniform(1.0 / (h as f64).sqrt()));
     }
-
-    pub fn num_experts(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn max_hidden(&self) -> usize {
-        self.slots.iter().map(|s| s.spec.hidden).max().unwrap_or(0)
-    }
-
-    /// Initial values: projections ~ U(±1/√fan_in) as PyTorch's `nn.Linear`, biases zero.
-    pub fn init_values(&self, pb: &ParamBuilder) -> Vec<f64> {
-        let mut v = vec![0.0; self.total];
-        let d = self.d_model;
-        for s in &self.slots {
-            let h = s.spec.hidden;
-            let mut put = |at: usize, n: usize, init: Init| {
-                v[at..at + n].copy_from_slice(&pb.sample(n, init))
-            };
-            put(s.w1, h * d, Init::Uniform(1.0 / (d as f64).sqrt()));
-            if let Some(w3) = s.w3 {
-                put(w3, h * d, Init::Uniform(1.0 / (d as f64).sqrt()));
-            }
-            put(s.w2t, h * d, Init::Uniform(1.0 / (h as f64).sqrt()));
-        }
-        v
-    }
+    v
 }
 
 /// The experts of one layer (routed or shared) and their flat parameter.
@@ -118,7 +57,7 @@ impl ExpertBank {
             // pre-filled (an imported checkpoint): skip drawing values that would be dropped
             return Ok(Self { layout, packed });
         }
-        let values = layout.init_values(pb);
+        let values = init_values(&layout, pb);
         let packed = pb.var_from("packed", &[layout.total], values)?;
         Ok(Self { layout, packed })
     }

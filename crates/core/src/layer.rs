@@ -8,17 +8,17 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::MoeConfig;
-use crate::dispatch::{self, DispatchImpl};
+use crate::dispatch::{self, DispatchImpl, KernelOptions};
 use crate::expert::ExpertBank;
 use crate::gate::Gate;
 use crate::losses::{self, LossValues};
-use crate::noise;
 use crate::params::{Init, ParamBuilder};
 use crate::plan::DispatchPlan;
 use crate::router::{self, Dense, Router, RouterInput};
 use crate::rowops;
 use crate::stats::RoutingStats;
 use crate::{MoeError, Result};
+use switchyard_kernels::noise;
 
 /// Per-call inputs besides the hidden states.
 pub struct ForwardCtx<'a> {
@@ -30,6 +30,8 @@ pub struct ForwardCtx<'a> {
     /// Sequence length when `T = B·L` (context gates, Soft MoE).
     pub seq_len: Option<usize>,
     pub dispatch: DispatchImpl,
+    /// How the CPU dispatch kernels cut and run their work (with [`DispatchImpl::Kernel`]).
+    pub kernel: KernelOptions,
     /// Replaces the router's plan and weights (recorded-routing replay).
     pub forced: Option<ForcedRouting>,
     /// Fixed expert availability for this call (causal ablation: an expert removed, routing
@@ -45,6 +47,7 @@ impl<'a> ForwardCtx<'a> {
             token_ids: None,
             seq_len: None,
             dispatch: DispatchImpl::Kernel,
+            kernel: KernelOptions::default(),
             forced: None,
             available: None,
         }
@@ -391,6 +394,7 @@ impl MoeBlock for MoeLayer {
         let plan = &routing.plan;
         let mut y = dispatch::run(
             ctx.dispatch,
+            &ctx.kernel,
             &x2,
             &routing.weights,
             self.experts.packed.as_tensor(),
@@ -405,6 +409,7 @@ impl MoeBlock for MoeLayer {
             };
             y = (y + dispatch::run(
                 ctx.dispatch,
+                &ctx.kernel,
                 &x2,
                 &w,
                 shared.packed.as_tensor(),

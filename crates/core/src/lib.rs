@@ -9,11 +9,12 @@
 //! - [`router`]: the [`Router`] trait and the zoo (top-k, noisy top-k, switch, expert-choice,
 //!   hash, sigmoid+bias, group-limited, hierarchical, Sinkhorn), each producing a [`DispatchPlan`];
 //! - [`expert`]: FFN and SwiGLU experts of any width, packed into one parameter per layer;
-//! - [`dispatch`]: the readable reference and the CPU custom op with its explicit backward;
+//! - [`plan`]: the [`DispatchPlan`] every router produces;
+//! - [`dispatch`]: the readable reference dispatch, and the choice of it or the CPU kernels;
 //! - [`losses`], [`stats`]: balancing losses, z-loss and routing statistics;
-//! - [`rowops`]: the routers' and losses' `[T, E]` ops fused on the CPU (softmax,
-//!   log-sum-exp, column means, plan weights, the noisy router's logits and load sums), each
-//!   beside its composed candle form; [`noise`]: parallel, seeded noise tensors;
+//! - [`rowops`]: the routers' and losses' `[T, E]` ops (softmax, log-sum-exp, column means,
+//!   plan weights, the noisy router's logits and load sums) composed from candle ops, and the
+//!   choice of them or their fused CPU forms;
 //! - [`layer`]: [`MoeLayer`]; [`soft_moe`]: [`SoftMoeLayer`], both behind [`MoeBlock`].
 //!
 //! ```
@@ -31,7 +32,12 @@
 //! # Ok::<(), switchyard_core::MoeError>(())
 //! ```
 //!
-//! No I/O, no async, no CLI here: models, training and tools live in the crates above.
+//! Training calls [`backward`] (not `loss.backward()`): the same gradients, with the dispatch
+//! kernels' expert-weight gradients handed to the store without candle's zeros-then-add.
+//!
+//! Below this crate: `switchyard-kernels`, the CPU fast path (dispatch kernels, packed GEMM,
+//! fused row ops, noise, the allocator), tuned by [`KernelOptions`]. No I/O, no async, no CLI
+//! here: models, training and tools live in the crates above.
 
 pub mod config;
 pub mod dispatch;
@@ -40,7 +46,6 @@ pub mod expert;
 pub mod gate;
 pub mod layer;
 pub mod losses;
-pub mod noise;
 pub mod params;
 pub mod plan;
 pub mod router;
@@ -53,7 +58,7 @@ pub use config::{
     Activation, DropPolicy, ExpertKind, ExpertSpec, GateConfig, GroupScore, LossWeights, MoeConfig,
     RouterConfig, ScoreFn,
 };
-pub use dispatch::DispatchImpl;
+pub use dispatch::{backward, DispatchImpl, KernelOptions};
 pub use error::{MoeError, Result};
 pub use layer::{ForcedRouting, ForwardCtx, MoeBlock, MoeLayer, MoeOutput, Routing};
 pub use params::{Init, ParamBuilder, ParamStore};

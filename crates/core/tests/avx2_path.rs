@@ -10,10 +10,10 @@ mod common;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use switchyard_core::dispatch::gemm::{set_isa, uses_avx512, GemmIsa};
 use switchyard_core::dispatch::{dispatch, dispatch_reference};
 use switchyard_core::expert::ExpertLayout;
 use switchyard_core::{Activation, DispatchPlan, ExpertSpec, Init, ParamBuilder, ParamStore};
+use switchyard_kernels::gemm::{set_isa, uses_avx512, GemmIsa};
 
 /// max |a − b| / max(max |b|, 1e-6)
 fn rel_err(a: &Tensor, b: &Tensor) -> f32 {

@@ -1,6 +1,6 @@
-//! `kernel::set_wave_rows`, `kernel::set_overfill`, `kernel::set_packing` and
-//! `kernel::set_stream_min_bytes` (process-wide, hence their own test binary and one test
-//! function): every wave size, with waves and tiles allowed over their budgets or not, gives
+//! `KernelOptions::{wave_rows, overfill, packing, stream_min_bytes}` (the diagnostics counters
+//! `packings` and `streamed_blocks` are process-wide, hence their own test binary and one
+//! test function): every wave size, with waves and tiles allowed over their budgets or not, gives
 //! the reference's results and the same bits for any thread count; packed weights give
 //! `gemm`'s bits; streamed weight-gradient blocks the same bits as blocks written in place.
 
@@ -8,7 +8,8 @@ mod big_plan;
 
 use big_plan::{big, uneven};
 use candle_core::Tensor;
-use switchyard_core::dispatch::kernel;
+use switchyard_core::KernelOptions;
+use switchyard_kernels::dispatch as kernel;
 
 #[test]
 fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
@@ -17,9 +18,12 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     // the kernel rounds a wave's rows down to a multiple of 512 (at least 512): 1 or 700
     // rows would run as 512, 3000 runs as 2560
     for rows in [512, 1536, 3000, usize::MAX] {
-        kernel::set_wave_rows(rows);
+        let opts = KernelOptions {
+            wave_rows: rows,
+            ..KernelOptions::default()
+        };
         let run = |threads: usize| {
-            b.kernel_bits(threads, |y, g| {
+            b.kernel_bits_with(threads, &opts, |y, g| {
                 b.assert_close(y, g, &reference, &format!("{rows} rows"))
             })
         };
@@ -28,7 +32,6 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
             "{rows} rows: thread count changed the bits"
         );
     }
-    kernel::set_wave_rows(0);
 
     // waves that finish an expert over their budget and tiles over ROW_TILE (the default), and
     // waves and tiles held to their budgets: both give the reference's results and the same
@@ -43,19 +46,21 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     // leave large values in freed memory of its size so that a missed entry would show
     let dirty = || drop(vec![1e30f32; u.layout.total]);
     for overfill in [true, false] {
-        kernel::set_overfill(overfill);
+        let opts = KernelOptions {
+            overfill,
+            ..KernelOptions::default()
+        };
         dirty();
-        let one = u.kernel_bits(1, close);
+        let one = u.kernel_bits_with(1, &opts, close);
         dirty();
         assert!(
-            one == u.kernel_bits(3, close),
+            one == u.kernel_bits_with(3, &opts, close),
             "overfill {overfill}: thread count changed the bits"
         );
     }
-    kernel::set_overfill(true);
 
     // experts of several row tiles (and widths of 16 and up) have their weights packed once
-    // per wave (`dispatch::packed`); that path gives the same bits as `gemm` packing per
+    // per wave (`switchyard_kernels::packed`); that path gives the same bits as `gemm` packing per
     // call, at any thread count (the weight gradients' packed rows too, on this plan: no
     // chunk of 1–2 rows, which `gemm` would run through other kernels)
     for threads in [1, 2, 3] {
@@ -65,9 +70,11 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
             kernel::packings() > before,
             "{threads} threads: no expert was packed"
         );
-        kernel::set_packing(false);
-        let without = b.kernel_bits(threads, |_, _| {});
-        kernel::set_packing(true);
+        let no_packing = KernelOptions {
+            packing: false,
+            ..KernelOptions::default()
+        };
+        let without = b.kernel_bits_with(threads, &no_packing, |_, _| {});
         assert!(
             with == without,
             "{threads} threads: packing changed the bits"
@@ -81,20 +88,22 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
     // leave large values in freed memory of the plan's gradient size (see `dirty` above)
     let dirty_for = |total: usize| drop(vec![1e30f32; total]);
     for (name, plan, rows) in [("big", &b, usize::MAX), ("uneven", &u, 512)] {
-        kernel::set_wave_rows(rows);
+        let with_stream_min = |bytes: usize| KernelOptions {
+            wave_rows: rows,
+            stream_min_bytes: bytes,
+            ..KernelOptions::default()
+        };
         for threads in [1, 3] {
-            kernel::set_stream_min_bytes(usize::MAX);
             dirty_for(plan.layout.total);
             let before = kernel::streamed_blocks();
-            let plain = plan.kernel_bits(threads, |_, _| {});
+            let plain = plan.kernel_bits_with(threads, &with_stream_min(usize::MAX), |_, _| {});
             assert_eq!(
                 kernel::streamed_blocks(),
                 before,
                 "{name}: streamed when off"
             );
-            kernel::set_stream_min_bytes(0);
             dirty_for(plan.layout.total);
-            let streamed = plan.kernel_bits(threads, |_, _| {});
+            let streamed = plan.kernel_bits_with(threads, &with_stream_min(0), |_, _| {});
             assert!(
                 kernel::streamed_blocks() > before,
                 "{name}, {threads} threads: no block was streamed"
@@ -105,6 +114,4 @@ fn any_wave_size_matches_the_reference_and_ignores_thread_count() {
             );
         }
     }
-    kernel::set_stream_min_bytes(kernel::STREAM_MIN_BYTES);
-    kernel::set_wave_rows(0);
 }

@@ -9,7 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 use switchyard_core::{
-    DispatchImpl, ForcedRouting, ForwardCtx, Init, MoeLayer, ParamBuilder, ParamStore,
+    DispatchImpl, ForcedRouting, ForwardCtx, Init, KernelOptions, MoeLayer, ParamBuilder,
+    ParamStore,
 };
 
 use crate::attention::KvCache;
@@ -31,6 +32,8 @@ pub struct LmCtx {
     /// Source of all routing noise; seeded, so runs repeat exactly.
     pub rng: ChaCha8Rng,
     pub dispatch: DispatchImpl,
+    /// How the CPU dispatch kernels cut and run their work.
+    pub kernel: KernelOptions,
     /// Per-layer routing overrides, keyed by layer index: forced routing (trace replay) and
     /// fixed expert availability (causal ablation).
     pub overrides: BTreeMap<usize, LayerOverride>,
@@ -49,6 +52,7 @@ impl LmCtx {
             train,
             rng: ChaCha8Rng::seed_from_u64(seed),
             dispatch: DispatchImpl::default(),
+            kernel: KernelOptions::default(),
             overrides: BTreeMap::new(),
         }
     }
@@ -181,6 +185,7 @@ impl MoeLm {
             token_ids: Some(&flat),
             seq_len: Some(l),
             dispatch: ctx.dispatch,
+            kernel: ctx.kernel,
             forced: None,
             available: None,
         };

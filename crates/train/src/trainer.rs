@@ -339,7 +339,7 @@ impl Trainer {
                 objective
             };
             // the packed expert gradients skip candle's zeros-then-add (see dispatch::backward)
-            let grads = switchyard_core::dispatch::backward(&scaled)?;
+            let grads = switchyard_core::backward(&scaled)?;
             match &mut acc {
                 None if accum == 1 => acc = Some(grads),
                 slot => accumulate_grads(

@@ -1,10 +1,13 @@
-//! Side-by-side timing of the dispatch kernels alone (no candle, no routing): the current
-//! `switchyard_core::dispatch::kernel` against the pre-rewrite kernel (`kernel_v0.rs` beside this file, copied
-//! from commit 56f44d3), alternating calls on the same plan so both see the same machine load.
+//! Side-by-side timing of the dispatch kernels alone (no candle, no routing): the kernels with
+//! their default [`KernelOptions`] ("new") against the same kernels with one knob changed
+//! ("old"), alternating calls on the same plan so both see the same machine load. To compare
+//! against an older commit instead, build this example in a worktree of that commit and run
+//! the two binaries alternately (docs/PERFORMANCE.md, "A/B against an old commit").
 //!
 //! Run with: `cargo run --release -p switchyard-bench --example kernel_ab -- 1`
 //! (the argument is the thread count; `-- 1 1024` runs the E=1024 sweep point instead, and
-//! `-- 1 1024 new` the current kernel alone). With `SWITCHYARD_AB_WAVE_ROWS=N`, "old" is the
+//! `-- 1 1024 new` the current kernel alone; without a knob below, only the current kernel
+//! runs). With `SWITCHYARD_AB_WAVE_ROWS=N`, "old" is the
 //! current kernel with N rows per wave (`18446744073709551615`: one wave); with
 //! `SWITCHYARD_AB_ROW_TILE=N`, the current kernel with row tiles of at most N rows; with
 //! `SWITCHYARD_AB_WGRAD_JOBS=N`, with weight-gradient jobs of about 1/N of a wave's work; with
@@ -15,21 +18,17 @@
 //! `SWITCHYARD_AB_RECYCLE_MIN=N`, with the allocator recycling freed blocks of N bytes and up
 //! (the default is `Recycling::MIN_BYTES`).
 
-#[allow(dead_code)]
-mod kernel_v0;
-
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use switchyard_core::dispatch::kernel;
-use switchyard_core::expert::ExpertLayout;
-use switchyard_core::{DispatchPlan, ExpertSpec};
+use switchyard_kernels::alloc::Recycling;
+use switchyard_kernels::dispatch as kernel;
+use switchyard_kernels::{DispatchPlan, ExpertLayout, ExpertSpec, KernelOptions};
 
 /// Large freed blocks are reused (as in `switchyard-bench`) unless `SWITCHYARD_RECYCLE=0`.
 #[global_allocator]
-static ALLOC: switchyard_core::dispatch::alloc::Recycling<std::alloc::System> =
-    switchyard_core::dispatch::alloc::Recycling::new(std::alloc::System);
+static ALLOC: Recycling<std::alloc::System> = Recycling::new(std::alloc::System);
 
 /// Timed calls of each kernel, alternating.
 const REPS: usize = 5;
@@ -62,7 +61,32 @@ fn main() {
             ("fine64".into(), 64, 8, 256),
         ],
     };
-    let only_new = std::env::args().nth(3).is_some_and(|a| a == "new");
+    // "old": the kernels with one knob changed, when an SWITCHYARD_AB_* variable says so (read
+    // once here, outside the timed calls); the recycling threshold is the allocator's own
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse::<usize>().expect(name))
+    };
+    let current = KernelOptions::default();
+    let knobs: [(&str, fn(&mut KernelOptions, usize)); 6] = [
+        ("SWITCHYARD_AB_WAVE_ROWS", |o, v| o.wave_rows = v),
+        ("SWITCHYARD_AB_WGRAD_JOBS", |o, v| o.wgrad_jobs = v),
+        ("SWITCHYARD_AB_ROW_TILE", |o, v| o.row_tile = v),
+        ("SWITCHYARD_AB_STREAM_MIN", |o, v| o.stream_min_bytes = v),
+        ("SWITCHYARD_AB_PACKING", |o, v| o.packing = v != 0),
+        ("SWITCHYARD_AB_OVERFILL", |o, v| o.overfill = v != 0),
+    ];
+    let old_opts = knobs.iter().find_map(|(name, set)| {
+        env(name).map(|v| {
+            let mut o = current;
+            set(&mut o, v);
+            o
+        })
+    });
+    let recycle_min = env("SWITCHYARD_AB_RECYCLE_MIN");
+    let only_new = std::env::args().nth(3).is_some_and(|a| a == "new")
+        || (old_opts.is_none() && recycle_min.is_none());
     for (name, e, k, h) in configs {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let layout = ExpertLayout::new(D_MODEL, &vec![ExpertSpec::swiglu(h); e]);
@@ -90,57 +114,21 @@ fn main() {
             rand(TOKENS * D_MODEL, &mut rng),
         );
         let new = || {
-            let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
-            kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+            let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan, &current);
+            kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy, &current);
         };
-        // "old": the current kernel with one knob changed, when an SWITCHYARD_AB_* variable
-        // says so (read once here, outside the timed calls), else the pre-rewrite kernel
-        let env = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.parse::<usize>().expect(name))
-        };
-        type Knob = (fn(usize), usize, usize);
-        let recycle_min = |b: usize| ALLOC.set_min_bytes(b);
-        let default_min =
-            switchyard_core::dispatch::alloc::Recycling::<std::alloc::System>::MIN_BYTES;
-        let knob: Option<Knob> = [
-            (
-                "SWITCHYARD_AB_WAVE_ROWS",
-                kernel::set_wave_rows as fn(usize),
-                0,
-            ),
-            ("SWITCHYARD_AB_WGRAD_JOBS", kernel::set_wgrad_jobs, 0),
-            ("SWITCHYARD_AB_RECYCLE_MIN", recycle_min, default_min),
-            ("SWITCHYARD_AB_ROW_TILE", kernel::set_row_tile, 0),
-            (
-                "SWITCHYARD_AB_STREAM_MIN",
-                kernel::set_stream_min_bytes,
-                kernel::STREAM_MIN_BYTES,
-            ),
-            ("SWITCHYARD_AB_PACKING", |v| kernel::set_packing(v != 0), 1),
-            (
-                "SWITCHYARD_AB_OVERFILL",
-                |v| kernel::set_overfill(v != 0),
-                1,
-            ),
-        ]
-        .into_iter()
-        .find_map(|(name, set, reset)| env(name).map(|v| (set, v, reset)));
         let old = || {
             if only_new {
                 return;
             }
-            match knob {
-                Some((set, value, reset)) => {
-                    set(value);
-                    new();
-                    set(reset);
-                }
-                None => {
-                    let (_, s) = kernel_v0::forward(&x, &w, &p, &layout, &plan);
-                    kernel_v0::backward(&x, &w, &p, &layout, &plan, &s, &gy);
-                }
+            let opts = old_opts.unwrap_or(current);
+            if let Some(min) = recycle_min {
+                ALLOC.set_min_bytes(min);
+            }
+            let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan, &opts);
+            kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy, &opts);
+            if recycle_min.is_some() {
+                ALLOC.set_min_bytes(Recycling::<std::alloc::System>::MIN_BYTES);
             }
         };
         let (mut tn, mut to) = (Vec::new(), Vec::new());
@@ -159,13 +147,13 @@ fn main() {
         // how busy the threads were: job time summed over threads / (threads · wall)
         let streamed = kernel::streamed_blocks();
         let busy = pool.install(|| {
-            switchyard_core::dispatch::profile::set_enabled(true);
-            switchyard_core::dispatch::profile::take();
+            switchyard_kernels::profile::set_enabled(true);
+            switchyard_kernels::profile::take();
             let t = Instant::now();
             new();
             let wall = t.elapsed().as_secs_f64();
-            let p = switchyard_core::dispatch::profile::take();
-            switchyard_core::dispatch::profile::set_enabled(false);
+            let p = switchyard_kernels::profile::take();
+            switchyard_kernels::profile::set_enabled(false);
             p.total_ns as f64 * 1e-9 / (wall * threads as f64)
         });
         println!(
@@ -178,10 +166,10 @@ fn main() {
         pool.install(|| {
             for _ in 0..REPS {
                 let t = Instant::now();
-                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan);
+                let (_, s) = kernel::forward(&x, &w, &p, &layout, &plan, &current);
                 tf.push(t.elapsed().as_secs_f64());
                 let t = Instant::now();
-                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy);
+                kernel::backward(&x, &w, &p, &layout, &plan, &s, &gy, &current);
                 tb.push(t.elapsed().as_secs_f64());
             }
         });

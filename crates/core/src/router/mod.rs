@@ -299,7 +299,7 @@ pub(crate) fn top_k_pairs(
 }
 
 /// A `[T, E]` 0/1 tensor with ones at the plan's assignments, of `like`'s dtype and device.
-pub(crate) fn plan_mask(plan: &DispatchPlan, like: &Tensor) -> Result<Tensor> {
+pub fn plan_mask(plan: &DispatchPlan, like: &Tensor) -> Result<Tensor> {
     fn ones_at<F: candle_core::WithDType>(
         plan: &DispatchPlan,
         dev: &candle_core::Device,

@@ -9,9 +9,9 @@ use super::{
     expect_cols, mask_unavailable, softmax, top_k_pairs, Dense, Router, RouterInput, RouterOutput,
 };
 use crate::config::RouterConfig;
-use crate::noise::{self, Dist};
 use crate::plan::DispatchPlan;
 use crate::{losses, rowops, Result};
+use switchyard_kernels::noise::{self, Dist};
 
 /// Shazeer's `noise_epsilon`: a floor on the noise scale, so Φ never divides by ~0.
 const NOISE_FLOOR: f64 = 1e-2;

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use switchyard_core::dispatch::{dispatch, dispatch_reference, kernel};
+use switchyard_core::dispatch::{dispatch_reference, dispatch_with};
 use switchyard_core::expert::ExpertLayout;
+use switchyard_core::KernelOptions;
 use switchyard_core::{Activation, DispatchPlan, ExpertSpec, Init, ParamBuilder, ParamStore};
+use switchyard_kernels::dispatch::WGRAD_ROWS;
 
 pub fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
@@ -57,7 +59,7 @@ pub fn big() -> Big {
 
 /// Experts of 530, 700, 0, 100, 450 and 1300 rows (one expert per token): with waves of 512
 /// rows (the smallest budget), the first expert finishes in one wave over budget, the second
-/// is cut, and 530 rows make two row tiles of 265 — the plan where `kernel::set_overfill`
+/// is cut, and 530 rows make two row tiles of 265 — the plan where `KernelOptions::overfill`
 /// changes the waves and tiles; the third expert gets no rows (its gradient must be zero).
 pub fn uneven() -> Big {
     let rows = [530, 700, 0, 100, 450, 1300];
@@ -71,7 +73,7 @@ pub fn uneven() -> Big {
 
 fn build(tokens: usize, experts: usize, pairs: &[(u32, u32)]) -> Big {
     let specs: Vec<ExpertSpec> = (0..experts)
-        // widths of 16 and up get their weights packed (`dispatch::packed`), narrower ones
+        // widths of 16 and up get their weights packed (`switchyard_kernels::packed`), narrower ones
         // keep `gemm`
         .map(|e| match e % 3 {
             0 => ExpertSpec::swiglu(16 + e),
@@ -83,7 +85,7 @@ fn build(tokens: usize, experts: usize, pairs: &[(u32, u32)]) -> Big {
     let pb = ParamBuilder::new(&ParamStore::new(), 8, DType::F32, &dev);
     let layout = Arc::new(ExpertLayout::new(D_MODEL, &specs));
     let plan = Arc::new(DispatchPlan::from_assignments(tokens, experts, pairs).unwrap());
-    assert!(plan.len() > 3 * kernel::WGRAD_ROWS, "several waves");
+    assert!(plan.len() > 3 * WGRAD_ROWS, "several waves");
     let mk = |n: usize, shape: &[usize]| {
         let t = Tensor::from_vec(pb.sample(n, Init::Normal(0.5)), shape, &dev)
             .unwrap()
@@ -114,13 +116,23 @@ impl Big {
         threads: usize,
         check: impl Fn(&Tensor, &candle_core::backprop::GradStore) + Send + Sync,
     ) -> Vec<Vec<u32>> {
+        self.kernel_bits_with(threads, &KernelOptions::default(), check)
+    }
+
+    /// [`Self::kernel_bits`] with the kernels tuned by `opts`.
+    pub fn kernel_bits_with(
+        &self,
+        threads: usize,
+        opts: &KernelOptions,
+        check: impl Fn(&Tensor, &candle_core::backprop::GradStore) + Send + Sync,
+    ) -> Vec<Vec<u32>> {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap()
             .install(|| {
-                let (y, loss) = self.run(false);
-                let g = switchyard_core::dispatch::backward(&loss).unwrap();
+                let (y, loss) = self.run_with(false, opts);
+                let g = switchyard_core::backward(&loss).unwrap();
                 check(&y, &g);
                 let mut out = vec![bits(&y)];
                 out.extend(self.vars().map(|v| bits(g.get(v.as_tensor()).unwrap())));
@@ -154,11 +166,16 @@ impl Big {
 
     /// `(y, loss)` through the kernel or the reference.
     pub fn run(&self, reference: bool) -> (Tensor, Tensor) {
+        self.run_with(reference, &KernelOptions::default())
+    }
+
+    /// [`Self::run`] with the kernels tuned by `opts`.
+    pub fn run_with(&self, reference: bool, opts: &KernelOptions) -> (Tensor, Tensor) {
         let (x, w, p) = (self.x.as_tensor(), self.w.as_tensor(), self.p.as_tensor());
         let y = if reference {
             dispatch_reference(x, w, p, &self.layout, &self.plan).unwrap()
         } else {
-            dispatch(x, w, p, &self.layout, &self.plan).unwrap()
+            dispatch_with(x, w, p, &self.layout, &self.plan, opts).unwrap()
         };
         let loss = (y.clone() * &self.proj).unwrap().sum_all().unwrap();
         (y, loss)

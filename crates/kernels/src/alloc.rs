@@ -2,10 +2,10 @@
 //! hands them back to allocations of the same size.
 //!
 //! Why: every training step allocates the same large buffers — above all the gradient of a
-//! layer's packed expert weights (1.6 GB at E=1024), plus candle's own temporaries of that size
+//! layer's packed expert weights, plus candle's own temporaries of that size
 //! — and frees them when the step is done. The system allocator returns such blocks to the
 //! kernel (`munmap`), so the next step gets fresh pages that the kernel must fault in and zero
-//! one by one; at E=1024 that zeroing took ~40 % of the dispatch kernels' time (perf, 1 thread).
+//! one by one (at large E, a large share of the dispatch kernels' time; see docs/PERFORMANCE.md).
 //! A recycled block is already mapped: `alloc` returns it as is, `alloc_zeroed` clears it with
 //! a user-space `memset`.
 //!
@@ -14,7 +14,7 @@
 //!
 //! Use it in a binary (a library cannot choose the allocator):
 //! ```no_run
-//! use switchyard_core::dispatch::alloc::Recycling;
+//! use switchyard_kernels::alloc::Recycling;
 //! #[global_allocator]
 //! static ALLOC: Recycling<std::alloc::System> = Recycling::new(std::alloc::System);
 //! ```
@@ -61,7 +61,7 @@ pub struct Recycling<A> {
 impl<A: GlobalAlloc> Recycling<A> {
     /// Smallest block cached by default: 256 KiB. glibc serves blocks this size from fresh
     /// `mmap`s or from a heap top it trims again, so each step's `[T, E]` routing tensors
-    /// (1 MiB at T=4096, E=64) were faulted in anew — ~20 % of the routing's time (perf).
+    /// (1 MiB at T=4096, E=64) would be faulted in anew on every step.
     pub const MIN_BYTES: usize = 256 << 10;
     /// Most bytes held in the cache.
     pub const MAX_CACHED: usize = 6 << 30;

@@ -3,7 +3,7 @@
 //! `std = softplus(raw) + floor` and `noisy = clean + ε · std`, as one `[2, T, E]` tensor
 //! (`noisy`, then `std`; [`noisy_logits`] hands back the two halves).
 //!
-//! Composed from candle ops ([`noisy_logits_composed`], the reference) this is two narrowed,
+//! Composed from candle ops (`switchyard_core::rowops::noisy_logits_composed`, the reference) this is two narrowed,
 //! strided views of the gate output, seven ops for the softplus, three more for the noise, and
 //! as many again in the backward, each with its own `[T, E]` gradient added into fresh zeros:
 //! with the load loss, most of what the noisy router cost over plain top-k. Here each
@@ -15,53 +15,42 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{data, dims2, fused, RowFloat, ROWS_PER_JOB};
-use crate::router::UNAVAILABLE_LOGIT;
-use crate::{MoeError, Result};
+use super::{data, dims2, RowFloat, ROWS_PER_JOB};
+use crate::{KernelError, Result};
 
-/// `(noisy, std)`, each `[T, E]`, from `gate_out [T, 2E]` and `eps [T, E]`; experts marked
-/// unavailable get −1e9 added to their clean logit, as the router's
-/// `mask_unavailable` does.
+/// `(noisy, std)`, each `[T, E]`, from `gate_out [T, 2E]` and `eps [T, E]`, fused (see
+/// [`super::fusable`]; both of one dtype); experts marked unavailable get `masked_logit` added
+/// to their clean logit, as the router's `mask_unavailable` does.
 pub fn noisy_logits(
     gate_out: &Tensor,
     eps: &Tensor,
     available: Option<&[bool]>,
     floor: f64,
+    masked_logit: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let e = check(gate_out, eps, available)?;
-    if !(fused(gate_out) && fused(eps) && gate_out.dtype() == eps.dtype()) {
-        return noisy_logits_composed(gate_out, eps, available, floor);
-    }
+    let e = check_noisy_logits(gate_out, eps, available)?;
     let out = gate_out.contiguous()?.apply_op2(
         &eps.contiguous()?,
         NoisyLogits {
             unavailable: available.map(|a| a.iter().map(|&ok| !ok).collect()),
             floor,
+            masked_logit,
         },
     )?;
     debug_assert_eq!(out.dims()[2], e);
     Ok((out.get(0)?, out.get(1)?))
 }
 
-/// The same from candle ops (the reference; other devices and dtypes use it).
-pub fn noisy_logits_composed(
+/// Checks the shapes of a noisy-logits call; returns `E`.
+pub fn check_noisy_logits(
     gate_out: &Tensor,
     eps: &Tensor,
     available: Option<&[bool]>,
-    floor: f64,
-) -> Result<(Tensor, Tensor)> {
-    let e = check(gate_out, eps, available)?;
-    let clean = crate::router::mask_unavailable(&gate_out.narrow(1, 0, e)?, available)?;
-    let std = (crate::expert::softplus(&gate_out.narrow(1, e, e)?)? + floor)?;
-    let noisy = (clean + (eps * &std)?)?;
-    Ok((noisy, std))
-}
-
-fn check(gate_out: &Tensor, eps: &Tensor, available: Option<&[bool]>) -> Result<usize> {
+) -> Result<usize> {
     let (t, e2) = gate_out.dims2()?;
     let e = e2 / 2;
     if e2 % 2 != 0 || eps.dims() != [t, e] || available.is_some_and(|a| a.len() != e) {
-        return Err(MoeError::input(
+        return Err(KernelError::input(
             "noisy logits",
             format!(
                 "gate output {:?} must be [T, 2E] with noise [T, E] and E availability flags \
@@ -90,6 +79,8 @@ struct NoisyLogits {
     /// Per expert, whether it is unavailable (`None`: all available).
     unavailable: Option<Vec<bool>>,
     floor: f64,
+    /// Added to the clean logit of an unavailable expert.
+    masked_logit: f64,
 }
 
 impl CustomOp2 for NoisyLogits {
@@ -109,13 +100,13 @@ impl CustomOp2 for NoisyLogits {
             eps: &[T],
             e: usize,
             off: Option<&[bool]>,
-            floor: f64,
+            (floor, masked): (f64, f64),
         ) -> Vec<T> {
             let len = eps.len();
             let mut out = vec![T::zero(); 2 * len];
             let (noisy, std) = out.split_at_mut(len);
             let from = <T as candle_core::WithDType>::from_f64;
-            let (floor, masked) = (from(floor), from(UNAVAILABLE_LOGIT));
+            let (floor, masked) = (from(floor), from(masked));
             let rows = ROWS_PER_JOB * e;
             noisy
                 .par_chunks_mut(rows)
@@ -152,7 +143,7 @@ impl CustomOp2 for NoisyLogits {
             data::<F>(s2, l2, name)?,
             e,
             off,
-            self.floor,
+            (self.floor, self.masked_logit),
         ));
         Ok((out, Shape::from((2, t, e))))
     }
@@ -233,157 +224,5 @@ impl CustomOp3 for NoisyLogitsBwd {
             e,
         ));
         Ok((out, l1.shape().clone()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::gradcheck;
-    use candle_core::{DType, Device, Var};
-
-    /// A gate output `[T, 2E]` with raw noise scales on both sides of 0 (and large ones, where
-    /// the softplus is linear), and the noise.
-    fn inputs(t: usize, e: usize, dtype: DType) -> (Var, Tensor) {
-        let f = |i: usize, a: usize, b: usize| ((i * a % b) as f64 - (b / 2) as f64) / b as f64;
-        let mut g: Vec<f64> = (0..t * 2 * e).map(|i| 3.0 * f(i, 37, 23)).collect();
-        if t > 0 {
-            g[e..2 * e].iter_mut().for_each(|x| *x += 25.0);
-        }
-        let eps: Vec<f64> = (0..t * e).map(|i| 2.0 * f(i, 29, 19)).collect();
-        let dev = &Device::Cpu;
-        let g = Tensor::from_vec(g, (t, 2 * e), dev)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        let eps = Tensor::from_vec(eps, (t, e), dev)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        (Var::from_tensor(&g).unwrap(), eps)
-    }
-
-    type Logits = fn(&Tensor, &Tensor, Option<&[bool]>, f64) -> Result<(Tensor, Tensor)>;
-
-    /// Values, and the gate output's gradient under a weighting of both halves.
-    fn run(f: Logits, g: &Var, eps: &Tensor, avail: Option<&[bool]>) -> [Vec<f64>; 3] {
-        let (n, s) = f(g.as_tensor(), eps, avail, 1e-2).unwrap();
-        let w = (eps.cos().unwrap() + 0.5).unwrap();
-        let loss = ((&n * &w).unwrap().sum_all().unwrap()
-            + (&s * w.sin().unwrap()).unwrap().sum_all().unwrap())
-        .unwrap();
-        let grad = loss.backward().unwrap();
-        let host = |x: &Tensor| {
-            x.to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-        };
-        [host(&n), host(&s), host(grad.get(g.as_tensor()).unwrap())]
-    }
-
-    #[test]
-    fn fused_logits_match_the_composed_ops_with_their_gradient() {
-        let mut avail = [true; 9];
-        avail[4] = false;
-        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-6)] {
-            for (t, e, a) in [(150, 9, None), (70, 9, Some(&avail[..])), (3, 1, None)] {
-                let (g, eps) = inputs(t, e, dtype);
-                let fast = run(noisy_logits, &g, &eps, a);
-                let slow = run(noisy_logits_composed, &g, &eps, a);
-                for (what, x, y) in [0, 1, 2].map(|i| (i, &fast[i], &slow[i])) {
-                    let worst = x
-                        .iter()
-                        .zip(y)
-                        .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-                        .fold(0.0, f64::max);
-                    assert!(
-                        worst < tol,
-                        "{dtype:?} T={t} E={e} output {what}: {worst:e}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_tracked_noise_gets_the_composed_gradient_and_no_rows_work() {
-        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-6)] {
-            let (g, eps) = inputs(30, 4, dtype);
-            let eps = Var::from_tensor(&eps).unwrap();
-            let deps = |f: Logits| {
-                let (n, s) = f(g.as_tensor(), eps.as_tensor(), None, 1e-2).unwrap();
-                let loss = ((&n * eps.as_tensor().cos().unwrap())
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    + s.sum_all().unwrap())
-                .unwrap();
-                let grads = loss.backward().unwrap();
-                let d = grads.get(eps.as_tensor()).unwrap();
-                d.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-            };
-            let (a, b) = (deps(noisy_logits), deps(noisy_logits_composed));
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-                .fold(0.0, f64::max);
-            assert!(worst < tol, "{dtype:?} noise gradient: {worst:e}");
-        }
-        // T = 0: empty results, as the composed ops give
-        let (g, eps) = inputs(0, 3, DType::F32);
-        let (n, s) = noisy_logits(g.as_tensor(), &eps, None, 1e-2).unwrap();
-        assert_eq!((n.dims(), s.dims()), (&[0, 3][..], &[0, 3][..]));
-        let dg = n.sum_all().unwrap().backward().unwrap();
-        assert_eq!(dg.get(g.as_tensor()).unwrap().dims(), &[0, 6]);
-    }
-
-    #[test]
-    fn fused_logits_pass_gradcheck() {
-        let (g, eps) = inputs(20, 5, DType::F64);
-        let w = (eps.cos().unwrap() + 0.5).unwrap();
-        let rep = gradcheck(
-            std::slice::from_ref(&g),
-            || {
-                let (n, s) = noisy_logits(g.as_tensor(), &eps, None, 1e-2)?;
-                Ok(((&n * &w)?.sum_all()? + (&s * w.sin()?)?.sum_all()?)?)
-            },
-            1e-6,
-            1e-7,
-            1e-6,
-        )
-        .unwrap();
-        assert!(rep.ok(), "noisy logits: {rep:?}");
-    }
-
-    #[test]
-    fn fused_logits_do_not_depend_on_the_thread_count() {
-        let (g, eps) = inputs(1000, 16, DType::F32);
-        let at = |threads: usize| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap()
-                .install(|| run(noisy_logits, &g, &eps, None))
-                .map(|v| v.into_iter().map(f64::to_bits).collect::<Vec<_>>())
-        };
-        assert_eq!(at(1), at(3));
-    }
-
-    #[test]
-    fn bad_shapes_are_errors() {
-        let (g, eps) = inputs(4, 3, DType::F32);
-        let odd = g.as_tensor().narrow(1, 0, 5).unwrap();
-        assert!(noisy_logits(&odd, &eps, None, 1e-2).is_err());
-        assert!(noisy_logits(g.as_tensor(), &eps.narrow(0, 0, 3).unwrap(), None, 1e-2).is_err());
-        assert!(noisy_logits(g.as_tensor(), &eps, Some(&[true, false]), 1e-2).is_err());
     }
 }

@@ -1,20 +1,6 @@
-//! Dispatch: run the experts on the rows a plan gives them and combine by the routing weights.
-//!
-//! Two implementations of one function, `y[t] = Σ_{a: token(a)=t} w[a] · expert(a)(x[t])`:
-//! - [`dispatch_reference`]: readable candle ops (index_select → matmul → index_add); candle's
-//!   autodiff supplies its backward. Any dtype.
-//! - [`dispatch`]: the [`MoeDispatchOp`] custom op over the CPU kernel in `kernel.rs`, with an
-//!   explicit backward for the input, the routing weights and the expert weights.
-//!
-//! Tests hold the two to each other and to central differences.
-
-mod act;
-pub(crate) use act::{logsumexp_bwd_tile, logsumexp_tile, softmax_bwd_tile, softmax_tile};
-pub mod alloc;
-pub mod gemm;
-pub mod kernel;
-pub mod packed;
-pub mod profile;
+//! The dispatch as a candle custom op with an explicit backward, and [`backward`]: the
+//! training step's `loss.backward()` that hands the kernels' expert-weight gradients to the
+//! gradient store without candle's zeros-then-add.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
@@ -23,37 +9,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor, WithDType};
 
-use crate::expert::{expert_forward_with, ExpertLayout};
+use super::{KFloat, Saved};
+use crate::layout::ExpertLayout;
 use crate::plan::DispatchPlan;
-use crate::{MoeError, Result};
-use kernel::{KFloat, Saved};
-
-/// Reference dispatch in plain candle ops.
-///
-/// # Shapes
-/// `x [T, d]`, `w [n]`, `packed [layout.total]` → `[T, d]`.
-pub fn dispatch_reference(
-    x: &Tensor,
-    w: &Tensor,
-    packed: &Tensor,
-    layout: &ExpertLayout,
-    plan: &DispatchPlan,
-) -> Result<Tensor> {
-    let mut y = x.zeros_like()?;
-    for e in 0..plan.num_experts {
-        let r = plan.range(e);
-        if r.is_empty() {
-            continue;
-        }
-        let idx = Tensor::from_slice(&plan.token[r.clone()], r.len(), x.device())?;
-        let xe = x.index_select(&idx, 0)?;
-        let oe = expert_forward_with(layout, packed, e, &xe)?;
-        let we = w.narrow(0, r.start, r.len())?.unsqueeze(1)?;
-        // torch: final.index_add_(0, idx, expert(x[idx]) * w[:, None])
-        y = y.index_add(&idx, &oe.broadcast_mul(&we)?, 0)?;
-    }
-    Ok(y)
-}
+use crate::{KernelError, KernelOptions, Result};
 
 enum SavedAny {
     F32(Saved<f32>),
@@ -67,14 +26,16 @@ enum SavedAny {
 pub struct MoeDispatchOp {
     layout: Arc<ExpertLayout>,
     plan: Arc<DispatchPlan>,
+    opts: KernelOptions,
     saved: Mutex<Option<SavedAny>>,
 }
 
 impl MoeDispatchOp {
-    pub fn new(layout: Arc<ExpertLayout>, plan: Arc<DispatchPlan>) -> Self {
+    pub fn new(layout: Arc<ExpertLayout>, plan: Arc<DispatchPlan>, opts: KernelOptions) -> Self {
         Self {
             layout,
             plan,
+            opts,
             saved: Mutex::new(None),
         }
     }
@@ -109,7 +70,7 @@ impl MoeDispatchOp {
         p: &[T],
         wrap: fn(Saved<T>) -> SavedAny,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (y, saved) = kernel::forward(x, w, p, &self.layout, &self.plan);
+        let (y, saved) = super::forward(x, w, p, &self.layout, &self.plan, &self.opts);
         *self.saved.lock().expect("dispatch op poisoned") = Some(wrap(saved));
         Ok((
             T::to_cpu_storage_owned(y),
@@ -129,7 +90,7 @@ impl MoeDispatchOp {
             with_host::<T, _>(w, |w| {
                 with_host::<T, _>(p, |p| {
                     with_host::<T, _>(gy, |gy| {
-                        kernel::backward(x, w, p, &self.layout, &self.plan, saved, gy)
+                        super::backward(x, w, p, &self.layout, &self.plan, saved, gy, &self.opts)
                     })
                 })
             })
@@ -204,28 +165,35 @@ impl CustomOp3 for MoeDispatchOp {
     }
 }
 
-/// Fast dispatch through the custom op; same contract as [`dispatch_reference`].
+/// Fast dispatch through the custom op; same contract as the readable
+/// `switchyard_core::dispatch::dispatch_reference`:
+/// `y[t] = Σ_{a: token(a)=t} w[a] · expert(a)(x[t])`.
+///
+/// # Shapes
+/// `x [T, d]`, `w [n]`, `packed [layout.total]` → `[T, d]`.
 pub fn dispatch(
     x: &Tensor,
     w: &Tensor,
     packed: &Tensor,
     layout: &Arc<ExpertLayout>,
     plan: &Arc<DispatchPlan>,
+    opts: &KernelOptions,
 ) -> Result<Tensor> {
     check_inputs(x, w, packed, layout, plan)?;
-    let op = MoeDispatchOp::new(layout.clone(), plan.clone());
+    let op = MoeDispatchOp::new(layout.clone(), plan.clone(), *opts);
     Ok(x.contiguous()?
         .apply_op3(&w.contiguous()?, &packed.contiguous()?, op)?)
 }
 
-fn check_inputs(
+/// Checks the shapes of a dispatch's inputs against the layout and the plan.
+pub fn check_inputs(
     x: &Tensor,
     w: &Tensor,
     p: &Tensor,
     layout: &ExpertLayout,
     plan: &DispatchPlan,
 ) -> Result<()> {
-    let bad = |why: String| Err(MoeError::input("dispatch", why));
+    let bad = |why: String| Err(KernelError::input("dispatch", why));
     if x.dims() != [plan.num_tokens, layout.d_model] {
         return bad(format!(
             "x has shape {:?}, expected [{}, {}]",
@@ -256,34 +224,6 @@ fn check_inputs(
         ));
     }
     Ok(())
-}
-
-/// Which dispatch implementation a forward uses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DispatchImpl {
-    /// The custom op with its explicit backward (default).
-    #[default]
-    Kernel,
-    /// Plain candle ops; the readable reference.
-    Reference,
-}
-
-/// Dispatch through the chosen implementation.
-pub fn run(
-    which: DispatchImpl,
-    x: &Tensor,
-    w: &Tensor,
-    packed: &Tensor,
-    layout: &Arc<ExpertLayout>,
-    plan: &Arc<DispatchPlan>,
-) -> Result<Tensor> {
-    match which {
-        DispatchImpl::Kernel => dispatch(x, w, packed, layout, plan),
-        DispatchImpl::Reference => {
-            check_inputs(x, w, packed, layout, plan)?;
-            dispatch_reference(x, w, packed, layout, plan)
-        }
-    }
 }
 
 /// An expert-parameter gradient held back from candle's accumulation (see [`backward`]).

@@ -1,12 +1,12 @@
-//! `dispatch::packed`: the GEMM over weights packed once agrees with the plain triple loop,
+//! `packed`: the GEMM over weights packed once agrees with the plain triple loop,
 //! for f32 and f64, on the AVX-512 and the AVX2+FMA microkernels, over shapes that leave
 //! partial panels and partial column groups, several depth blocks, both ways of reading the
 //! weights (row-major and transposed), overwrite and accumulate, and panels packed in pieces.
 //!
 //! One test function per ISA switch would race (the switch is process-wide), so one function.
 
-use switchyard_core::dispatch::gemm::{mm, set_isa, uses_avx512, GemmFloat, GemmIsa};
-use switchyard_core::dispatch::packed::{mm_packed, mm_packed_strided, mm_ref, PackedB};
+use switchyard_kernels::gemm::{mm, set_isa, uses_avx512, GemmFloat, GemmIsa};
+use switchyard_kernels::packed::{mm_packed, mm_packed_strided, mm_ref, PackedB};
 
 fn vals<T: num_traits::Float>(n: usize, seed: u64) -> Vec<T> {
     let mut s = seed

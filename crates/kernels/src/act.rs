@@ -2,10 +2,10 @@
 //! weight dot products — as row loops written to auto-vectorise, compiled three times
 //! (AVX-512, AVX2+FMA, baseline) and picked at run time like `gemm`'s kernels.
 
-use crate::config::{Activation, ExpertKind};
+use crate::layout::{Activation, ExpertKind};
 
-use super::gemm::{isa, GemmIsa};
-use super::kernel::KFloat;
+use crate::dispatch::KFloat;
+use crate::gemm::{isa, GemmIsa};
 
 /// Which compiled copy of the elementwise kernels runs: 4 = AVX-512, 3 = AVX2+FMA, 0 = baseline.
 #[inline]
@@ -455,7 +455,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 /// `dst[..src.len()] = src` by non-temporal stores (x86-64: the 16-byte aligned middle
 /// through `movntdq`, the ends by plain copies, then a store fence), which write whole cache
 /// lines to memory without first reading them: a plain store to a line not in cache reads it
-/// (8.5 GB/s of writes on this machine against 20–21 GB/s streamed, 1 GiB, 1 thread). For
+/// first (docs/PERFORMANCE.md has the measured write rates). For
 /// results that are final and too large to stay in cache, e.g. the expert gradient at large E.
 ///
 /// # Safety

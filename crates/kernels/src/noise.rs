@@ -2,12 +2,8 @@
 //! parallel and reproducibly: `n` values from one `seed`, block `b` of [`BLOCK`] values from
 //! its own ChaCha8 stream (stream `b`), so the values depend on the seed only, not on the
 //! thread count. Callers draw the seed from their own generator (`ForwardCtx::rng`), which
-//! keeps runs reproducible and resumable.
-//!
-//! Before, `T·d` or `T·E` values were drawn one by one from the caller's generator in f64 and
-//! converted to a tensor: 2–3 ms per layer and step for the jitter at T=4096, d=512 (more
-//! without the recycling allocator, whose absence made the old jitter's whole cost 38 ms,
-//! mostly page faults).
+//! keeps runs reproducible and resumable. (Drawing `T·d` values one by one from the caller's
+//! generator was a visible share of a step; docs/PERFORMANCE.md, "What was tried".)
 
 use candle_core::{DType, Tensor, WithDType};
 use rand::{RngCore, SeedableRng};

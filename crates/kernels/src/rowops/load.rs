@@ -1,9 +1,9 @@
 //! The column sums of Shazeer et al.'s (2017) smooth load estimator, fused, with its backward:
 //! `load[e] = Σ_t Φ((clean[t, e] − thr[t, e]) / std[t, e])`, where `thr[t, e]` is the
 //! (k+1)-th largest noisy logit of row `t` if `e` is among the row's top-k noisy logits, else
-//! the k-th largest ([`crate::losses::load`] takes its squared coefficient of variation).
+//! the k-th largest (`switchyard_core::losses::load` takes its squared coefficient of variation).
 //!
-//! Composed from candle ops ([`load_sums_composed`], the reference) this is two gathers, two
+//! Composed from candle ops (`switchyard_core::rowops::load_sums_composed`, the reference) this is two gathers, two
 //! subtractions, two divisions, two normal CDFs (three ops each), a select built from a
 //! `[T, E]` membership mask and a column sum: about fifteen `[T, E]` graph nodes, each with its
 //! own gradient tensor in the backward, and most of the noisy top-k router's routing time.
@@ -19,61 +19,52 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{data, dims2, fused, RowFloat, ROWS_PER_JOB};
-use crate::{MoeError, Result};
+use super::{data, dims2, RowFloat, ROWS_PER_JOB};
+use crate::{KernelError, Result};
 
-/// `Σ_t P(t, e)` → `[E]` for `clean`, `noisy`, `std` of shape `[T, E]` and `1 ≤ k < E`.
-pub fn load_sums(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<Tensor> {
-    let (t, _) = check(clean, noisy, std, k)?;
-    let same = |a: &Tensor| a.dtype() == noisy.dtype();
-    if !(fused(clean) && fused(noisy) && fused(std) && same(clean) && same(std)) {
-        return load_sums_composed(clean, noisy, std, k);
-    }
-    let top = Arc::new(top_rows(noisy, t, k)?);
-    Ok(clean.contiguous()?.apply_op3(
-        &noisy.contiguous()?,
-        &std.contiguous()?,
-        LoadSums { top, k },
-    )?)
-}
-
-/// The same sums from candle ops (the reference; other devices and dtypes use it).
-pub fn load_sums_composed(
+/// `Σ_t P(t, e)` → `[E]` for `clean`, `noisy`, `std` of shape `[T, E]` and `1 ≤ k < E`, fused
+/// (see [`super::fusable`]; all three of one dtype). `top` holds each row's k+1 largest noisy
+/// logits' experts, best first (ties to the lower index, as the router's selection), `T·(k+1)`
+/// in all.
+pub fn load_sums(
     clean: &Tensor,
     noisy: &Tensor,
     std: &Tensor,
     k: usize,
+    top: Vec<u32>,
 ) -> Result<Tensor> {
-    let (t, e) = check(clean, noisy, std, k)?;
-    let top = top_rows(noisy, t, k)?;
-    let (mut idx_in, mut idx_out, mut is_in) = (
-        Vec::with_capacity(t),
-        Vec::with_capacity(t),
-        vec![0f64; t * e],
-    );
-    for (tok, row) in top.chunks_exact(k + 1).enumerate() {
-        idx_in.push(row[k]); // (k+1)-th largest
-        idx_out.push(row[k - 1]); // k-th largest
-        for &x in &row[..k] {
-            is_in[tok * e + x as usize] = 1.0;
-        }
+    let (t, _) = check_load_sums(clean, noisy, std, k)?;
+    if top.len() != t * (k + 1) {
+        return Err(KernelError::input(
+            "load loss",
+            format!(
+                "{} top experts for {t} rows of k + 1 = {}",
+                top.len(),
+                k + 1
+            ),
+        ));
     }
-    let dev = noisy.device();
-    let thr_in = noisy.gather(&Tensor::from_vec(idx_in, (t, 1), dev)?, 1)?;
-    let thr_out = noisy.gather(&Tensor::from_vec(idx_out, (t, 1), dev)?, 1)?;
-    let is_in = Tensor::from_vec(is_in, (t, e), dev)?.to_dtype(noisy.dtype())?;
-    let p_in = crate::losses::normal_cdf(&clean.broadcast_sub(&thr_in)?.div(std)?)?;
-    let p_out = crate::losses::normal_cdf(&clean.broadcast_sub(&thr_out)?.div(std)?)?;
-    // torch: prob = torch.where(is_in, p_in, p_out)
-    let prob = ((&is_in * p_in)? + ((1.0 - &is_in)? * p_out)?)?;
-    Ok(prob.sum(0)?)
+    Ok(clean.contiguous()?.apply_op3(
+        &noisy.contiguous()?,
+        &std.contiguous()?,
+        LoadSums {
+            top: Arc::new(top),
+            k,
+        },
+    )?)
 }
 
-fn check(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<(usize, usize)> {
+/// Checks the shapes and `k` of a load-sums call; returns `(T, E)`.
+pub fn check_load_sums(
+    clean: &Tensor,
+    noisy: &Tensor,
+    std: &Tensor,
+    k: usize,
+) -> Result<(usize, usize)> {
     let (t, e) = noisy.dims2()?;
     for (what, x) in [("clean logits", clean), ("noise scales", std)] {
         if x.dims() != [t, e] {
-            return Err(MoeError::input(
+            return Err(KernelError::input(
                 "load loss",
                 format!(
                     "{what} have shape {:?}, the noisy logits [{t}, {e}]",
@@ -83,20 +74,12 @@ fn check(clean: &Tensor, noisy: &Tensor, std: &Tensor, k: usize) -> Result<(usiz
         }
     }
     if k == 0 || k >= e {
-        return Err(MoeError::input(
+        return Err(KernelError::input(
             "load loss",
             format!("k = {k} with {e} experts: needs 1 ≤ k < E"),
         ));
     }
     Ok((t, e))
-}
-
-/// Each row's k+1 largest noisy logits' experts, best first (ties to the lower index, as
-/// the router's selection).
-fn top_rows(noisy: &Tensor, t: usize, k: usize) -> Result<Vec<u32>> {
-    let pairs = crate::router::top_k_pairs(noisy, k + 1, None)?;
-    debug_assert_eq!(pairs.len(), t * (k + 1));
-    Ok(pairs.into_iter().map(|(_, x)| x).collect())
 }
 
 /// `Φ(z)` and `φ(z)` of the standard normal.
@@ -320,142 +303,5 @@ impl CustomOp3 for LoadSumsBwd {
             e,
         ));
         Ok((out, Shape::from((3, t, e))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::gradcheck;
-    use candle_core::{Device, Var};
-
-    /// `[T, E]` clean logits (a row with ties, a row with an unavailable expert at −1e9),
-    /// noise scales above the router's floor, and noisy logits `clean + ε · std` (with a row
-    /// of ties if `ties`: the selection's tie-break is not differentiable there).
-    fn inputs(t: usize, e: usize, dtype: DType, ties: bool) -> (Var, Var, Var) {
-        let f = |i: usize, a: usize, b: usize| ((i * a % b) as f64 - (b / 2) as f64) / b as f64;
-        let mut c: Vec<f64> = (0..t * e).map(|i| 2.0 * f(i, 37, 23)).collect();
-        if t >= 4 {
-            c[e..2 * e].iter_mut().for_each(|x| *x = 0.25);
-            c[2 * e + 1] = -1e9;
-        }
-        let s: Vec<f64> = (0..t * e).map(|i| 0.3 + f(i, 17, 11).abs()).collect();
-        let eps: Vec<f64> = (0..t * e).map(|i| 1.5 * f(i, 29, 19)).collect();
-        let mut n: Vec<f64> = (0..t * e).map(|i| c[i] + eps[i] * s[i]).collect();
-        if ties && t >= 4 {
-            n[3 * e..4 * e].iter_mut().for_each(|x| *x = -0.5);
-        }
-        let v = |x: Vec<f64>| {
-            Var::from_tensor(
-                &Tensor::from_vec(x, (t, e), &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap(),
-            )
-            .unwrap()
-        };
-        (v(c), v(n), v(s))
-    }
-
-    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-        let a = a.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
-        let b = b.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
-        let (a, b) = (a.to_vec1::<f64>().unwrap(), b.to_vec1::<f64>().unwrap());
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-            .fold(0.0, f64::max)
-    }
-
-    #[test]
-    fn fused_sums_match_the_composed_ops_with_their_gradients() {
-        for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 3e-6)] {
-            for (t, e, k) in [(150, 7, 2), (70, 5, 1), (9, 6, 5), (130, 64, 8)] {
-                let (c, n, s) = inputs(t, e, dtype, true);
-                // a weighting of the columns so that every gradient entry matters
-                let wcol: Vec<f64> = (0..e).map(|j| 1.0 + (j as f64 * 0.7).sin()).collect();
-                let wcol = Tensor::from_vec(wcol, e, &Device::Cpu)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap();
-                let run = |f: &dyn Fn(&Tensor, &Tensor, &Tensor, usize) -> Result<Tensor>| {
-                    let y = f(c.as_tensor(), n.as_tensor(), s.as_tensor(), k).unwrap();
-                    let gs = (&y * &wcol).unwrap().sum_all().unwrap().backward().unwrap();
-                    let g = |v: &Var| gs.get(v.as_tensor()).unwrap().clone();
-                    (y, [g(&c), g(&n), g(&s)])
-                };
-                let (a, ga) = run(&load_sums);
-                let (b, gb) = run(&load_sums_composed);
-                let what = format!("{dtype:?} T={t} E={e} k={k}");
-                assert!(max_rel(&a, &b) < tol, "sums {what}");
-                for (i, (x, y)) in ga.iter().zip(&gb).enumerate() {
-                    assert!(max_rel(x, y) < tol, "gradient {i} {what}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn fused_sums_pass_gradcheck() {
-        let (c, n, s) = inputs(40, 6, DType::F64, false);
-        // (the unavailable expert's −1e9 sits where Φ is flat: a derivative of 0 both ways)
-        let wcol = Tensor::new(&[1.0f64, -0.5, 2.0, 0.25, 1.5, -1.0], &Device::Cpu).unwrap();
-        let rep = gradcheck(
-            &[c.clone(), n.clone(), s.clone()],
-            || Ok((load_sums(c.as_tensor(), n.as_tensor(), s.as_tensor(), 2)? * &wcol)?.sum_all()?),
-            1e-6,
-            1e-7,
-            1e-5,
-        )
-        .unwrap();
-        assert!(rep.ok(), "load sums: {rep:?}");
-    }
-
-    #[test]
-    fn fused_sums_do_not_depend_on_the_thread_count() {
-        let (c, n, s) = inputs(1000, 16, DType::F32, true);
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let y = load_sums(c.as_tensor(), n.as_tensor(), s.as_tensor(), 3).unwrap();
-                let gs = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-                let mut bits = y.to_vec1::<f32>().unwrap();
-                for v in [&c, &n, &s] {
-                    bits.extend(
-                        gs.get(v.as_tensor())
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1::<f32>()
-                            .unwrap(),
-                    );
-                }
-                bits.into_iter().map(f32::to_bits).collect::<Vec<_>>()
-            })
-        };
-        assert_eq!(run(1), run(3));
-    }
-
-    #[test]
-    fn no_rows_give_zero_sums_and_empty_gradients() {
-        let (c, n, s) = inputs(0, 5, DType::F32, false);
-        let y = load_sums(c.as_tensor(), n.as_tensor(), s.as_tensor(), 2).unwrap();
-        let z = load_sums_composed(c.as_tensor(), n.as_tensor(), s.as_tensor(), 2).unwrap();
-        assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.0; 5]);
-        assert_eq!(z.to_vec1::<f32>().unwrap(), vec![0.0; 5]);
-        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        assert_eq!(g.get(c.as_tensor()).unwrap().dims(), &[0, 5]);
-    }
-
-    #[test]
-    fn bad_shapes_and_k_are_errors() {
-        let (c, n, s) = inputs(4, 5, DType::F32, true);
-        let short = c.as_tensor().narrow(1, 0, 4).unwrap();
-        assert!(load_sums(&short, n.as_tensor(), s.as_tensor(), 2).is_err());
-        assert!(load_sums(c.as_tensor(), n.as_tensor(), s.as_tensor(), 0).is_err());
-        assert!(load_sums(c.as_tensor(), n.as_tensor(), s.as_tensor(), 5).is_err());
     }
 }

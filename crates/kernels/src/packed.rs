@@ -1,9 +1,8 @@
 //! Expert weights packed once for `gemm`'s microkernels, and the GEMM driver that reads them.
 //!
 //! `gemm` packs its weight operand on every call. The dispatch kernels call it once per row
-//! tile (≤ 256 rows), so an expert's weights were packed once per tile: ~15 % of the kernels'
-//! time at mixtral8's shapes (perf), and the reason a 256-row tile ran its GEMM ~14 % slower
-//! than a 1024-row one (`pack_probe`). Here an expert's weights are packed once per pass and
+//! tile (≤ 256 rows), so an expert's weights were packed once per tile, a measurable share of
+//! the kernels' time (docs/PERFORMANCE.md, "What was tried"). Here an expert's weights are packed once per pass and
 //! wave and every tile of that expert runs `gemm`'s own microkernels (`gemm-f32` / `gemm-f64`,
 //! AVX-512 or AVX2+FMA as [`super::gemm::isa`] says) on them, through a plain driver that
 //! blocks the product the way `gemm`'s does (depth blocks and row blocks from
@@ -21,7 +20,7 @@
 
 use gemm_common::microkernel::MicroKernelFn;
 
-use super::gemm::GemmFloat;
+use crate::gemm::GemmFloat;
 
 /// One family of `gemm`'s microkernels: `MR = lanes · mr_div_n` rows by `NR` columns, and
 /// the kernel for a partial block of `⌈m / lanes⌉` vectors by `n` columns.
@@ -41,7 +40,7 @@ impl<T> Ukr<T> {
 
 /// `dst.copy_from_slice(src)` for the few short lengths the packing copies (a group of `NR`
 /// values, a panel row of `MR`) as fixed-size moves: `copy_from_slice` calls `memmove` for
-/// them, which at 6 values costs more than the copy (perf: 6–7 % of the kernels' time).
+/// them, which at 6 values costs more than the copy.
 #[inline(always)]
 fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     #[inline(always)]

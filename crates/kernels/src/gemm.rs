@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use gemm::Parallelism;
 
-use super::packed::Ukr;
+use crate::packed::Ukr;
 
 /// Environment variable read once, at the first kernel call: `avx2` forces the AVX2 path.
 pub const ISA_ENV: &str = "SWITCHYARD_GEMM_ISA";
