@@ -226,3 +226,29 @@ pub(crate) fn unsupported(
         hint: hint.map(str::to_string),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_found_by_its_names_and_written_as_its_model_type() {
+        assert_eq!(FAMILIES.len(), HfArch::ALL.len());
+        for (a, f) in HfArch::ALL.into_iter().zip(FAMILIES) {
+            assert_eq!(a.model_type(), f.model_type());
+            assert_eq!(HfArch::from_name(f.model_type()), Some(a));
+            assert_eq!(HfArch::from_name(f.class_name()), Some(a));
+            let json = serde_json::to_value(a).unwrap();
+            assert_eq!(json, Value::from(f.model_type()));
+            assert_eq!(serde_json::from_value::<HfArch>(json).unwrap(), a);
+        }
+        let mut names = supported_architectures();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            FAMILIES.len(),
+            "model_type names must be unique"
+        );
+    }
+}
