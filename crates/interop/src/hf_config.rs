@@ -283,11 +283,14 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
     let dense: Vec<usize> = (0..cfg.n_layers)
         .filter(|i| !moe_layers.contains(i))
         .collect();
-    match (f.mla, &cfg.mla) {
-        (true, None) => p.want(false, "DeepSeek needs multi-head latent attention (mla)"),
-        (false, Some(_)) => p.want(false, "multi-head latent attention is DeepSeek-only"),
-        _ => {}
-    }
+    p.want(
+        cfg.mla.is_some() || !f.mla,
+        "DeepSeek needs multi-head latent attention (mla)",
+    );
+    p.want(
+        cfg.mla.is_none() || f.mla,
+        "multi-head latent attention is DeepSeek-only",
+    );
     family.check_moe(m, &dense, &mut p);
     if !f.gated_shared_expert {
         let only = owners(|f| f.gated_shared_expert);
