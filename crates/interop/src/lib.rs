@@ -5,16 +5,18 @@
 //! latent attention, group-limited routing, V3's sigmoid scores with
 //! `e_score_correction_bias`).
 //!
-//! - [`import`]: `config.json` (both the Hub and the transformers-5 layout) → [`LmConfig`],
+//! - [`import`](mod@import): `config.json` (both the Hub and the transformers-5 layout) → [`LmConfig`],
 //!   memory-mapped safetensors shards → a [`MoeLm`] whose experts are packed the Switchyard
 //!   way, `tokenizer.json` → [`HfTokenizer`] (a [`switchyard_data::Tokenizer`]);
-//! - [`export`]: a [`MoeLm`] → a directory transformers loads (Hub tensor names, one tensor
+//! - [`export`](mod@export): a [`MoeLm`] → a directory transformers loads (Hub tensor names, one tensor
 //!   per expert), for an imported model or a native one whose config an HF architecture
 //!   can express ([`hf_config::infer_arch`]);
 //! - [`logits()`]: logits, router logits, chosen experts and routing weights on given ids,
 //!   saved in the same format as the parity fixtures;
 //! - [`ckpt`]: imported models as Switchyard checkpoint directories, and loading either kind;
-//! - [`commands`]: what `switchyard import | export | logits` do, as library functions.
+//! - [`commands`]: what `switchyard import | export | logits` do, as library functions;
+//! - [`family`]: one file per architecture family behind [`HfFamily`], and the registry that
+//!   every list of supported architectures comes from ([`supported_architectures`]).
 //!
 //! ```no_run
 //! use switchyard_interop::{export_imported, import, logits};
@@ -32,9 +34,9 @@
 //! `switchyard-core` (routers) below, `switchyard-train` for the checkpoint format, the CLI
 //! (`switchyard import | export | logits`) above.
 //!
-//! Not supported (refused with an error that says so): RoPE scaling (YaRN, used by the Hub's
-//! DeepSeek-V2/V3), biases on every attention projection (`attention_bias = true`),
-//! activations other than SiLU. Sliding-window attention is not implemented; a model with a
+//! Not supported (refused with an error that says so): RoPE scaling other than linear and
+//! YaRN (which the Hub's DeepSeek-V2/V3 use), biases on every attention projection
+//! (`attention_bias = true`), activations other than SiLU. Sliding-window attention is not implemented; a model with a
 //! window gets `max_seq_len` capped at the window, where full attention is exact.
 
 pub mod arch;
@@ -42,7 +44,9 @@ pub mod ckpt;
 pub mod commands;
 pub mod error;
 pub mod export;
+pub mod family;
 pub mod hf_config;
+mod hf_rope;
 pub mod import;
 pub mod logits;
 pub mod names;
@@ -52,6 +56,7 @@ pub use arch::HfArch;
 pub use ckpt::{load_model_dir, save_checkpoint_dir, LoadedModel};
 pub use error::{InteropError, Result};
 pub use export::{export, export_imported, export_with, ExportOptions, ExportReport};
+pub use family::{supported_architectures, HfFamily, FAMILIES};
 pub use hf_config::SpecialIds;
 pub use import::{import, import_with, ImportOptions, ImportedModel};
 pub use logits::{greedy, logits, LayerRouting, LogitsReport};

@@ -1,4 +1,6 @@
-//! Which HF tensors make up each Switchyard parameter, for one architecture and config.
+//! Which HF tensors make up each Switchyard parameter, for one architecture and config. The
+//! layout is shared; the names that differ per family come from its
+//! [`HfFamily`](crate::family::HfFamily).
 //!
 //! Most parameters carry their HF name unchanged (`model.layers.{i}.self_attn.q_proj.weight`,
 //! …). The exceptions are the MoE layers: Switchyard names them
@@ -69,6 +71,7 @@ impl Mapping {
 
 /// The mapping of `cfg` as `arch` (the config must be valid and representable).
 pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
+    let family = arch.family();
     let (d, v) = (cfg.d_model, cfg.vocab_size);
     let mut m = Mapping::default();
     let mut direct = |name: String, shape: Vec<usize>| {
@@ -99,7 +102,7 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
             unreachable!("an MoE layer")
         };
         let ours = format!("model.layers.{i}.{OUR_MOE_PREFIX}.");
-        let hf = format!("model.layers.{i}.{}.", arch.moe_prefix());
+        let hf = format!("model.layers.{i}.{}.", family.moe_prefix());
         let e = moe.experts.len();
         m.params.push(Entry {
             ours: format!("{ours}gate.weight"),
@@ -108,7 +111,7 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
                 shape: vec![e, d],
             },
         });
-        let [g, u, dn] = arch.expert_proj_names();
+        let [g, u, dn] = family.expert_proj_names();
         let experts = moe
             .experts
             .iter()
@@ -132,7 +135,7 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
                 d_model: d,
             },
         });
-        if let (Some(shared), Some(sp)) = (moe.shared_experts.first(), arch.shared_prefix()) {
+        if let (Some(shared), Some(sp)) = (moe.shared_experts.first(), family.shared_prefix()) {
             let b = format!("{hf}{sp}.");
             let names = [
                 format!("{b}gate_proj.weight"),
@@ -156,11 +159,11 @@ pub fn mapping(arch: HfArch, cfg: &LmConfig) -> Mapping {
                 },
             });
         }
-        if arch == HfArch::DeepseekV3 {
+        for (name, hf) in family.router_buffers(&hf) {
             m.buffers.push(BufferEntry {
                 layer: i,
-                name: "selection_bias",
-                hf: format!("{hf}gate.e_score_correction_bias"),
+                name,
+                hf,
                 len: e,
             });
         }

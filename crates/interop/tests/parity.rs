@@ -110,6 +110,18 @@ fn deepseek_v3_matches_transformers() {
 
 /// DeepSeek-V3's `rope_scaling` (YaRN, mscale = mscale_all_dim = 1) scaled down to a
 /// pretraining context of 32 and factor 4; greedy decoding runs past position 32.
+/// A family added to the registry must come with its fixture (and its `*_matches_transformers`
+/// test above): the fixture list is the one list here that is not derived from the registry.
+#[test]
+fn every_registered_family_has_a_parity_fixture() {
+    for a in switchyard_interop::HfArch::ALL {
+        assert!(
+            FIXTURES.contains(&a.model_type()),
+            "no fixture for {a} in tests/fixtures (scripts/reference/make_hf_fixtures.py)"
+        );
+    }
+}
+
 #[test]
 fn deepseek_v3_with_yarn_matches_transformers() {
     let m = import(fixture("deepseek_v3_yarn")).unwrap();
