@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Switchyard test suite on a fresh machine with only the Rust toolchain:
-# installs the system packages the tests need, then runs every test in the workspace.
+# installs the system packages the tests need, checks formatting, lints (clippy) and the API
+# docs (rustdoc) with warnings as errors, then runs every test in the workspace.
 # `.ci/run` calls this script; README.md names it as the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +19,15 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+command -v rustfmt >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+echo "== cargo test"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc

@@ -51,7 +51,10 @@ fn train(params: Vec<Var>, steps: usize, mut loss: impl FnMut(usize) -> Tensor) 
     )
     .unwrap();
     for step in 0..steps {
-        opt.backward_step(&loss(step)).unwrap();
+        // switchyard_core::backward, not loss.backward(): the same gradients, with the
+        // dispatch kernels' expert gradients handed over without candle's zeros-then-add
+        let grads = backward(&loss(step)).unwrap();
+        opt.step(&grads).unwrap();
     }
 }
 

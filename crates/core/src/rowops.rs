@@ -109,7 +109,8 @@ pub fn plan_weights_composed(
 
 /// `(noisy, std)`, each `[T, E]`, from the noisy router's gate output `[clean | raw] [T, 2E]`
 /// and the noise `ε [T, E]`: `std = softplus(raw) + floor`, `noisy = clean + ε · std`;
-/// experts marked unavailable get [`UNAVAILABLE_LOGIT`] added to their clean logit.
+/// experts marked unavailable get the router's `UNAVAILABLE_LOGIT` (−1e9) added to their
+/// clean logit.
 pub fn noisy_logits(
     gate_out: &Tensor,
     eps: &Tensor,

@@ -1,7 +1,7 @@
 //! Causal multi-head self-attention with RoPE, optional grouped-query heads, optional q/k
 //! RMSNorm (over the whole projection as OLMoE, or per head as Qwen3), optional q/k/v biases
 //! (Qwen2) and a KV cache for incremental decoding. Multi-head latent attention lives in
-//! `mla.rs` and shares [`attend`].
+//! `mla.rs` and shares `attend`.
 
 use candle_core::{Tensor, Var, D};
 use switchyard_core::{Init, ParamBuilder};

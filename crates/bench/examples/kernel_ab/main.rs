@@ -69,7 +69,8 @@ fn main() {
             .map(|v| v.parse::<usize>().expect(name))
     };
     let current = KernelOptions::default();
-    let knobs: [(&str, fn(&mut KernelOptions, usize)); 6] = [
+    type Set = fn(&mut KernelOptions, usize);
+    let knobs: [(&str, Set); 6] = [
         ("SWITCHYARD_AB_WAVE_ROWS", |o, v| o.wave_rows = v),
         ("SWITCHYARD_AB_WGRAD_JOBS", |o, v| o.wgrad_jobs = v),
         ("SWITCHYARD_AB_ROW_TILE", |o, v| o.row_tile = v),

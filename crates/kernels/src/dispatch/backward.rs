@@ -37,7 +37,7 @@ enum WaveRows<T: 'static> {
     /// `[wave rows, d]` copies of the `x` and `gy` rows, in wave order.
     Plain { xw: Vec<T>, gw: Vec<T> },
 }
-/// Backward of [`forward`] given the upstream gradient `gy [T, d]`.
+/// Backward of [`forward`](super::forward) given the upstream gradient `gy [T, d]`.
 ///
 /// Runs wave by wave (see the module docs): phase A (per row tile: the activation's backward and
 /// the input-gradient rows), phase B (per column block: the weight gradients) and phase C

@@ -27,7 +27,7 @@
 //! independent of the thread count. The weight gradients' packed path does not depend on the
 //! thread count; it can differ from `gemm`'s bits for chunks of 1–2 rows, which `gemm` runs
 //! through other kernels.
-//! [`KernelOptions::packing`] turns all of it off (A/B measurements; then only `gemm` runs).
+//! [`KernelOptions::packing`](crate::KernelOptions::packing) turns all of it off (A/B measurements; then only `gemm` runs).
 //!
 //! # Determinism
 //! The split depends only on the plan and the shapes, never on the thread count; every job

@@ -102,6 +102,7 @@ impl PlanWeights {
             .collect()
     }
 
+    #[allow(clippy::assign_op_pattern)] // `T: RowFloat` has no `AddAssign` bound
     fn bwd<T: RowFloat>(&self, x: &[T], g: &[T]) -> Vec<T> {
         let (e, scale) = (
             self.plan.num_experts,
