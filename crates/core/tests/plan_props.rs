@@ -40,7 +40,7 @@ fn routers(e: usize) -> Vec<RouterConfig> {
             iterations: 30,
         },
     ];
-    if e.is_multiple_of(2) {
+    if e % 2 == 0 {
         v.push(RouterConfig::GroupLimited {
             k: 2.min(e / 2),
             groups: 2,
