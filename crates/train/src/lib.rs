@@ -6,7 +6,8 @@
 //!   moments can be exported and restored (candle-nn's cannot) for exact resume;
 //! - [`grads`]: global-norm clipping ([`clip_grad_norm`]) and micro-batch accumulation;
 //! - [`schedule`]: [`LrSchedule`], linear warmup then cosine decay;
-//! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5);
+//! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5; the format
+//!   and the run directory are `switchyard-io`'s) with the optimiser state;
 //! - [`trainer`]: [`TrainConfig`] (TOML with `key=value` overrides, validated) and the
 //!   [`Trainer`] loop for `switchyard-models` LMs on `switchyard-data` corpora: gradient
 //!   accumulation, clipping, warmup + cosine LR, evaluation per domain, `metrics.jsonl`,
