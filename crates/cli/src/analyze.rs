@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use switchyard_analyze::{trace, AnalysisSummary, AnalyzeOptions};
 use switchyard_data::{Batch, ByteTokenizer, Dataset, Tokenizer};
-use switchyard_train::trainer::{self, restore::load_model};
+use switchyard_interop::load_any;
+use switchyard_io::ModelSource;
+use switchyard_train::trainer;
+
+use crate::run_config::run_config;
 
 /// Windows per traced batch: every batch must have the same shape for replay.
 pub const TRACE_BATCH: usize = 4;
@@ -61,27 +65,20 @@ struct Subject {
 
 /// A Switchyard checkpoint (native, imported or fine-tuned), or an HF directory directly
 /// (then the built-in corpus with the default data settings, windows capped at the model's
-/// `max_seq_len`).
+/// `max_seq_len`; see [`run_config`]).
 fn load_subject(path: &Path) -> anyhow::Result<Subject> {
     let context = || format!("loading {}", path.display());
-    if switchyard_interop::ckpt::is_hf_dir(path) {
-        let m = switchyard_interop::load_model_dir(path).with_context(context)?;
-        let mut cfg = trainer::TrainConfig::default();
-        cfg.model = m.model.cfg.clone();
-        cfg.data.seq_len = cfg.data.seq_len.min(cfg.model.max_seq_len);
-        return Ok(Subject {
-            model: m.model,
-            cfg,
-            tokenizer: m.tokenizer,
-            source: path.to_path_buf(),
-        });
-    }
-    let loaded = load_model(path).with_context(context)?;
+    let m = load_any(path).with_context(context)?;
+    let cfg = run_config(&m).with_context(context)?;
+    let source = match &m.source {
+        ModelSource::Checkpoint { step_dir, .. } => step_dir.clone(),
+        ModelSource::HfDir { dir } => dir.clone(),
+    };
     Ok(Subject {
-        model: loaded.model,
-        cfg: loaded.cfg,
-        tokenizer: loaded.tokenizer,
-        source: loaded.checkpoint.dir,
+        model: m.model,
+        cfg,
+        tokenizer: m.tokenizer,
+        source,
     })
 }
 

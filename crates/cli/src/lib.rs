@@ -2,18 +2,21 @@
 //!
 //! The `switchyard` command (`src/main.rs`, thin: clap parsing, logging, exit codes) and the
 //! pieces it is made of, usable from other tools:
+//! - [`commands`]: one file per command (`train`, `generate`, `eval`, `demo`, `bench`,
+//!   `analyze`, `import`, `export`, `logits`), each with its clap `Args` and its `run`;
 //! - [`demo`]: [`demo::run`] trains an MoE LM and its equal-active-compute dense baseline on
 //!   the built-in corpus and returns a [`demo::DemoResult`] (run directories, evaluations,
 //!   the domain → expert routing table, `summary.json`); later steps such as an HTML report
 //!   start from that result;
 //! - [`analyze`]: `switchyard analyze` (routing trace, metrics, plots, HTML report) and trace replay;
-//! - [`interop`]: `switchyard import | export | logits` and HF-tokenizer `generate` / `eval`
-//!   (the work is in `switchyard-interop`);
+//! - [`run_config`]: the run config a loaded model is evaluated or analysed with;
 //! - [`report`]: the plain-text tables the commands print;
 //! - [`exit_code`] and [`hints`]: how an error reaches the user.
 //!
-//! Training itself lives in `switchyard-train` ([`switchyard_train::Trainer`]), models in
-//! `switchyard-models`, data in `switchyard-data`.
+//! Every command that reads a model (generate, eval, analyze, export, logits) loads it with
+//! `switchyard_interop::load_any`, so each takes a run directory, a step directory or an HF
+//! directory alike. Training itself lives in `switchyard-train` ([`switchyard_train::Trainer`]),
+//! run directories in `switchyard-io`, models in `switchyard-models`, data in `switchyard-data`.
 //!
 //! ```no_run
 //! use switchyard_cli::demo::{run, DemoOptions};
@@ -24,11 +27,13 @@
 //! ```
 
 pub mod analyze;
+pub mod commands;
 pub mod demo;
-pub mod interop;
 pub mod report;
+pub mod run_config;
 
-use switchyard_train::checkpoint::CheckpointError;
+use switchyard_interop::InteropError;
+use switchyard_io::{CheckpointError, LoadError};
 use switchyard_train::trainer::{ConfigError, RunError};
 
 /// Any other failure.
@@ -77,6 +82,18 @@ pub fn hints(err: &anyhow::Error) -> Vec<String> {
             }
         }
         if let Some(c) = e.downcast_ref::<CheckpointError>() {
+            return checkpoint_hints(c);
+        }
+        // transparent wrappers hide the checkpoint error from the chain
+        let wrapped = match e.downcast_ref::<InteropError>() {
+            Some(InteropError::Checkpoint(c)) => Some(c),
+            Some(InteropError::Load(LoadError::Checkpoint(c))) => Some(c),
+            _ => match e.downcast_ref::<LoadError>() {
+                Some(LoadError::Checkpoint(c)) => Some(c),
+                _ => None,
+            },
+        };
+        if let Some(c) = wrapped {
             return checkpoint_hints(c);
         }
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use switchyard_data::{ByteTokenizer, Tokenizer};
 
 use crate::arch::HfArch;
-use crate::ckpt::{load_model_dir, save_checkpoint_dir, LoadedModel};
+use crate::ckpt::{load_any, save_checkpoint_dir, LoadedModel};
 use crate::error::{InteropError, Result};
 use crate::export::{export_with, ExportOptions, ExportReport};
 use crate::import::import;
@@ -28,8 +28,8 @@ pub struct ImportSummary {
     pub tokenizer: bool,
 }
 
-/// `switchyard import <hf-dir> --out DIR`: converts to a Switchyard run directory that the
-/// train crate's `load_checkpoint` (and everything built on it) reads.
+/// `switchyard import <hf-dir> --out DIR`: converts to a Switchyard run directory that
+/// `switchyard_io`'s checkpoint loader (and everything built on it) reads.
 pub fn import_to_checkpoint(hf_dir: &Path, out: &Path) -> Result<ImportSummary> {
     let m = import(hf_dir)?;
     let step_dir = save_checkpoint_dir(&m, out)?;
@@ -50,7 +50,7 @@ pub fn export_model_dir(
     out: &Path,
     arch: Option<HfArch>,
 ) -> Result<ExportReport> {
-    let m = load_model_dir(model_dir)?;
+    let m = load_any(model_dir)?;
     let opts = ExportOptions {
         tokenizer_json: m.tokenizer.as_ref().map(|t| t.path.clone()),
         special_ids: m.special_ids,
@@ -116,7 +116,7 @@ pub fn logits_to_file(
     out: &Path,
     greedy_tokens: usize,
 ) -> Result<LogitsReport> {
-    let m = load_model_dir(model_dir)?;
+    let m = load_any(model_dir)?;
     let ids = resolve_ids(&m, ids)?;
     let report = logits(&m.model, &ids)?;
     let g = if greedy_tokens > 0 {

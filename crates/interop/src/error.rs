@@ -89,11 +89,11 @@ pub enum InteropError {
 
     /// A Switchyard checkpoint directory could not be read or written.
     #[error(transparent)]
-    Checkpoint(#[from] switchyard_train::CheckpointError),
+    Checkpoint(#[from] switchyard_io::CheckpointError),
 
     /// A Switchyard checkpoint could not be loaded as a model.
     #[error(transparent)]
-    Run(#[from] switchyard_train::trainer::RunError),
+    Load(#[from] switchyard_io::LoadError),
 
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -319,4 +319,4 @@ pub fn check_fits(need_bytes: u64, available: Option<u64>) -> Result<()> {
 }
 
 /// Linux `MemAvailable` (shared with the checkpoint loader).
-pub use switchyard_train::mem_available_bytes;
+pub use switchyard_io::mem_available_bytes;

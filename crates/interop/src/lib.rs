@@ -13,7 +13,8 @@
 //!   can express ([`hf_config::infer_arch`]);
 //! - [`logits()`]: logits, router logits, chosen experts and routing weights on given ids,
 //!   saved in the same format as the parity fixtures;
-//! - [`ckpt`]: imported models as Switchyard checkpoint directories, and loading either kind;
+//! - [`ckpt`]: imported models as Switchyard run directories, and [`load_any`], the one
+//!   loader for a run, step or HF directory;
 //! - [`commands`]: what `switchyard import | export | logits` do, as library functions;
 //! - [`family`]: one file per architecture family behind [`HfFamily`], and the registry that
 //!   every list of supported architectures comes from ([`supported_architectures`]).
@@ -31,7 +32,7 @@
 //! What each architecture computes is documented, with the reference formulas, in
 //! `scripts/reference/README.md`; `tests/parity.rs` checks every fixture against
 //! transformers' own outputs. Neighbours: `switchyard-models` (the LM, incl. MLA) and
-//! `switchyard-core` (routers) below, `switchyard-train` for the checkpoint format, the CLI
+//! `switchyard-core` (routers) below, `switchyard-io` for run directories and checkpoints, the CLI
 //! (`switchyard import | export | logits`) above.
 //!
 //! Not supported (refused with an error that says so): RoPE scaling other than linear and
@@ -53,7 +54,7 @@ pub mod names;
 pub mod tokenizer;
 
 pub use arch::HfArch;
-pub use ckpt::{load_model_dir, save_checkpoint_dir, LoadedModel};
+pub use ckpt::{load_any, save_checkpoint_dir, LoadedModel};
 pub use error::{InteropError, Result};
 pub use export::{export, export_imported, export_with, ExportOptions, ExportReport};
 pub use family::{supported_architectures, HfFamily, FAMILIES};

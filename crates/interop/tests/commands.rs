@@ -10,7 +10,7 @@ use switchyard_core::{ExpertSpec, MoeConfig, ParamBuilder, ParamStore, RouterCon
 use switchyard_interop::commands::{
     export_model_dir, import_to_checkpoint, logits_to_file, parse_ids_arg, IdsInput,
 };
-use switchyard_interop::{export, import, load_model_dir, logits, HfArch};
+use switchyard_interop::{export, import, load_any, logits, HfArch};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MoeLm};
 
 #[test]
@@ -29,7 +29,7 @@ fn imported_checkpoint_loads_back_with_identical_logits_and_exports_to_its_arch(
     assert_eq!(ck.state.buffers.len(), 2);
 
     let ids = expected(name).ids;
-    let loaded = load_model_dir(&run).unwrap();
+    let loaded = load_any(&run).unwrap();
     assert_eq!(loaded.arch, Some(HfArch::DeepseekV3));
     assert!(loaded.tokenizer.is_some());
     let direct = import(fixture(name)).unwrap();

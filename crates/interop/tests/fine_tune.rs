@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use switchyard_data::{HfTokenizer, Tokenizer};
 use switchyard_interop::commands::{export_model_dir, import_to_checkpoint};
-use switchyard_interop::{import, load_model_dir, logits, HfArch};
+use switchyard_interop::{import, load_any, logits, HfArch};
 use switchyard_train::trainer::{evaluate, TrainConfig, Trainer};
 
 fn config(init: &std::path::Path, run_dir: &std::path::Path, steps: u64) -> TrainConfig {
@@ -75,7 +75,7 @@ fn an_imported_olmoe_fine_tunes_with_its_own_tokenizer_and_exports_back() {
     for f in ["tokenizer.json", "tokenizer_config.json", "hf_source.json"] {
         assert!(run.join(f).is_file(), "{f} missing from the run directory");
     }
-    let loaded = load_model_dir(&run).unwrap();
+    let loaded = load_any(&run).unwrap();
     assert_eq!(loaded.arch, Some(HfArch::Olmoe));
     assert!(loaded.tokenizer.is_some());
     let trained = switchyard_train::trainer::load_model(&run).unwrap();

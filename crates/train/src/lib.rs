@@ -6,7 +6,8 @@
 //!   moments can be exported and restored (candle-nn's cannot) for exact resume;
 //! - [`grads`]: global-norm clipping ([`clip_grad_norm`]) and micro-batch accumulation;
 //! - [`schedule`]: [`LrSchedule`], linear warmup then cosine decay;
-//! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5);
+//! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5; the format
+//!   and the run directory are `switchyard-io`'s) with the optimiser state;
 //! - [`trainer`]: [`TrainConfig`] (TOML with `key=value` overrides, validated) and the
 //!   [`Trainer`] loop for `switchyard-models` LMs on `switchyard-data` corpora: gradient
 //!   accumulation, clipping, warmup + cosine LR, evaluation per domain, `metrics.jsonl`,
@@ -29,7 +30,9 @@
 //! let x = Tensor::ones((2, 4), DType::F32, &Device::Cpu)?;
 //! for step in 0..3 {
 //!     let loss = x.matmul(w.as_tensor())?.sqr()?.sum_all()?;
-//!     let mut grads = loss.backward()?;
+//!     // switchyard_core::backward, not loss.backward(): the same gradients, with the MoE
+//!     // dispatch kernels' expert gradients handed over without candle's zeros-then-add
+//!     let mut grads = switchyard_core::backward(&loss)?;
 //!     clip_grad_norm(&store, &mut grads, 1.0)?;
 //!     opt.step(&grads, sched.lr_at(step))?;
 //! }

@@ -338,7 +338,7 @@ impl Trainer {
             } else {
                 objective
             };
-            // the packed expert gradients skip candle's zeros-then-add (see dispatch::backward)
+            // the packed expert gradients skip candle's zeros-then-add (see switchyard_core::backward)
             let grads = switchyard_core::backward(&scaled)?;
             match &mut acc {
                 None if accum == 1 => acc = Some(grads),

@@ -97,6 +97,19 @@ impl From<switchyard_core::MoeError> for RunError {
     }
 }
 
+/// A model that cannot be loaded is a checkpoint the run cannot resume from.
+impl From<switchyard_io::LoadError> for RunError {
+    fn from(e: switchyard_io::LoadError) -> Self {
+        use switchyard_io::LoadError;
+        match e {
+            LoadError::Checkpoint(e) => RunError::Checkpoint(e),
+            LoadError::Incompatible { path, reason } => RunError::Resume { path, reason },
+            LoadError::Model(e) => RunError::Model(e),
+            LoadError::Data(e) => RunError::Data(e),
+        }
+    }
+}
+
 impl RunError {
     pub(crate) fn io(
         op: &'static str,

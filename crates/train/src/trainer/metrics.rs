@@ -13,7 +13,8 @@ use switchyard_models::LayerReport;
 use super::error::{RunError, RunResult};
 use super::eval::EvalResult;
 
-pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The run directory's log file (named by `switchyard-io`, which owns the run directory).
+pub use switchyard_io::run_dir::METRICS_FILE;
 
 /// Routing health of one MoE layer over one optimiser step (all its micro-batches).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

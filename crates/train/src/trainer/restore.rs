@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use switchyard_core::{ParamBuilder, ParamStore};
-use switchyard_models::{ffn::Ffn, MoeLm};
+use switchyard_data::HfTokenizer;
+use switchyard_io::run_dir::{
+    carried_file, RunDir, CONFIG_FILE, HF_SOURCE_FILE, STATE_FILE, TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+};
+use switchyard_io::{find_step_dir, model_from_checkpoint};
+use switchyard_models::{LmConfig, MoeLm};
 
 use super::config::TrainConfig;
 use super::error::{ConfigError, RunError, RunResult};
-use crate::checkpoint::{
-    find_step_dir, load_checkpoint, restore_into, Checkpoint, CONFIG_FILE, STATE_FILE,
-};
-use switchyard_data::hf_tokenizer::TOKENIZER_FILE;
-use switchyard_data::HfTokenizer;
-use switchyard_models::LmConfig;
+use crate::checkpoint::{load_checkpoint, restore_into, Checkpoint};
+
+pub use switchyard_io::buffers::{buffer_key, router_buffers};
 
 /// A fresh model of `cfg.model`, initialised from `cfg.seed`, with its parameter store.
 pub fn build_model(cfg: &TrainConfig) -> RunResult<(ParamStore, MoeLm)> {
@@ -25,25 +28,6 @@ pub fn build_model(cfg: &TrainConfig) -> RunResult<(ParamStore, MoeLm)> {
     Ok((store, model))
 }
 
-/// Name of a router buffer in `state.json`: `model.layers.{i}.block_sparse_moe.router.{name}`,
-/// next to the layer's parameters.
-pub fn buffer_key(layer: usize, name: &str) -> String {
-    format!("model.layers.{layer}.block_sparse_moe.router.{name}")
-}
-
-/// Every router buffer of the model (e.g. aux-loss-free selection biases), by key.
-pub fn router_buffers(model: &MoeLm) -> BTreeMap<String, Vec<f32>> {
-    let mut out = BTreeMap::new();
-    for (i, block) in model.layers.iter().enumerate() {
-        if let Ffn::Moe(m) = &block.ffn {
-            for (name, values) in m.router.buffers() {
-                out.insert(buffer_key(i, &name), values);
-            }
-        }
-    }
-    out
-}
-
 /// Restores router buffers saved by [`router_buffers`]; every buffer the model has must be
 /// present and nothing else.
 pub fn load_router_buffers(
@@ -51,42 +35,10 @@ pub fn load_router_buffers(
     saved: &BTreeMap<String, Vec<f32>>,
     from: &Path,
 ) -> RunResult<()> {
-    let mut problems = Vec::new();
-    let mut used = 0;
-    for (i, block) in model.layers.iter_mut().enumerate() {
-        let Ffn::Moe(m) = &mut block.ffn else {
-            continue;
-        };
-        for (name, _) in m.router.buffers() {
-            let key = buffer_key(i, &name);
-            match saved.get(&key) {
-                None => problems.push(format!("missing router buffer `{key}`")),
-                Some(values) => {
-                    used += 1;
-                    if let Err(e) = m.router.load_buffer(&name, values) {
-                        problems.push(format!("`{key}`: {e}"));
-                    }
-                }
-            }
-        }
-    }
-    if used < saved.len() {
-        let known = router_buffers(model);
-        problems.extend(
-            saved
-                .keys()
-                .filter(|k| !known.contains_key(*k))
-                .map(|k| format!("unexpected router buffer `{k}`")),
-        );
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(RunError::Resume {
-            path: from.into(),
-            reason: format!("router buffers do not match: {}", problems.join("; ")),
-        })
-    }
+    switchyard_io::load_router_buffers(model, saved).map_err(|reason| RunError::Resume {
+        path: from.into(),
+        reason,
+    })
 }
 
 /// The run config stored in a checkpoint's `config.json`.
@@ -95,7 +47,7 @@ pub fn checkpoint_config(ckpt: &Checkpoint) -> RunResult<TrainConfig> {
 }
 
 /// A checkpoint's `config.json` (read from `path`) as a run config whose model is sound.
-fn config_from_value(v: serde_json::Value, path: &Path) -> RunResult<TrainConfig> {
+pub fn config_from_value(v: serde_json::Value, path: &Path) -> RunResult<TrainConfig> {
     let cfg: TrainConfig = serde_json::from_value(v).map_err(|e| RunError::Resume {
         path: path.to_path_buf(),
         reason: format!("not a Switchyard training config: {e}"),
@@ -127,17 +79,6 @@ pub struct InitSource {
     pub model: LmConfig,
     /// The `tokenizer.json` it carries, if any (see [`carried_tokenizer_file`]).
     pub tokenizer: Option<PathBuf>,
-}
-
-/// The file `name` that goes with a checkpoint: in the directory given, in the step
-/// directory, or in its run directory (where `switchyard import` and a fine-tuning run put
-/// `tokenizer.json` and `hf_source.json`).
-pub fn carried_file(given: &Path, step_dir: &Path, name: &str) -> Option<PathBuf> {
-    [Some(given), Some(step_dir), step_dir.parent()]
-        .into_iter()
-        .flatten()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
 }
 
 /// The `tokenizer.json` that goes with a checkpoint (see [`carried_file`]).
@@ -211,13 +152,12 @@ pub fn load_init_weights(store: &ParamStore, model: &mut MoeLm, from: &Path) -> 
 }
 
 /// Loads a checkpoint (a step directory, or a run directory's latest) into a model built from
-/// the checkpoint's own config.
+/// the checkpoint's own config, with its run config (generation and evaluation of any model,
+/// HF directories included, go through `switchyard_interop::load_any` instead).
 pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
     let checkpoint = load_checkpoint(path)?;
     let cfg = checkpoint_config(&checkpoint)?;
-    let (store, mut model) = build_model(&cfg)?;
-    restore_into(&store, &checkpoint)?;
-    load_router_buffers(&mut model, &checkpoint.state.buffers, &checkpoint.dir)?;
+    let (store, model) = model_from_checkpoint(&checkpoint)?;
     let tokenizer = carried_tokenizer(path, &checkpoint)?;
     Ok(LoadedModel {
         cfg,
@@ -228,19 +168,14 @@ pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
     })
 }
 
-/// Files beside an imported model's checkpoints that describe it beyond its weights (what
-/// `switchyard import` writes next to `latest`): the tokenizer, its special tokens, and
-/// `hf_source.json` (the HF architecture, for `export`).
-const TOKENIZER_CONFIG_FILE: &str = switchyard_data::hf_tokenizer::TOKENIZER_CONFIG_FILE;
-pub const HF_SOURCE_FILE: &str = "hf_source.json";
-
 /// Copies into the run directory (the trainer calls it at every checkpoint; a file already
 /// there is left alone) the tokenizer the run uses (`data.tokenizer`, with
 /// its `tokenizer_config.json`) and the init checkpoint's `hf_source.json`, so that the run's
 /// checkpoints are used with the same tokenizer and export to the same architecture. A source
 /// that is gone is taken from the copies next to `resumed_from` (the step directory a resumed
 /// run started from), so resuming into another run directory carries them too. Each file is
-/// written to a temporary name, synced and renamed.
+/// written to a temporary name, synced and renamed. The files are `switchyard-io`'s run
+/// directory sidecars (the tokenizer, its special tokens, `hf_source.json`).
 pub fn carry_model_files(cfg: &TrainConfig, resumed_from: Option<&Path>) -> RunResult<()> {
     let mut copies: Vec<(PathBuf, &str)> = Vec::new();
     if let Some(tok) = &cfg.data.tokenizer {
@@ -264,8 +199,8 @@ pub fn carry_model_files(cfg: &TrainConfig, resumed_from: Option<&Path>) -> RunR
             HF_SOURCE_FILE,
         ));
     }
+    let run_dir = RunDir::new(&cfg.run_dir);
     for (src, name) in copies {
-        let dst = cfg.run_dir.join(name);
         // a source that is gone (the directory a resumed run started from): the copy its
         // checkpoint's run directory carries
         let src = match resumed_from {
@@ -275,13 +210,7 @@ pub fn carry_model_files(cfg: &TrainConfig, resumed_from: Option<&Path>) -> RunR
             },
             _ => src,
         };
-        if dst.exists() || !src.is_file() {
-            continue;
-        }
-        let data = std::fs::read(&src).map_err(RunError::io("read", &src))?;
-        let tmp = cfg.run_dir.join(format!(".{name}.tmp"));
-        crate::checkpoint::fsio::write_synced(&tmp, &data)?;
-        std::fs::rename(&tmp, &dst).map_err(RunError::io("rename", &tmp))?;
+        run_dir.carry_file(&src, name)?;
     }
     Ok(())
 }

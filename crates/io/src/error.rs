@@ -1,5 +1,5 @@
-//! [`CheckpointError`]: every message names the file or directory involved and says what to
-//! do about it.
+//! [`CheckpointError`] (files of a run directory) and [`LoadError`] (a model from them):
+//! every message names the file or directory involved and says what to do about it.
 
 use std::path::PathBuf;
 
@@ -71,18 +71,39 @@ pub enum CheckpointError {
 }
 
 impl CheckpointError {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
+    /// Maps an I/O error of operation `op` (e.g. `"read"`) on `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| CheckpointError::Io { op, path, source }
     }
 
-    pub(crate) fn format(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
+    /// A file that cannot be parsed, with the reason.
+    pub fn format(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
         CheckpointError::Format {
             path: path.into(),
             reason: reason.to_string(),
         }
+    }
+}
+
+/// Everything that can go wrong while loading a model from a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The checkpoint does not hold a model this build can construct, or its router buffers
+    /// do not fit the model.
+    #[error("cannot load {}: {reason}", path.display())]
+    Incompatible { path: PathBuf, reason: String },
+    #[error("model: {0}")]
+    Model(#[from] switchyard_models::ModelError),
+    /// Reading the tokenizer the checkpoint carries failed.
+    #[error("data: {0}")]
+    Data(#[from] switchyard_data::DataError),
+}
+
+impl From<candle_core::Error> for LoadError {
+    fn from(e: candle_core::Error) -> Self {
+        LoadError::Checkpoint(e.into())
     }
 }

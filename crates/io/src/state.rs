@@ -10,9 +10,8 @@ use std::path::Path;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::fsio::{crc32_hex, FileDigest};
-use super::CheckpointError;
-use crate::LrSchedule;
+use crate::fsio::{crc32_hex, FileDigest};
+use crate::CheckpointError;
 
 /// `state.json`'s `format` field.
 pub const FORMAT_NAME: &str = "switchyard-checkpoint";
@@ -25,20 +24,36 @@ const FOOTER: &[u8] = b"}\n";
 const CRC_HEX_LEN: usize = 8;
 
 /// Training state that is not a tensor. Everything here round-trips exactly.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
+///
+/// `L` is the trainer's learning-rate schedule (`switchyard_train::LrSchedule`, whose alias
+/// `switchyard_train::TrainState` fixes it); readers that do not resume training, such as
+/// the model loader, keep it as raw JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState<L = serde_json::Value> {
     /// Named random streams (`"dropout"`, `"router_noise"`, ...).
     pub rngs: BTreeMap<String, RngState>,
     /// Where the data iterator stands, in the data crate's own serialised form
     /// (e.g. `switchyard_data::Cursor`).
     pub data_cursor: serde_json::Value,
     /// The schedule the run was started with, to detect a changed schedule on resume.
-    pub lr_schedule: Option<LrSchedule>,
+    pub lr_schedule: Option<L>,
     /// Non-gradient router buffers (e.g. aux-loss-free selection biases), by name. Must be
     /// finite (JSON has no NaN); f32 values round-trip bitwise.
     pub buffers: BTreeMap<String, Vec<f32>>,
     /// Anything else the caller wants back on resume.
     pub user: serde_json::Value,
+}
+
+impl<L> Default for TrainState<L> {
+    fn default() -> Self {
+        Self {
+            rngs: BTreeMap::new(),
+            data_cursor: serde_json::Value::Null,
+            lr_schedule: None,
+            buffers: BTreeMap::new(),
+            user: serde_json::Value::Null,
+        }
+    }
 }
 
 /// A ChaCha8 stream's exact position: key, stream id and word position.
@@ -87,27 +102,27 @@ impl RngState {
 
 /// The body of `state.json`.
 #[derive(Serialize, Deserialize)]
-struct StateBody {
+struct StateBody<L> {
     format: String,
     version: u32,
     step: u64,
     /// Size and CRC-32 of every other file of the checkpoint.
     checksums: BTreeMap<String, FileDigest>,
     #[serde(flatten)]
-    state: TrainState,
+    state: TrainState<L>,
 }
 
 /// What `state.json` holds, decoded and checked.
-pub struct DecodedState {
+pub struct DecodedState<L> {
     pub step: u64,
     pub checksums: BTreeMap<String, FileDigest>,
-    pub state: TrainState,
+    pub state: TrainState<L>,
 }
 
-pub fn encode(
+pub fn encode<L: Serialize + Clone>(
     step: u64,
     checksums: BTreeMap<String, FileDigest>,
-    state: &TrainState,
+    state: &TrainState<L>,
 ) -> Result<Vec<u8>, CheckpointError> {
     for (name, values) in &state.buffers {
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -131,7 +146,10 @@ pub fn encode(
     Ok([HEADER, crc.as_bytes(), BETWEEN, &body, FOOTER].concat())
 }
 
-pub fn decode(path: &Path, data: &[u8]) -> Result<DecodedState, CheckpointError> {
+pub fn decode<L: serde::de::DeserializeOwned>(
+    path: &Path,
+    data: &[u8],
+) -> Result<DecodedState<L>, CheckpointError> {
     let fmt = |reason: String| CheckpointError::format(path, reason);
     let min_len = HEADER.len() + CRC_HEX_LEN + BETWEEN.len() + FOOTER.len();
     let framed = data.len() >= min_len
@@ -160,7 +178,7 @@ pub fn decode(path: &Path, data: &[u8]) -> Result<DecodedState, CheckpointError>
             reason,
         });
     }
-    let body: StateBody =
+    let body: StateBody<L> =
         serde_json::from_slice(body).map_err(|e| fmt(format!("invalid state: {e}")))?;
     if body.format != FORMAT_NAME {
         return Err(fmt(format!(

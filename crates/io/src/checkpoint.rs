@@ -25,34 +25,32 @@
 //! directory aside before renaming the new one in; a crash in that instant leaves the old one
 //! as `old-<step>-<pid>/`, and loading the run falls back to the newest `step-*` directory.
 
-mod error;
-pub(crate) mod fsio;
-mod state;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use serde::{de::DeserializeOwned, Serialize};
 use switchyard_core::ParamStore;
 
-use crate::{AdamW, TrainError};
-pub use error::CheckpointError;
-pub use fsio::{FileDigest, LATEST_FILE};
-pub use state::{RngState, TrainState, FORMAT_VERSION};
+use crate::fsio::{self, mem_available_bytes, FileDigest};
+use crate::run_dir::{
+    self, step_dir_name, CONFIG_FILE, MODEL_FILE, OLD_DIR_PREFIX, OPTIMIZER_FILE, STATE_FILE,
+    TMP_DIR_PREFIX,
+};
+use crate::state::{self, TrainState};
+use crate::CheckpointError;
 
-pub const MODEL_FILE: &str = "model.safetensors";
-pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-pub const CONFIG_FILE: &str = "config.json";
-pub const STATE_FILE: &str = "state.json";
+pub use crate::run_dir::find_step_dir;
 
 type Result<T> = std::result::Result<T, CheckpointError>;
 
-/// What to save.
-pub struct CheckpointContents<'a> {
+/// What to save. `L` is the learning-rate schedule type of [`TrainState`].
+pub struct CheckpointContents<'a, L = serde_json::Value> {
     pub params: &'a ParamStore,
-    /// `None` writes an empty `optimizer.safetensors` (an inference-only export).
-    pub optimizer: Option<&'a AdamW>,
-    pub state: TrainState,
+    /// The optimiser's state tensors; empty writes an empty `optimizer.safetensors` (an
+    /// inference-only checkpoint).
+    pub optimizer: Vec<(String, Tensor)>,
+    pub state: TrainState<L>,
     /// The caller's run/model config, stored verbatim as `config.json`.
     pub config: serde_json::Value,
 }
@@ -67,22 +65,22 @@ pub struct SaveOptions {
 
 /// A loaded, verified checkpoint. Tensors are on the CPU.
 #[derive(Debug)]
-pub struct Checkpoint {
+pub struct Checkpoint<L = serde_json::Value> {
     /// The step directory it was read from.
     pub dir: PathBuf,
     pub step: u64,
     pub model: BTreeMap<String, Tensor>,
     /// Empty when saved without an optimiser.
     pub optimizer: BTreeMap<String, Tensor>,
-    pub state: TrainState,
+    pub state: TrainState<L>,
     pub config: serde_json::Value,
 }
 
 /// [`save_checkpoint_with`] keeping every checkpoint.
-pub fn save_checkpoint(
+pub fn save_checkpoint<L: Serialize + Clone>(
     run_dir: impl AsRef<Path>,
     step: u64,
-    contents: &CheckpointContents,
+    contents: &CheckpointContents<L>,
 ) -> Result<PathBuf> {
     save_checkpoint_with(run_dir, step, contents, &SaveOptions::default())
 }
@@ -90,10 +88,10 @@ pub fn save_checkpoint(
 /// Writes `run_dir/step-<step:08>/` crash-safely (see the module docs), points `latest` at
 /// it and returns its path. An existing directory for the same step (a run resumed from an
 /// earlier checkpoint) is replaced.
-pub fn save_checkpoint_with(
+pub fn save_checkpoint_with<L: Serialize + Clone>(
     run_dir: impl AsRef<Path>,
     step: u64,
-    contents: &CheckpointContents,
+    contents: &CheckpointContents<L>,
     opts: &SaveOptions,
 ) -> Result<PathBuf> {
     let run_dir = run_dir.as_ref();
@@ -104,11 +102,7 @@ pub fn save_checkpoint_with(
     }
     std::fs::create_dir_all(run_dir)
         .map_err(CheckpointError::io("create run directory", run_dir))?;
-    let tmp = run_dir.join(format!(
-        "{}{step}-{}",
-        fsio::TMP_DIR_PREFIX,
-        std::process::id()
-    ));
+    let tmp = run_dir.join(format!("{}{step}-{}", TMP_DIR_PREFIX, std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(CheckpointError::io("remove stale", &tmp))?;
     }
@@ -119,14 +113,10 @@ pub fn save_checkpoint_with(
         return Err(e);
     }
 
-    let name = fsio::step_dir_name(step);
+    let name = step_dir_name(step);
     let final_dir = run_dir.join(&name);
     let moved_aside = if final_dir.exists() {
-        let old = run_dir.join(format!(
-            "{}{step}-{}",
-            fsio::OLD_DIR_PREFIX,
-            std::process::id()
-        ));
+        let old = run_dir.join(format!("{}{step}-{}", OLD_DIR_PREFIX, std::process::id()));
         fsio::rename(&final_dir, &old)?;
         Some(old)
     } else {
@@ -134,33 +124,31 @@ pub fn save_checkpoint_with(
     };
     fsio::rename(&tmp, &final_dir)?;
     fsio::sync_dir(run_dir)?;
-    fsio::write_latest(run_dir, &name)?;
+    run_dir::write_latest(run_dir, &name)?;
     if let Some(old) = moved_aside {
         std::fs::remove_dir_all(&old)
             .map_err(CheckpointError::io("remove replaced checkpoint", &old))?;
     }
-    fsio::remove_stale(run_dir, &final_dir)?;
+    run_dir::remove_stale(run_dir, &final_dir)?;
     if let Some(keep) = opts.keep_last {
-        fsio::prune(run_dir, keep, &final_dir)?;
+        run_dir::prune(run_dir, keep, &final_dir)?;
     }
     Ok(final_dir)
 }
 
 /// Writes and fsyncs the four files and the directory `dir`.
-fn write_files(dir: &Path, step: u64, contents: &CheckpointContents) -> Result<()> {
+fn write_files<L: Serialize + Clone>(
+    dir: &Path,
+    step: u64,
+    contents: &CheckpointContents<L>,
+) -> Result<()> {
     let model: Vec<(String, Tensor)> = contents
         .params
         .all()
         .into_iter()
         .map(|(name, var)| (name, var.as_tensor().clone()))
         .collect();
-    let optimizer = match contents.optimizer {
-        Some(opt) => opt.state_tensors().map_err(|e| match e {
-            TrainError::Candle(e) => CheckpointError::Candle(e),
-            other => CheckpointError::Invalid(other.to_string()),
-        })?,
-        None => Vec::new(),
-    };
+    let optimizer = contents.optimizer.clone();
     let config = serde_json::to_vec_pretty(&contents.config)
         .map_err(|e| CheckpointError::Invalid(format!("config cannot be serialised: {e}")))?;
     let files = [
@@ -194,36 +182,8 @@ fn serialize_tensors(tensors: Vec<(String, Tensor)>, path: PathBuf) -> Result<Ve
 /// Loads a checkpoint from a step directory, or from a run directory: the one `latest` names,
 /// or, if `latest` is missing or names a directory that is gone, the newest complete
 /// `step-*` directory. Every file is size- and checksum-verified before it is parsed.
-pub fn load_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint> {
+pub fn load_checkpoint<L: DeserializeOwned>(path: impl AsRef<Path>) -> Result<Checkpoint<L>> {
     load_step_dir(&find_step_dir(path.as_ref())?)
-}
-
-/// The step directory [`load_checkpoint`] would read for `path`, without reading it.
-pub fn find_step_dir(path: &Path) -> Result<PathBuf> {
-    if path.join(STATE_FILE).is_file() {
-        return Ok(path.to_path_buf());
-    }
-    if !path.is_dir() {
-        return Err(CheckpointError::NotFound { path: path.into() });
-    }
-    if let Some(name) = fsio::read_latest(path)? {
-        let dir = path.join(name);
-        if dir.join(STATE_FILE).is_file() {
-            return Ok(dir);
-        }
-    }
-    match fsio::list_step_dirs(path)?.pop() {
-        Some((_, dir)) => Ok(dir),
-        None => Err(CheckpointError::NotFound { path: path.into() }),
-    }
-}
-
-/// Linux `MemAvailable` (free memory plus reclaimable caches), if readable.
-pub fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Refuses, before reading, a checkpoint whose tensor files would not fit in memory: each
@@ -247,7 +207,7 @@ pub fn check_load_fits(dir: &Path, available: Option<u64>) -> Result<()> {
     }
 }
 
-fn load_step_dir(dir: &Path) -> Result<Checkpoint> {
+fn load_step_dir<L: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<L>> {
     check_load_fits(dir, mem_available_bytes())?;
     let state_path = dir.join(STATE_FILE);
     let decoded = state::decode(&state_path, &fsio::read(&state_path)?)?;
@@ -285,7 +245,7 @@ fn load_step_dir(dir: &Path) -> Result<Checkpoint> {
 /// Copies the checkpoint's parameters into `store`'s `Var`s. Checks names, shapes and dtypes
 /// first and reports every mismatch in one [`CheckpointError::Mismatch`]; on error nothing
 /// is changed.
-pub fn restore_into(store: &ParamStore, checkpoint: &Checkpoint) -> Result<()> {
+pub fn restore_into<L>(store: &ParamStore, checkpoint: &Checkpoint<L>) -> Result<()> {
     let params = store.all();
     let mut problems = Vec::new();
     for (name, var) in &params {
@@ -333,19 +293,4 @@ pub fn restore_into(store: &ParamStore, checkpoint: &Checkpoint) -> Result<()> {
         var.set(&checkpoint.model[name].to_device(var.device())?)?;
     }
     Ok(())
-}
-
-/// Loads the checkpoint's optimiser state into `opt` via [`AdamW::load_state`], with every
-/// mismatch reported against `optimizer.safetensors`.
-pub fn restore_optimizer(opt: &mut AdamW, checkpoint: &Checkpoint) -> Result<()> {
-    let path = checkpoint.dir.join(OPTIMIZER_FILE);
-    if checkpoint.optimizer.is_empty() && opt.names().next().is_some() {
-        let problems = vec!["the checkpoint was saved without optimiser state".to_string()];
-        return Err(CheckpointError::Mismatch { path, problems });
-    }
-    opt.load_state(&checkpoint.optimizer).map_err(|e| match e {
-        TrainError::OptimizerState { problems } => CheckpointError::Mismatch { path, problems },
-        TrainError::Candle(e) => CheckpointError::Candle(e),
-        other => CheckpointError::Invalid(other.to_string()),
-    })
 }

@@ -1,0 +1,110 @@
+//! `switchyard generate`: continue a prompt with any model `load_any` reads (a run directory,
+//! a step directory or an HF directory), with the tokenizer the model carries.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use switchyard_data::{ByteTokenizer, HfTokenizer, Tokenizer};
+use switchyard_interop::{load_any, LoadedModel};
+use switchyard_io::ModelSource;
+use switchyard_models::{LmCtx, Sampler};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The model: a run directory (its latest checkpoint), a step-* directory or a
+    /// HuggingFace directory.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Text the generated tokens continue; printed before them.
+    #[arg(short, long, default_value = "")]
+    pub prompt: String,
+    /// Softmax temperature of sampling; 0 picks the most likely token every time.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Nucleus sampling: draw from the most likely tokens holding this much probability
+    /// (a fraction, 0 to 1).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    /// Seed of the sampler and of routing noise: the same seed gives the same text.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most tokens to generate (fewer at an end-of-sequence token or the model's context).
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let m = load_any(&args.ckpt)?;
+    let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+    let text = match hf_tokenizer(&m)? {
+        Some(tok) => with_hf_tokenizer(&m, tok, &args, &mut sampler)?,
+        None => with_bytes(&m, &args, &mut sampler)?,
+    };
+    println!("{}{text}", args.prompt);
+    Ok(())
+}
+
+/// The model's HF tokenizer; an HF directory must have one (its ids are not bytes).
+pub(crate) fn hf_tokenizer(m: &LoadedModel) -> anyhow::Result<Option<&HfTokenizer>> {
+    if let ModelSource::HfDir { .. } = m.source {
+        let tok = m.tokenizer.as_ref();
+        return tok.context("no tokenizer.json next to the model").map(Some);
+    }
+    Ok(m.tokenizer.as_ref())
+}
+
+/// The prompt gets its BOS; generation stops at EOS.
+fn with_hf_tokenizer(
+    m: &LoadedModel,
+    tok: &HfTokenizer,
+    args: &GenerateArgs,
+    sampler: &mut Sampler,
+) -> anyhow::Result<String> {
+    let ids = tok.try_encode(&args.prompt, true)?;
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "the prompt encodes to no tokens; give some text"
+    );
+    let max_len = m.model.cfg.max_seq_len;
+    anyhow::ensure!(
+        ids.len() < max_len,
+        "the prompt is {} tokens, but the model sees at most {max_len}",
+        ids.len()
+    );
+    let max_new = args.max_tokens.min(max_len - ids.len());
+    let mut out = m
+        .model
+        .generate(&ids, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
+    if let Some(end) = out.iter().position(|&t| Some(t) == tok.eos) {
+        out.truncate(end);
+    }
+    Ok(tok.decode(&out))
+}
+
+/// Byte-level models: training text follows an EOS (documents are packed EOS-separated), so
+/// a prompt starts where a document would; generation stops at the next EOS.
+fn with_bytes(
+    m: &LoadedModel,
+    args: &GenerateArgs,
+    sampler: &mut Sampler,
+) -> anyhow::Result<String> {
+    let tok = ByteTokenizer;
+    let mut prompt = vec![tok.eos()];
+    prompt.extend(tok.encode(&args.prompt));
+    let max_len = m.model.cfg.max_seq_len;
+    let max_new = args.max_tokens.min(max_len.saturating_sub(prompt.len()));
+    anyhow::ensure!(
+        prompt.len() < max_len,
+        "the prompt is {} bytes, but the model sees at most {} tokens; shorten it",
+        prompt.len() - 1,
+        max_len - 1
+    );
+    let mut ids = m
+        .model
+        .generate(&prompt, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
+    if let Some(end) = ids.iter().position(|&t| t == tok.eos()) {
+        ids.truncate(end);
+    }
+    Ok(tok.decode(&ids))
+}
