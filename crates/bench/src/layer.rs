@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_core::dispatch::{self, kernel, profile};
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{
     ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, MoeOutput, ParamBuilder,
     ParamStore, RouterConfig,
@@ -29,7 +30,7 @@ impl LayerBench {
         let cfg = MoeConfig {
             d_model: s.d,
             experts: vec![ExpertSpec::swiglu(s.h); s.experts],
-            router: RouterConfig::TopK { k: s.k },
+            router: RouterConfig::TopK(TopKConfig { k: s.k }),
             ..Default::default()
         };
         let store = ParamStore::new();

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use serde_json::{json, Map, Value};
+use switchyard_core::router::{GroupLimitedConfig, TopKConfig};
 use switchyard_core::{
     ExpertKind, ExpertSpec, GateConfig, GroupScore, LossWeights, MoeConfig, RouterConfig, ScoreFn,
 };
@@ -254,7 +255,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
         cfg.head_dim = head_dim.filter(|&h| h * n_heads != d);
     }
 
-    let topk = RouterConfig::TopK { k };
+    let topk = RouterConfig::TopK(TopKConfig { k });
     match arch {
         HfArch::Mixtral => {
             let e = c.first_usize(&["num_local_experts", "num_experts"])?;
@@ -326,7 +327,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
                         ))
                     }
                 };
-                let r = RouterConfig::GroupLimited {
+                let r = RouterConfig::GroupLimited(GroupLimitedConfig {
                     k,
                     groups: g,
                     topk_groups: tg,
@@ -334,7 +335,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
                     group_score: GroupScore::Max,
                     bias_update_rate: 0.0,
                     scaling,
-                };
+                });
                 (r, false)
             } else {
                 let method = c.str_or("topk_method", "noaux_tc")?;
@@ -344,7 +345,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
                         Some("transformers' V3 implements noaux_tc only"),
                     ));
                 }
-                let r = RouterConfig::GroupLimited {
+                let r = RouterConfig::GroupLimited(GroupLimitedConfig {
                     k,
                     groups,
                     topk_groups,
@@ -353,7 +354,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
                     // the bias is loaded from e_score_correction_bias; set a rate to fine-tune it
                     bias_update_rate: 0.0,
                     scaling,
-                };
+                });
                 (r, c.bool_or("norm_topk_prob", true)?)
             };
             let hidden = c.usize("moe_intermediate_size")?;
@@ -599,7 +600,7 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
             p.push(what.to_string());
         }
     };
-    let topk = matches!(m.router, RouterConfig::TopK { .. });
+    let topk = matches!(m.router, RouterConfig::TopK(_));
     match arch {
         HfArch::Mixtral => {
             want(topk && m.renormalize, "Mixtral routes softmax top-k with renormalisation (router top_k, renormalize = true)");
@@ -623,22 +624,22 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
         HfArch::DeepseekV2 => {
             let ok = matches!(
                 m.router,
-                RouterConfig::GroupLimited {
+                RouterConfig::GroupLimited(GroupLimitedConfig {
                     score: ScoreFn::Softmax,
                     group_score: GroupScore::Max,
                     ..
-                }
+                })
             );
             want(ok && !m.renormalize, "DeepSeek-V2 routes group-limited softmax (group_score max) without renormalisation");
         }
         HfArch::DeepseekV3 => {
             let ok = matches!(
                 m.router,
-                RouterConfig::GroupLimited {
+                RouterConfig::GroupLimited(GroupLimitedConfig {
                     score: ScoreFn::Sigmoid,
                     group_score: GroupScore::Top2Sum,
                     ..
-                }
+                })
             );
             want(
                 ok,
@@ -803,12 +804,12 @@ pub fn hf_config_from_lm(arch: HfArch, cfg: &LmConfig, ids: SpecialIds) -> Resul
         }
         HfArch::DeepseekV2 | HfArch::DeepseekV3 => {
             let mla = cfg.mla.as_ref().expect("checked: MLA");
-            let RouterConfig::GroupLimited {
+            let RouterConfig::GroupLimited(GroupLimitedConfig {
                 groups,
                 topk_groups,
                 scaling,
                 ..
-            } = m.router
+            }) = m.router
             else {
                 unreachable!("checked: group-limited router")
             };
