@@ -185,7 +185,15 @@ fn bad_router_configs_get_the_same_errors_as_before() {
         let got = serde_json::from_str::<RouterConfig>(input)
             .unwrap_err()
             .to_string();
-        assert_eq!(got, err, "{input}");
+        if err.starts_with("unknown variant `top_q`") {
+            // lists every router: the ones there before, in the same order, then any new ones
+            let (listed, at) = err.split_once(" at ").unwrap();
+            assert!(got.starts_with(listed) && got.ends_with(at), "{got}");
+            let last = RouterConfig::NAMES.last().unwrap();
+            assert!(got.contains(&format!("`{last}` at ")), "{got}");
+        } else {
+            assert_eq!(got, err, "{input}");
+        }
     }
 }
 
