@@ -4,6 +4,7 @@
 use candle_core::{DType, Device};
 use switchyard_analyze::{metrics, trace, AnalyzeOptions};
 use switchyard_core::router::HashRouter;
+use switchyard_core::router::{HashConfig, TopKConfig};
 use switchyard_core::{ExpertSpec, MoeConfig, ParamBuilder, ParamStore, RouterConfig};
 use switchyard_data::{Batch, ByteTokenizer};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MoeLm};
@@ -66,11 +67,11 @@ fn batches() -> (Vec<Batch>, Vec<String>) {
 
 #[test]
 fn hash_routed_trace_matches_the_hash_and_the_metrics_follow() {
-    let model = tiny_lm(RouterConfig::Hash { seed: 5 });
+    let model = tiny_lm(RouterConfig::Hash(HashConfig { seed: 5 }));
     let (b, names) = batches();
     let tr = trace::record(&model, &b, &names).unwrap();
     assert_eq!(tr.layers.len(), 2);
-    let h = HashRouter::new(RouterConfig::Hash { seed: 5 }, 4);
+    let h = HashRouter::new(HashConfig { seed: 5 }, 4);
     let mut want = vec![vec![0u64; 4]; 2];
     for (n, &id) in tr.token_ids.iter().enumerate() {
         assert_eq!(
@@ -87,7 +88,7 @@ fn hash_routed_trace_matches_the_hash_and_the_metrics_follow() {
 
 #[test]
 fn trace_round_trips_and_replays_bit_exactly() {
-    let model = tiny_lm(RouterConfig::TopK { k: 2 });
+    let model = tiny_lm(RouterConfig::TopK(TopKConfig { k: 2 }));
     let (b, names) = batches();
     let tr = trace::record(&model, &b, &names).unwrap();
     let dir = std::env::temp_dir().join(format!("sy-trace-{}", std::process::id()));
@@ -126,7 +127,7 @@ fn trace_round_trips_and_replays_bit_exactly() {
 #[test]
 fn replay_really_forces_the_routing() {
     // route everything in layer 0 of the trace to expert 3: the logits must change
-    let model = tiny_lm(RouterConfig::TopK { k: 1 });
+    let model = tiny_lm(RouterConfig::TopK(TopKConfig { k: 1 }));
     let (b, names) = batches();
     let mut tr = trace::record(&model, &b, &names).unwrap();
     let before = trace::replay_logits(&model, &tr).unwrap();
@@ -147,7 +148,7 @@ fn replay_really_forces_the_routing() {
 
 #[test]
 fn ablation_of_an_expert_nobody_uses_changes_nothing() {
-    let model = tiny_lm(RouterConfig::Hash { seed: 5 });
+    let model = tiny_lm(RouterConfig::Hash(HashConfig { seed: 5 }));
     let (b, names) = batches();
     let a = switchyard_analyze::ablation::ablate(&model, &b, &names).unwrap();
     let tr = trace::record(&model, &b, &names).unwrap();
@@ -171,7 +172,7 @@ fn ablation_of_an_expert_nobody_uses_changes_nothing() {
 
 #[test]
 fn analyze_writes_every_output() {
-    let model = tiny_lm(RouterConfig::TopK { k: 2 });
+    let model = tiny_lm(RouterConfig::TopK(TopKConfig { k: 2 }));
     let (b, names) = batches();
     let dir = std::env::temp_dir().join(format!("sy-analyze-{}", std::process::id()));
     let s = switchyard_analyze::analyze(

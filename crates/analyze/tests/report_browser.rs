@@ -9,6 +9,7 @@ use std::process::Command;
 
 use candle_core::{DType, Device};
 use switchyard_analyze::AnalyzeOptions;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, MoeConfig, ParamBuilder, ParamStore, RouterConfig};
 use switchyard_data::{ByteTokenizer, CorpusConfig, Dataset, DatasetConfig};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MoeLm};
@@ -81,7 +82,7 @@ fn report_renders_in_headless_chromium_without_console_errors() {
     let moe = MoeConfig {
         d_model: 16,
         experts: vec![ExpertSpec::swiglu(8); 4],
-        router: RouterConfig::TopK { k: 2 },
+        router: RouterConfig::TopK(TopKConfig { k: 2 }),
         ..Default::default()
     };
     let cfg = LmConfig {

@@ -12,6 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_bench::shapes::{named, LayerShape};
 use switchyard_core::dispatch::dispatch;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{
     ExpertSpec, ForwardCtx, Init, MoeBlock, MoeConfig, MoeLayer, ParamBuilder, ParamStore,
     RouterConfig,
@@ -25,7 +26,7 @@ fn layer(s: &LayerShape) -> (MoeLayer, Var) {
     let cfg = MoeConfig {
         d_model: s.d,
         experts: vec![ExpertSpec::swiglu(s.h); s.experts],
-        router: RouterConfig::TopK { k: s.k },
+        router: RouterConfig::TopK(TopKConfig { k: s.k }),
         ..Default::default()
     };
     let store = ParamStore::new();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use switchyard_core::dispatch::dispatch;
 use switchyard_core::router::RouterInput;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::*;
 
 /// The allocator `switchyard-bench` runs on: freed blocks of 256 KiB and up are reused; here
@@ -52,7 +53,7 @@ fn main() {
     let cfg = MoeConfig {
         d_model: d,
         experts: vec![ExpertSpec::swiglu(h); e],
-        router: RouterConfig::TopK { k },
+        router: RouterConfig::TopK(TopKConfig { k }),
         ..Default::default()
     };
     let store = ParamStore::new();

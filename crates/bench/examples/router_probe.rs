@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use switchyard_core::router::{NoisyTopKConfig, SwitchConfig, TopKConfig};
 use switchyard_core::*;
 
 #[global_allocator]
@@ -20,16 +21,19 @@ static ALLOC: switchyard_kernels::alloc::Recycling<std::alloc::System> =
 
 fn main() {
     let routers = [
-        ("top_k", RouterConfig::TopK { k: 8 }),
-        ("noisy_top_k", RouterConfig::NoisyTopK { k: 8 }),
+        ("top_k", RouterConfig::TopK(TopKConfig { k: 8 })),
+        (
+            "noisy_top_k",
+            RouterConfig::NoisyTopK(NoisyTopKConfig { k: 8 }),
+        ),
         (
             "switch",
-            RouterConfig::Switch {
+            RouterConfig::Switch(SwitchConfig {
                 k: 1,
                 capacity_factor: 1.25,
                 eval_capacity_factor: None,
                 drop_policy: DropPolicy::Position,
-            },
+            }),
         ),
     ];
     let only = std::env::var("ONLY").ok();

@@ -6,6 +6,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::Cell;
 
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{
     ExpertSpec, ForwardCtx, Init, KernelOptions, MoeBlock, MoeConfig, MoeLayer, MoeOutput,
     ParamBuilder, ParamStore, RouterConfig,
@@ -33,7 +34,7 @@ impl LayerBench {
         let cfg = MoeConfig {
             d_model: s.d,
             experts: vec![ExpertSpec::swiglu(s.h); s.experts],
-            router: RouterConfig::TopK { k: s.k },
+            router: RouterConfig::TopK(TopKConfig { k: s.k }),
             ..Default::default()
         };
         let store = ParamStore::new();

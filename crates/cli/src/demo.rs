@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use serde_json::json;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, MoeConfig, RouterConfig};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig};
 use switchyard_train::trainer::{EvalResult, TrainConfig, Trainer, METRICS_FILE};
@@ -89,7 +90,7 @@ pub fn demo_config(quick: bool) -> TrainConfig {
                 sparse: LayerFfn::Moe(MoeConfig {
                     d_model: d,
                     experts: vec![ExpertSpec::swiglu(hidden); experts],
-                    router: RouterConfig::TopK { k: 2 },
+                    router: RouterConfig::TopK(TopKConfig { k: 2 }),
                     ..Default::default()
                 }),
                 moe_every: 1,

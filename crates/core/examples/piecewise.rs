@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::*;
 
 const D: usize = 4; // input = output width
@@ -76,7 +77,7 @@ pub fn run(steps: usize, seed: u64) -> Report {
     let cfg = MoeConfig {
         d_model: D,
         experts: vec![ExpertSpec::ffn(Activation::Relu, HIDDEN); REGIMES],
-        router: RouterConfig::TopK { k: 1 },
+        router: RouterConfig::TopK(TopKConfig { k: 1 }),
         renormalize: false,
         losses: LossWeights {
             switch_balance: 0.1,

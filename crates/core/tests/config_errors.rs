@@ -1,6 +1,10 @@
 //! Bad configuration gets a clear error naming the field, never a panic.
 
 use candle_core::{DType, Device};
+use switchyard_core::router::{
+    ExpertChoiceConfig, GroupLimitedConfig, HierarchicalConfig, SinkhornConfig, SwitchConfig,
+    TopKConfig,
+};
 use switchyard_core::{
     ExpertSpec, GateConfig, GroupScore, MoeConfig, MoeLayer, ParamBuilder, ParamStore,
     RouterConfig, ScoreFn, SoftMoeLayer,
@@ -35,7 +39,7 @@ fn expect(cfg: MoeConfig, field: &str, words: &str) {
 fn k_larger_than_experts() {
     expect(
         MoeConfig {
-            router: RouterConfig::TopK { k: 5 },
+            router: RouterConfig::TopK(TopKConfig { k: 5 }),
             ..base()
         },
         "router.k",
@@ -43,7 +47,7 @@ fn k_larger_than_experts() {
     );
     expect(
         MoeConfig {
-            router: RouterConfig::TopK { k: 0 },
+            router: RouterConfig::TopK(TopKConfig { k: 0 }),
             ..base()
         },
         "router.k",
@@ -66,12 +70,12 @@ fn zero_experts() {
 #[test]
 fn capacity_factor_not_positive() {
     for cf in [0.0, -1.0, f64::NAN] {
-        let r = RouterConfig::Switch {
+        let r = RouterConfig::Switch(SwitchConfig {
             k: 1,
             capacity_factor: cf,
             eval_capacity_factor: None,
             drop_policy: switchyard_core::DropPolicy::Position,
-        };
+        });
         expect(
             MoeConfig {
                 router: r,
@@ -83,9 +87,9 @@ fn capacity_factor_not_positive() {
     }
     expect(
         MoeConfig {
-            router: RouterConfig::ExpertChoice {
+            router: RouterConfig::ExpertChoice(ExpertChoiceConfig {
                 capacity_factor: 0.0,
-            },
+            }),
             ..base()
         },
         "router.capacity_factor",
@@ -110,7 +114,7 @@ fn expert_width_zero() {
 
 #[test]
 fn group_count_must_divide_experts() {
-    let r = RouterConfig::GroupLimited {
+    let r = RouterConfig::GroupLimited(GroupLimitedConfig {
         k: 1,
         groups: 3,
         topk_groups: 1,
@@ -118,7 +122,7 @@ fn group_count_must_divide_experts() {
         group_score: GroupScore::Max,
         bias_update_rate: 0.0,
         scaling: 1.0,
-    };
+    });
     expect(
         MoeConfig {
             router: r,
@@ -129,17 +133,17 @@ fn group_count_must_divide_experts() {
     );
     expect(
         MoeConfig {
-            router: RouterConfig::Hierarchical {
+            router: RouterConfig::Hierarchical(HierarchicalConfig {
                 groups: 3,
                 k_groups: 1,
                 k_inner: 1,
-            },
+            }),
             ..base()
         },
         "router.groups",
         "divide",
     );
-    let r = RouterConfig::GroupLimited {
+    let r = RouterConfig::GroupLimited(GroupLimitedConfig {
         k: 3,
         groups: 2,
         topk_groups: 1,
@@ -147,7 +151,7 @@ fn group_count_must_divide_experts() {
         group_score: GroupScore::Max,
         bias_update_rate: 0.0,
         scaling: 1.0,
-    };
+    });
     expect(
         MoeConfig {
             router: r,
@@ -204,10 +208,10 @@ fn other_fields() {
     expect(cfg, "losses.load", "noisy_top_k");
     expect(
         MoeConfig {
-            router: RouterConfig::Sinkhorn {
+            router: RouterConfig::Sinkhorn(SinkhornConfig {
                 k: 1,
                 iterations: 0,
-            },
+            }),
             ..base()
         },
         "router.iterations",

@@ -7,6 +7,9 @@ use common::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_core::router::{self, top_k, RouterInput};
+use switchyard_core::router::{
+    ExpertChoiceConfig, NoisyTopKConfig, SigmoidBiasConfig, SwitchConfig, TopKConfig,
+};
 use switchyard_core::{DispatchImpl, DropPolicy, MoeConfig, RouterConfig};
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -37,7 +40,7 @@ fn same_seed_same_bits_for_forward_and_backward() {
     let cfg = MoeConfig {
         jitter: 0.1,
         expert_dropout: 0.2,
-        ..small_cfg(RouterConfig::NoisyTopK { k: 2 }, swiglu(6))
+        ..small_cfg(RouterConfig::NoisyTopK(NoisyTopKConfig { k: 2 }), swiglu(6))
     };
     let a = run_f32(&cfg, 5);
     let b = run_f32(&cfg, 5);
@@ -48,7 +51,7 @@ fn same_seed_same_bits_for_forward_and_backward() {
 
 #[test]
 fn thread_count_does_not_change_bits() {
-    let cfg = small_cfg(RouterConfig::TopK { k: 2 }, swiglu(6));
+    let cfg = small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(6));
     let one = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build()
@@ -60,6 +63,16 @@ fn thread_count_does_not_change_bits() {
         .unwrap()
         .install(|| run_f32(&cfg, 9));
     assert_eq!(one, four);
+}
+
+/// Every router in the registry at its default config: same seed, same bits.
+#[test]
+fn every_registered_router_is_deterministic() {
+    for router in RouterConfig::defaults() {
+        let name = router.name();
+        let cfg = small_cfg(router, swiglu(6));
+        assert_eq!(run_f32(&cfg, 5), run_f32(&cfg, 5), "{name}");
+    }
 }
 
 #[test]
@@ -75,18 +88,18 @@ fn routers_break_ties_to_lower_expert_and_token() {
     let logits = Tensor::zeros((4, 4), DType::F64, &Device::Cpu).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     for cfg in [
-        RouterConfig::TopK { k: 2 },
-        RouterConfig::SigmoidBias {
+        RouterConfig::TopK(TopKConfig { k: 2 }),
+        RouterConfig::SigmoidBias(SigmoidBiasConfig {
             k: 2,
             bias_update_rate: 0.0,
             scaling: 1.0,
-        },
-        RouterConfig::Switch {
+        }),
+        RouterConfig::Switch(SwitchConfig {
             k: 1,
             capacity_factor: 4.0,
             eval_capacity_factor: None,
             drop_policy: DropPolicy::Probability,
-        },
+        }),
     ] {
         let r = router::build(&cfg, 4).unwrap();
         let out = r
@@ -113,9 +126,9 @@ fn routers_break_ties_to_lower_expert_and_token() {
     }
     // expert choice with equal scores: each expert takes the lowest token indices
     let r = router::build(
-        &RouterConfig::ExpertChoice {
+        &RouterConfig::ExpertChoice(ExpertChoiceConfig {
             capacity_factor: 1.0,
-        },
+        }),
         4,
     )
     .unwrap();
@@ -263,7 +276,7 @@ fn top_k_router_selects_per_row_top_k_in_place_at_any_thread_count() {
         })
         .collect();
     let available: Vec<bool> = (0..e).map(|x| x % 7 != 3).collect();
-    let router = router::build(&RouterConfig::TopK { k }, e).unwrap();
+    let router = router::build(&RouterConfig::TopK(TopKConfig { k }), e).unwrap();
     for dtype in [DType::F32, DType::F64] {
         let logits = Tensor::from_vec(vals.clone(), (t, e), &Device::Cpu)
             .unwrap()

@@ -6,6 +6,10 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
+use switchyard_core::router::{
+    ExpertChoiceConfig, GroupLimitedConfig, HashConfig, HierarchicalConfig, NoisyTopKConfig,
+    SigmoidBiasConfig, SinkhornConfig, SwitchConfig, TopKConfig,
+};
 use switchyard_core::testing::gradcheck;
 use switchyard_core::{
     losses, Activation, DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig,
@@ -21,10 +25,11 @@ fn check_layer(cfg: MoeConfig, train: bool) {
     for which in [DispatchImpl::Kernel, DispatchImpl::Reference] {
         let vars: Vec<Var> = f.vars().into_iter().map(|(_, v)| v).collect();
         let names: Vec<String> = f.vars().into_iter().map(|(n, _)| n).collect();
-        assert!(
-            names.iter().any(|n| n.contains("gate"))
-                || cfg.router == (RouterConfig::Hash { seed: 1 })
-        );
+        let gateless = switchyard_core::router::build(&cfg.router, cfg.num_experts())
+            .unwrap()
+            .gate_outputs()
+            == 0;
+        assert!(names.iter().any(|n| n.contains("gate")) || gateless);
         assert!(names.iter().any(|n| n.contains("experts.packed")));
         let rep = gradcheck(&vars, || f.objective(train, which), EPS, ATOL, RTOL).unwrap();
         println!(
@@ -46,7 +51,10 @@ fn check_layer(cfg: MoeConfig, train: bool) {
 
 #[test]
 fn top_k_router() {
-    check_layer(small_cfg(RouterConfig::TopK { k: 2 }, swiglu(4)), true);
+    check_layer(
+        small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(4)),
+        true,
+    );
 }
 
 #[test]
@@ -54,7 +62,7 @@ fn top_k_router_without_renormalisation() {
     check_layer(
         MoeConfig {
             renormalize: false,
-            ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(4))
+            ..small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(4))
         },
         true,
     );
@@ -62,18 +70,21 @@ fn top_k_router_without_renormalisation() {
 
 #[test]
 fn noisy_top_k_router_in_training() {
-    check_layer(small_cfg(RouterConfig::NoisyTopK { k: 2 }, swiglu(4)), true);
+    check_layer(
+        small_cfg(RouterConfig::NoisyTopK(NoisyTopKConfig { k: 2 }), swiglu(4)),
+        true,
+    );
 }
 
 #[test]
 fn switch_router_with_capacity() {
     for policy in [DropPolicy::Position, DropPolicy::Probability] {
-        let r = RouterConfig::Switch {
+        let r = RouterConfig::Switch(SwitchConfig {
             k: 1,
             capacity_factor: 1.0,
             eval_capacity_factor: None,
             drop_policy: policy,
-        };
+        });
         check_layer(
             MoeConfig {
                 renormalize: false,
@@ -88,9 +99,9 @@ fn switch_router_with_capacity() {
 fn expert_choice_router() {
     check_layer(
         small_cfg(
-            RouterConfig::ExpertChoice {
+            RouterConfig::ExpertChoice(ExpertChoiceConfig {
                 capacity_factor: 2.0,
-            },
+            }),
             swiglu(4),
         ),
         true,
@@ -99,16 +110,19 @@ fn expert_choice_router() {
 
 #[test]
 fn hash_router() {
-    check_layer(small_cfg(RouterConfig::Hash { seed: 1 }, swiglu(4)), true);
+    check_layer(
+        small_cfg(RouterConfig::Hash(HashConfig { seed: 1 }), swiglu(4)),
+        true,
+    );
 }
 
 #[test]
 fn sigmoid_bias_router() {
-    let r = RouterConfig::SigmoidBias {
+    let r = RouterConfig::SigmoidBias(SigmoidBiasConfig {
         k: 2,
         bias_update_rate: 0.01,
         scaling: 2.5,
-    };
+    });
     check_layer(small_cfg(r, swiglu(4)), true);
 }
 
@@ -118,7 +132,7 @@ fn group_limited_router() {
         (ScoreFn::Softmax, GroupScore::Max),
         (ScoreFn::Sigmoid, GroupScore::Top2Sum),
     ] {
-        let r = RouterConfig::GroupLimited {
+        let r = RouterConfig::GroupLimited(GroupLimitedConfig {
             k: 2,
             groups: 2,
             topk_groups: 1,
@@ -126,7 +140,7 @@ fn group_limited_router() {
             group_score: gs,
             bias_update_rate: 0.0,
             scaling: 1.0,
-        };
+        });
         check_layer(small_cfg(r, swiglu(4)), true);
     }
 }
@@ -135,11 +149,11 @@ fn group_limited_router() {
 fn hierarchical_router() {
     check_layer(
         small_cfg(
-            RouterConfig::Hierarchical {
+            RouterConfig::Hierarchical(HierarchicalConfig {
                 groups: 2,
                 k_groups: 1,
                 k_inner: 2,
-            },
+            }),
             swiglu(4),
         ),
         true,
@@ -150,14 +164,22 @@ fn hierarchical_router() {
 fn sinkhorn_router() {
     check_layer(
         small_cfg(
-            RouterConfig::Sinkhorn {
+            RouterConfig::Sinkhorn(SinkhornConfig {
                 k: 2,
                 iterations: 50,
-            },
+            }),
             swiglu(4),
         ),
         true,
     );
+}
+
+/// Every router in the registry at its default config, so a new router is checked too.
+#[test]
+fn every_registered_router_at_its_defaults() {
+    for router in RouterConfig::defaults() {
+        check_layer(small_cfg(router, swiglu(4)), true);
+    }
 }
 
 #[test]
@@ -168,7 +190,10 @@ fn every_expert_kind_in_one_heterogeneous_layer() {
         ExpertSpec::ffn(Activation::Silu, 2),
         ExpertSpec::swiglu(4),
     ];
-    check_layer(small_cfg(RouterConfig::TopK { k: 2 }, experts), true);
+    check_layer(
+        small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), experts),
+        true,
+    );
 }
 
 #[test]
@@ -180,7 +205,7 @@ fn shared_experts_mlp_gate_with_context() {
             activation: Activation::Gelu,
             context: true,
         },
-        ..small_cfg(RouterConfig::TopK { k: 1 }, swiglu(4))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 1 }), swiglu(4))
     };
     check_layer(cfg, true);
 }

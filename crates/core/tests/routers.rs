@@ -7,6 +7,10 @@ use common::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use switchyard_core::router::{self, RouterInput};
+use switchyard_core::router::{
+    ExpertChoiceConfig, GroupLimitedConfig, HashConfig, HierarchicalConfig, NoisyTopKConfig,
+    SigmoidBiasConfig, SinkhornConfig, SwitchConfig, TopKConfig,
+};
 use switchyard_core::{
     losses, DispatchImpl, DropPolicy, ExpertSpec, GroupScore, MoeConfig, RouterConfig, ScoreFn,
 };
@@ -25,8 +29,8 @@ fn route(cfg: &RouterConfig, logits: &[Vec<f64>], train: bool) -> router::Router
     let flat: Vec<f64> = logits.iter().flatten().cloned().collect();
     let x = Tensor::from_vec(flat, (t, c), &Device::Cpu).unwrap();
     let e = match cfg {
-        RouterConfig::NoisyTopK { .. } => c / 2,
-        RouterConfig::Hierarchical { groups, .. } => c - groups,
+        RouterConfig::NoisyTopK(_) => c / 2,
+        RouterConfig::Hierarchical(HierarchicalConfig { groups, .. }) => c - groups,
         _ => c,
     };
     let r = router::build(cfg, e).unwrap();
@@ -62,41 +66,41 @@ fn switch_drops_by_position_or_probability() {
         vec![3.0, 0.0],
         vec![0.5, 0.0],
     ];
-    let pos = RouterConfig::Switch {
+    let pos = RouterConfig::Switch(SwitchConfig {
         k: 1,
         capacity_factor: 1.0,
         eval_capacity_factor: None,
         drop_policy: DropPolicy::Position,
-    };
+    });
     let out = route(&pos, &logits, true);
     assert_eq!(assignments(&out), vec![(0, 0), (1, 0)]);
     assert_eq!(out.plan.dropped, vec![false, false, true, true]);
-    let prob = RouterConfig::Switch {
+    let prob = RouterConfig::Switch(SwitchConfig {
         k: 1,
         capacity_factor: 1.0,
         eval_capacity_factor: None,
         drop_policy: DropPolicy::Probability,
-    };
+    });
     let out = route(&prob, &logits, true);
     assert_eq!(assignments(&out), vec![(1, 0), (2, 0)]);
     // eval capacity factor applies outside training
-    let ev = RouterConfig::Switch {
+    let ev = RouterConfig::Switch(SwitchConfig {
         k: 1,
         capacity_factor: 1.0,
         eval_capacity_factor: Some(2.0),
         drop_policy: DropPolicy::Position,
-    };
+    });
     assert_eq!(route(&ev, &logits, false).plan.len(), 4);
 }
 
 #[test]
 fn dropped_tokens_get_zero_moe_output() {
-    let r = RouterConfig::Switch {
+    let r = RouterConfig::Switch(SwitchConfig {
         k: 1,
         capacity_factor: 0.25,
         eval_capacity_factor: None,
         drop_policy: DropPolicy::Position,
-    };
+    });
     let f = fixture(&small_cfg(r, swiglu(4)), 1, DType::F32);
     let out = f.run(false, DispatchImpl::Kernel, 0);
     let plan = &out.routing.as_ref().unwrap().plan;
@@ -122,9 +126,9 @@ fn expert_choice_balances_load_exactly() {
         .map(|t| (0..4).map(|e| ((t * 4 + e) as f64 * 0.77).sin()).collect())
         .collect();
     let out = route(
-        &RouterConfig::ExpertChoice {
+        &RouterConfig::ExpertChoice(ExpertChoiceConfig {
             capacity_factor: 1.0,
-        },
+        }),
         &logits,
         true,
     );
@@ -149,12 +153,12 @@ fn expert_choice_balances_load_exactly() {
 #[test]
 fn hash_routing_is_a_fixed_function_of_the_token_id() {
     let f = fixture(
-        &small_cfg(RouterConfig::Hash { seed: 4 }, swiglu(4)),
+        &small_cfg(RouterConfig::Hash(HashConfig { seed: 4 }), swiglu(4)),
         0,
         DType::F32,
     );
     let plan = f.run(true, DispatchImpl::Kernel, 0).routing.unwrap().plan;
-    let r = switchyard_core::router::HashRouter::new(RouterConfig::Hash { seed: 4 }, 4);
+    let r = switchyard_core::router::HashRouter::new(HashConfig { seed: 4 }, 4);
     for a in 0..plan.len() {
         assert_eq!(
             plan.expert[a] as usize,
@@ -173,7 +177,7 @@ fn hash_routing_is_a_fixed_function_of_the_token_id() {
 
 #[test]
 fn sigmoid_bias_shifts_selection_not_weights_and_balances() {
-    let cfg = RouterConfig::SigmoidBias {
+    let cfg = SigmoidBiasConfig {
         k: 1,
         bias_update_rate: 0.5,
         scaling: 1.0,
@@ -212,13 +216,13 @@ fn sigmoid_bias_shifts_selection_not_weights_and_balances() {
 #[test]
 fn bias_update_reaches_balance_in_a_layer() {
     let cfg = MoeConfig {
-        router: RouterConfig::SigmoidBias {
+        router: RouterConfig::SigmoidBias(SigmoidBiasConfig {
             k: 1,
             bias_update_rate: 0.05,
             scaling: 1.0,
-        },
+        }),
         renormalize: false,
-        ..small_cfg(RouterConfig::TopK { k: 1 }, swiglu(4))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 1 }), swiglu(4))
     };
     let mut f = fixture(&cfg, 2, DType::F32);
     let cv = |load: &[usize]| {
@@ -250,7 +254,7 @@ fn bias_update_reaches_balance_in_a_layer() {
 fn group_limited_keeps_experts_inside_the_best_groups() {
     // group 0 = experts {0,1}, group 1 = {2,3}; expert 2 is the single best, group 0 has the best pair
     let logits = vec![vec![2.0, 1.9, 2.5, -3.0]];
-    let max = RouterConfig::GroupLimited {
+    let max = RouterConfig::GroupLimited(GroupLimitedConfig {
         k: 2,
         groups: 2,
         topk_groups: 1,
@@ -258,12 +262,12 @@ fn group_limited_keeps_experts_inside_the_best_groups() {
         group_score: GroupScore::Max,
         bias_update_rate: 0.0,
         scaling: 1.0,
-    };
+    });
     assert_eq!(
         assignments(&route(&max, &logits, false)),
         vec![(0, 2), (0, 3)]
     );
-    let top2 = RouterConfig::GroupLimited {
+    let top2 = RouterConfig::GroupLimited(GroupLimitedConfig {
         k: 2,
         groups: 2,
         topk_groups: 1,
@@ -271,7 +275,7 @@ fn group_limited_keeps_experts_inside_the_best_groups() {
         group_score: GroupScore::Top2Sum,
         bias_update_rate: 0.0,
         scaling: 1.0,
-    };
+    });
     assert_eq!(
         assignments(&route(&top2, &logits, false)),
         vec![(0, 0), (0, 1)]
@@ -283,11 +287,11 @@ fn hierarchical_weights_are_products_and_sum_to_one() {
     // 2 groups of 2; primary prefers group 1, inside it expert 3
     let logits = vec![vec![0.0, 1.0, /* experts */ 0.3, 0.2, 0.1, 0.9]];
     let out = route(
-        &RouterConfig::Hierarchical {
+        &RouterConfig::Hierarchical(HierarchicalConfig {
             groups: 2,
             k_groups: 1,
             k_inner: 1,
-        },
+        }),
         &logits,
         false,
     );
@@ -295,11 +299,11 @@ fn hierarchical_weights_are_products_and_sum_to_one() {
     let w = dense(&out)[0].clone();
     assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     let out = route(
-        &RouterConfig::Hierarchical {
+        &RouterConfig::Hierarchical(HierarchicalConfig {
             groups: 2,
             k_groups: 2,
             k_inner: 1,
-        },
+        }),
         &logits,
         false,
     );
@@ -317,14 +321,14 @@ fn sinkhorn_balances_a_skewed_batch() {
     let logits: Vec<Vec<f64>> = (0..8)
         .map(|t| vec![1.0, 0.9 - 0.01 * t as f64, 0.8 + 0.01 * t as f64, 0.7])
         .collect();
-    let plain = route(&RouterConfig::TopK { k: 1 }, &logits, true)
+    let plain = route(&RouterConfig::TopK(TopKConfig { k: 1 }), &logits, true)
         .plan
         .tokens_per_expert();
     let sk = route(
-        &RouterConfig::Sinkhorn {
+        &RouterConfig::Sinkhorn(SinkhornConfig {
             k: 1,
             iterations: 100,
-        },
+        }),
         &logits,
         true,
     )
@@ -335,10 +339,10 @@ fn sinkhorn_balances_a_skewed_batch() {
     // evaluation routes by the raw logits
     assert_eq!(
         route(
-            &RouterConfig::Sinkhorn {
+            &RouterConfig::Sinkhorn(SinkhornConfig {
                 k: 1,
                 iterations: 100
-            },
+            }),
             &logits,
             false
         )
@@ -363,8 +367,16 @@ fn noisy_top_k_is_noisy_only_in_training() {
                 .collect()
         })
         .collect();
-    let a = route(&RouterConfig::NoisyTopK { k: 1 }, &logits, false);
-    let b = route(&RouterConfig::NoisyTopK { k: 1 }, &logits, true);
+    let a = route(
+        &RouterConfig::NoisyTopK(NoisyTopKConfig { k: 1 }),
+        &logits,
+        false,
+    );
+    let b = route(
+        &RouterConfig::NoisyTopK(NoisyTopKConfig { k: 1 }),
+        &logits,
+        true,
+    );
     assert!(a.load_loss.is_none() && b.load_loss.is_some());
     assert_ne!(
         a.plan, b.plan,
@@ -376,7 +388,7 @@ fn noisy_top_k_is_noisy_only_in_training() {
 fn expert_dropout_removes_whole_experts_and_renormalises() {
     let cfg = MoeConfig {
         expert_dropout: 0.5,
-        ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(6))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(6))
     };
     let f = fixture(&cfg, 0, DType::F64);
     let mut saw_drop = false;
@@ -420,7 +432,7 @@ fn expert_dropout_removes_whole_experts_and_renormalises() {
 fn jitter_changes_training_routing_only() {
     let cfg = MoeConfig {
         jitter: 0.5,
-        ..small_cfg(RouterConfig::TopK { k: 1 }, swiglu(4))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 1 }), swiglu(4))
     };
     let f = fixture(&cfg, 0, DType::F64);
     let l = |train, seed| {
@@ -441,12 +453,12 @@ fn shared_experts_add_to_every_token() {
     let with = MoeConfig {
         shared_experts: vec![ExpertSpec::swiglu(3)],
         ..small_cfg(
-            RouterConfig::Switch {
+            RouterConfig::Switch(SwitchConfig {
                 k: 1,
                 capacity_factor: 0.25,
                 eval_capacity_factor: None,
                 drop_policy: DropPolicy::Position,
-            },
+            }),
             swiglu(4),
         )
     };
@@ -478,7 +490,7 @@ fn shared_experts_add_to_every_token() {
 #[test]
 fn statistics_describe_the_plan() {
     let f = fixture(
-        &small_cfg(RouterConfig::TopK { k: 1 }, swiglu(6)),
+        &small_cfg(RouterConfig::TopK(TopKConfig { k: 1 }), swiglu(6)),
         5,
         DType::F64,
     );
@@ -522,7 +534,7 @@ fn importance_is_that_of_the_dense_combine_weights() {
     for renormalize in [true, false] {
         let cfg = MoeConfig {
             renormalize,
-            ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(5))
+            ..small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(5))
         };
         let f = fixture(&cfg, 4, DType::F64);
         let out = f.run(true, DispatchImpl::Kernel, 0);

@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{DType, Var};
 use common::*;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::testing::gradcheck;
 use switchyard_core::{DispatchImpl, ExpertSpec, MoeConfig, RouterConfig};
 
@@ -13,7 +14,7 @@ fn gated_cfg() -> MoeConfig {
     MoeConfig {
         shared_experts: vec![ExpertSpec::swiglu(3)],
         shared_gate: true,
-        ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(4))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(4))
     }
 }
 
@@ -91,7 +92,7 @@ fn shared_gate_gradients_match_central_differences() {
 fn shared_gate_without_shared_experts_is_rejected() {
     let cfg = MoeConfig {
         shared_gate: true,
-        ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(4))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(4))
     };
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("shared_gate"), "{err}");

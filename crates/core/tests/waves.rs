@@ -9,6 +9,7 @@ use big_plan::*;
 use candle_core::DType;
 use common::*;
 use switchyard_core::dispatch::{self, dispatch};
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{DispatchImpl, ExpertSpec, MoeConfig, RouterConfig};
 
 #[test]
@@ -121,7 +122,7 @@ fn dispatch_backward_equals_plain_backward_on_a_layer_with_shared_experts() {
     let cfg = MoeConfig {
         shared_experts: vec![ExpertSpec::swiglu(5)],
         shared_gate: true,
-        ..small_cfg(RouterConfig::TopK { k: 2 }, swiglu(6))
+        ..small_cfg(RouterConfig::TopK(TopKConfig { k: 2 }), swiglu(6))
     };
     let f = fixture(&cfg, 3, DType::F32);
     let out = f.run(true, DispatchImpl::Kernel, 2);

@@ -6,6 +6,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::*;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, MoeConfig, ParamBuilder, ParamStore, RouterConfig};
 use switchyard_interop::commands::{
     export_model_dir, import_to_checkpoint, logits_to_file, parse_ids_arg, IdsInput,
@@ -109,7 +110,7 @@ fn native_model_exports_as_mixtral() {
     let moe = MoeConfig {
         d_model: d,
         experts: vec![ExpertSpec::swiglu(48); 4],
-        router: RouterConfig::TopK { k: 2 },
+        router: RouterConfig::TopK(TopKConfig { k: 2 }),
         ..Default::default()
     };
     let cfg = LmConfig {

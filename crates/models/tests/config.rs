@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use common::*;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{GateConfig, ParamBuilder, ParamStore, RouterConfig};
 use switchyard_models::{LayerFfn, LmConfig, ModelError, MoeLm};
 
@@ -61,7 +62,7 @@ fn invalid_configs_name_their_field() {
         (
             with(|c| {
                 if let LayerFfn::Moe(m) = &mut c.ffn.sparse {
-                    m.router = RouterConfig::TopK { k: 9 };
+                    m.router = RouterConfig::TopK(TopKConfig { k: 9 });
                 }
             }),
             "ffn.sparse.router.k",

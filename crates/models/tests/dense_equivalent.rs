@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::DType;
 use common::*;
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, RouterConfig};
 use switchyard_models::{LayerFfn, LmConfig};
 
@@ -78,7 +79,7 @@ fn shared_experts_heterogeneous_widths_and_mixed_layers() {
             ExpertSpec::swiglu(16),
         ];
         m.shared_experts = vec![ExpertSpec::swiglu(10)];
-        m.router = RouterConfig::TopK { k: 1 };
+        m.router = RouterConfig::TopK(TopKConfig { k: 1 });
     }
     // k·mean(h) + shared + E/3 = 16 + 10 + 1.33
     assert_eq!(hidden_of(&cfg), 27);

@@ -4,6 +4,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
+use switchyard_core::router::TopKConfig;
 use switchyard_core::testing::gradcheck;
 use switchyard_core::{ExpertSpec, MoeConfig, MoeError, RouterConfig};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, LmCtx};
@@ -94,7 +95,7 @@ fn moe_lm_through_the_dispatch_kernel() {
     let moe = MoeConfig {
         d_model: 8,
         experts: vec![ExpertSpec::swiglu(4), ExpertSpec::swiglu(3)],
-        router: RouterConfig::TopK { k: 2 },
+        router: RouterConfig::TopK(TopKConfig { k: 2 }),
         ..Default::default()
     };
     let mut which = ATTENTION_AND_NORMS.to_vec();

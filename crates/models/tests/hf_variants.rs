@@ -9,6 +9,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
+use switchyard_core::router::GroupLimitedConfig;
 use switchyard_core::testing::gradcheck;
 use switchyard_core::{ExpertSpec, GroupScore, MoeConfig, MoeError, RouterConfig, ScoreFn};
 use switchyard_models::{FfnConfig, KvCache, LayerFfn, LmConfig, LmCtx, MlaConfig, Rope};
@@ -58,7 +59,7 @@ fn deepseek_like(q_lora_rank: Option<usize>, score: ScoreFn) -> LmConfig {
     } else {
         GroupScore::Top2Sum
     };
-    let router = RouterConfig::GroupLimited {
+    let router = RouterConfig::GroupLimited(GroupLimitedConfig {
         k: 2,
         groups: 2,
         topk_groups: 1,
@@ -66,7 +67,7 @@ fn deepseek_like(q_lora_rank: Option<usize>, score: ScoreFn) -> LmConfig {
         group_score,
         bias_update_rate: 0.0,
         scaling: 1.5,
-    };
+    });
     let moe = MoeConfig {
         router,
         shared_experts: vec![ExpertSpec::swiglu(8)],

@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::DType;
 use common::*;
+use switchyard_core::router::HashConfig;
 use switchyard_core::{ExpertSpec, RouterConfig};
 use switchyard_models::{KvCache, LayerFfn, LmConfig, LmCtx, MoeLm, Sampler};
 
@@ -66,7 +67,7 @@ fn cache_matches_with_hash_routing_shared_experts_and_a_dense_first_layer() {
     };
     cfg.ffn.first_dense = 1;
     if let LayerFfn::Moe(m) = &mut cfg.ffn.sparse {
-        m.router = RouterConfig::Hash { seed: 1 };
+        m.router = RouterConfig::Hash(HashConfig { seed: 1 });
         m.shared_experts = vec![ExpertSpec::swiglu(8)];
     }
     check_cache_matches_full(&cfg, 2);

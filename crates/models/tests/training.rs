@@ -7,6 +7,7 @@ use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use common::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use switchyard_core::router::SigmoidBiasConfig;
 use switchyard_core::{ParamBuilder, ParamStore, RouterConfig};
 use switchyard_models::{LayerFfn, LmConfig, LmCtx, MoeClassifier, MoeClassifierConfig};
 
@@ -57,11 +58,11 @@ fn moe_lm_overfits_a_tiny_batch() {
 fn aux_loss_free_lm_overfits_a_tiny_batch() {
     let mut cfg = tiny_cfg();
     if let LayerFfn::Moe(m) = &mut cfg.ffn.sparse {
-        m.router = RouterConfig::SigmoidBias {
+        m.router = RouterConfig::SigmoidBias(SigmoidBiasConfig {
             k: 2,
             bias_update_rate: 1e-3,
             scaling: 1.0,
-        };
+        });
     }
     let (first, last) = overfit(&cfg);
     println!("sigmoid+bias MoE LM: loss {first:.3} -> {last:.3}");

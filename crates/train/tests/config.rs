@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use switchyard_core::router::SwitchConfig;
 use switchyard_core::{ExpertSpec, RouterConfig};
 use switchyard_models::LayerFfn;
 use switchyard_train::trainer::ConfigError;
@@ -111,7 +112,10 @@ fn overrides_reach_nested_keys_arrays_and_tables() {
     assert_eq!(cfg.optim.lr, 1e-3);
     assert_eq!(cfg.run_dir, PathBuf::from("runs/x y"));
     let m = moe(&cfg);
-    assert!(matches!(m.router, RouterConfig::Switch { k: 1, .. }));
+    assert!(matches!(
+        m.router,
+        RouterConfig::Switch(SwitchConfig { k: 1, .. })
+    ));
     assert_eq!(m.experts.len(), 6);
     assert_eq!(m.experts[2].hidden, 40);
     assert_eq!(m.experts[1].hidden, 24);

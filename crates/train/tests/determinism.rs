@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use switchyard_core::router::NoisyTopKConfig;
 use switchyard_train::trainer::Trainer;
 use switchyard_train::TrainConfig;
 
@@ -21,7 +22,7 @@ fn noisy(dir: &std::path::Path) -> TrainConfig {
     // every source of randomness at once: noisy gating, jitter, expert dropout, accumulation
     cfg.model.ffn.sparse = match cfg.model.ffn.sparse {
         switchyard_models::LayerFfn::Moe(mut m) => {
-            m.router = switchyard_core::RouterConfig::NoisyTopK { k: 2 };
+            m.router = switchyard_core::RouterConfig::NoisyTopK(NoisyTopKConfig { k: 2 });
             m.losses.load = 0.01;
             m.jitter = 0.01;
             m.expert_dropout = 0.2;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use switchyard_core::router::{NoisyTopKConfig, SigmoidBiasConfig};
 use switchyard_core::RouterConfig;
 use switchyard_models::LayerFfn;
 use switchyard_train::trainer::{RunError, Trainer};
@@ -78,7 +79,12 @@ fn check_resume_is_exact(make: impl Fn(&std::path::Path) -> TrainConfig) {
 #[test]
 fn resume_is_exact_with_router_noise_jitter_dropout_and_accumulation() {
     check_resume_is_exact(|dir| {
-        let mut cfg = with_router(tiny_run(dir), RouterConfig::NoisyTopK { k: 2 }, 0.01, 0.2);
+        let mut cfg = with_router(
+            tiny_run(dir),
+            RouterConfig::NoisyTopK(NoisyTopKConfig { k: 2 }),
+            0.01,
+            0.2,
+        );
         cfg.train.grad_accum = 2;
         cfg
     });
@@ -89,11 +95,11 @@ fn resume_is_exact_with_aux_loss_free_bias_buffers() {
     check_resume_is_exact(|dir| {
         with_router(
             tiny_run(dir),
-            RouterConfig::SigmoidBias {
+            RouterConfig::SigmoidBias(SigmoidBiasConfig {
                 k: 2,
                 bias_update_rate: 0.01,
                 scaling: 1.0,
-            },
+            }),
             0.0,
             0.0,
         )

@@ -3,36 +3,69 @@
 //! is perfectly balanced by construction; a token may get several experts or none (dropped).
 //! torch: `S = softmax(X·W_g); G, I = torch.topk(S.T, c)`.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router, RouterInput, RouterOutput,
+    check_capacity_factor, expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router,
+    RouterConfig, RouterInput, RouterKind, RouterOutput,
 };
-use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::Result;
 
+/// `{ type = "expert_choice", capacity_factor = 2.0 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExpertChoiceConfig {
+    /// Tokens per expert as a multiple of `T / E`: the average number of experts per token.
+    pub capacity_factor: f64,
+}
+
+impl Default for ExpertChoiceConfig {
+    /// Zhou et al.'s EC-CF2.
+    fn default() -> Self {
+        Self {
+            capacity_factor: 2.0,
+        }
+    }
+}
+
+impl RouterKind for ExpertChoiceConfig {
+    /// The average, given by the capacity factor.
+    fn k(&self) -> usize {
+        self.capacity_factor.ceil().max(1.0) as usize
+    }
+    fn validate(&self, _experts: usize) -> Result<()> {
+        check_capacity_factor(self.capacity_factor, "capacity_factor")
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(ExpertChoiceRouter::new(self.clone(), experts))
+    }
+    fn examples(_experts: usize) -> Vec<Self> {
+        vec![Self {
+            capacity_factor: 1.5,
+        }]
+    }
+}
+
 pub struct ExpertChoiceRouter {
-    cfg: RouterConfig,
+    cfg: ExpertChoiceConfig,
     experts: usize,
 }
 
 impl ExpertChoiceRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
+    pub fn new(cfg: ExpertChoiceConfig, experts: usize) -> Self {
         Self { cfg, experts }
     }
 
     /// Tokens per expert for a batch of `tokens`.
     pub fn capacity(&self, tokens: usize) -> usize {
-        let RouterConfig::ExpertChoice { capacity_factor } = self.cfg else {
-            unreachable!()
-        };
-        ((capacity_factor * tokens as f64 / self.experts as f64).ceil() as usize)
+        ((self.cfg.capacity_factor * tokens as f64 / self.experts as f64).ceil() as usize)
             .clamp(1, tokens.max(1))
     }
 }
 
 impl Router for ExpertChoiceRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts

@@ -5,61 +5,148 @@
 //! expert (`max`) or the sum of its two best (`top2_sum`).
 //! torch (V3): `group_scores = scores_for_choice.view(-1, G, E//G).topk(2)[0].sum(-1)`.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    expect_cols, host, mask_unavailable, safe_row_normalize, softmax, top_k, BiasBalancer, Dense,
-    Router, RouterInput, RouterOutput,
+    check_bias_rate, check_groups, check_k, expect_cols, host, mask_unavailable,
+    safe_row_normalize, softmax, top_k, BiasBalancer, Dense, Router, RouterConfig, RouterInput,
+    RouterKind, RouterOutput,
 };
-use crate::config::{GroupScore, RouterConfig, ScoreFn};
 use crate::plan::DispatchPlan;
-use crate::Result;
+use crate::{MoeError, Result};
+
+/// How a group is scored in group-limited routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupScore {
+    /// Best expert score in the group (DeepSeek-V2 `group_limited_greedy`).
+    Max,
+    /// Sum of the two best scores in the group (DeepSeek-V3 `noaux_tc`).
+    Top2Sum,
+}
+
+/// Score function applied to the gate logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreFn {
+    Softmax,
+    Sigmoid,
+}
+
+/// `{ type = "group_limited", k = 2, groups = 2, topk_groups = 1, score = "sigmoid",
+/// group_score = "top2_sum", bias_update_rate = 0.001, scaling = 1.0 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupLimitedConfig {
+    /// Experts per token.
+    pub k: usize,
+    /// Equal groups the experts form, in index order.
+    pub groups: usize,
+    /// Groups kept per token before the top-k inside them.
+    pub topk_groups: usize,
+    pub score: ScoreFn,
+    pub group_score: GroupScore,
+    /// γ of the selection bias (see `sigmoid_bias.rs`; 0: no bias).
+    pub bias_update_rate: f64,
+    /// Multiplier of the kept weights (DeepSeek-V3's routed scaling factor).
+    pub scaling: f64,
+}
+
+impl Default for GroupLimitedConfig {
+    /// DeepSeek-V3's scoring (sigmoid, top-2 sum, γ = 0.001) at a small size.
+    fn default() -> Self {
+        Self {
+            k: 2,
+            groups: 2,
+            topk_groups: 1,
+            score: ScoreFn::Sigmoid,
+            group_score: GroupScore::Top2Sum,
+            bias_update_rate: 0.001,
+            scaling: 1.0,
+        }
+    }
+}
+
+impl RouterKind for GroupLimitedConfig {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn validate(&self, experts: usize) -> Result<()> {
+        let Self {
+            k,
+            groups,
+            topk_groups,
+            ..
+        } = *self;
+        check_k(k, experts)?;
+        check_bias_rate(self.bias_update_rate)?;
+        check_groups(groups, experts)?;
+        if topk_groups == 0 || topk_groups > groups {
+            return Err(MoeError::config(
+                "router.topk_groups",
+                format!("must be in 1..={groups} (the number of groups), got {topk_groups}"),
+            ));
+        }
+        let reachable = topk_groups * (experts / groups);
+        if k > reachable {
+            return Err(MoeError::config(
+                "router.k",
+                format!("k = {k} exceeds the {reachable} experts inside {topk_groups} chosen groups; raise topk_groups or lower k"),
+            ));
+        }
+        Ok(())
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(GroupLimitedRouter::new(self.clone(), experts))
+    }
+    fn examples(experts: usize) -> Vec<Self> {
+        vec![Self {
+            k: 2.min(experts / 2),
+            groups: 2,
+            topk_groups: 1,
+            score: ScoreFn::Sigmoid,
+            group_score: GroupScore::Top2Sum,
+            bias_update_rate: 0.0,
+            scaling: 1.0,
+        }]
+    }
+}
 
 pub struct GroupLimitedRouter {
-    cfg: RouterConfig,
+    cfg: GroupLimitedConfig,
     experts: usize,
     pub balancer: BiasBalancer,
 }
 
 impl GroupLimitedRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::GroupLimited {
-            bias_update_rate, ..
-        } = cfg
-        else {
-            unreachable!()
-        };
+    pub fn new(cfg: GroupLimitedConfig, experts: usize) -> Self {
+        let balancer = BiasBalancer::new(experts, cfg.bias_update_rate);
         Self {
             cfg,
             experts,
-            balancer: BiasBalancer::new(experts, bias_update_rate),
+            balancer,
         }
     }
 }
 
 impl Router for GroupLimitedRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts
     }
     fn weight_scale(&self) -> f64 {
-        let RouterConfig::GroupLimited { scaling, .. } = self.cfg else {
-            unreachable!()
-        };
-        scaling
+        self.cfg.scaling
     }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
-        let RouterConfig::GroupLimited {
+        let GroupLimitedConfig {
             k,
             groups,
             topk_groups,
             score,
             group_score,
             ..
-        } = self.cfg
-        else {
-            unreachable!()
-        };
+        } = self.cfg;
         let e = self.experts;
         expect_cols(&input, e, "group_limited router")?;
         let t = input.num_tokens();

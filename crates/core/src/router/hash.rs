@@ -4,15 +4,37 @@
 
 use candle_core::Tensor;
 
-use super::{Router, RouterInput, RouterOutput};
-use crate::config::RouterConfig;
+use serde::{Deserialize, Serialize};
+
+use super::{Router, RouterConfig, RouterInput, RouterKind, RouterOutput};
 use crate::plan::DispatchPlan;
 use crate::{MoeError, Result};
 
+/// `{ type = "hash", seed = 0 }`.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct HashConfig {
+    /// Mixed into every token id before hashing: another seed, another fixed assignment.
+    pub seed: u64,
+}
+
+impl RouterKind for HashConfig {
+    fn k(&self) -> usize {
+        1
+    }
+    fn validate(&self, _experts: usize) -> Result<()> {
+        Ok(())
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(HashRouter::new(self.clone(), experts))
+    }
+    fn examples(_experts: usize) -> Vec<Self> {
+        vec![Self { seed: 3 }]
+    }
+}
+
 pub struct HashRouter {
-    cfg: RouterConfig,
+    cfg: HashConfig,
     experts: usize,
-    seed: u64,
 }
 
 /// SplitMix64 finaliser: a fixed, well-mixed hash (Steele et al. 2014).
@@ -24,22 +46,19 @@ pub fn splitmix64(mut z: u64) -> u64 {
 }
 
 impl HashRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::Hash { seed } = cfg else {
-            unreachable!()
-        };
-        Self { cfg, experts, seed }
+    pub fn new(cfg: HashConfig, experts: usize) -> Self {
+        Self { cfg, experts }
     }
 
     /// The expert a token id hashes to (ignoring availability).
     pub fn expert_of(&self, token_id: u32) -> usize {
-        (splitmix64(self.seed ^ token_id as u64) % self.experts as u64) as usize
+        (splitmix64(self.cfg.seed ^ token_id as u64) % self.experts as u64) as usize
     }
 }
 
 impl Router for HashRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts

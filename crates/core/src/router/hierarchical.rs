@@ -8,15 +8,76 @@
 
 use candle_core::{Tensor, D};
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    expect_cols, host, masked_softmax, plan_mask, top_k, Router, RouterInput, RouterOutput,
+    check_groups, expect_cols, host, masked_softmax, plan_mask, top_k, Router, RouterConfig,
+    RouterInput, RouterKind, RouterOutput,
 };
-use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
-use crate::Result;
+use crate::{MoeError, Result};
+
+/// `{ type = "hierarchical", groups = 2, k_groups = 1, k_inner = 2 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HierarchicalConfig {
+    /// Equal groups the experts form, in index order.
+    pub groups: usize,
+    /// Groups the primary gate keeps per token.
+    pub k_groups: usize,
+    /// Experts each kept group's gate keeps.
+    pub k_inner: usize,
+}
+
+impl Default for HierarchicalConfig {
+    fn default() -> Self {
+        Self {
+            groups: 2,
+            k_groups: 1,
+            k_inner: 2,
+        }
+    }
+}
+
+impl RouterKind for HierarchicalConfig {
+    fn k(&self) -> usize {
+        self.k_groups * self.k_inner
+    }
+    fn validate(&self, experts: usize) -> Result<()> {
+        let Self {
+            groups,
+            k_groups,
+            k_inner,
+        } = *self;
+        check_groups(groups, experts)?;
+        if k_groups == 0 || k_groups > groups {
+            return Err(MoeError::config(
+                "router.k_groups",
+                format!("must be in 1..={groups}, got {k_groups}"),
+            ));
+        }
+        let per = experts / groups;
+        if k_inner == 0 || k_inner > per {
+            return Err(MoeError::config(
+                "router.k_inner",
+                format!("must be in 1..={per} (experts per group), got {k_inner}"),
+            ));
+        }
+        Ok(())
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(HierarchicalRouter::new(self.clone(), experts))
+    }
+    fn examples(_experts: usize) -> Vec<Self> {
+        vec![Self {
+            groups: 2,
+            k_groups: 1,
+            k_inner: 1,
+        }]
+    }
+}
 
 pub struct HierarchicalRouter {
-    cfg: RouterConfig,
+    cfg: HierarchicalConfig,
     experts: usize,
     groups: usize,
     k_groups: usize,
@@ -24,15 +85,12 @@ pub struct HierarchicalRouter {
 }
 
 impl HierarchicalRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::Hierarchical {
+    pub fn new(cfg: HierarchicalConfig, experts: usize) -> Self {
+        let HierarchicalConfig {
             groups,
             k_groups,
             k_inner,
-        } = cfg
-        else {
-            unreachable!()
-        };
+        } = cfg;
         Self {
             cfg,
             experts,
@@ -66,8 +124,8 @@ impl HierarchicalRouter {
 }
 
 impl Router for HierarchicalRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts

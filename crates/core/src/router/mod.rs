@@ -11,33 +11,206 @@
 //!
 //! The layer then optionally renormalises each row, applies the router's weight scale and
 //! gathers one weight per plan assignment.
-
-mod expert_choice;
-mod group_limited;
-mod hash;
-mod hierarchical;
-mod noisy_topk;
-mod sigmoid_bias;
-mod sinkhorn;
-mod switch;
-mod topk;
-
-pub use expert_choice::ExpertChoiceRouter;
-pub use group_limited::GroupLimitedRouter;
-pub use hash::HashRouter;
-pub use hierarchical::HierarchicalRouter;
-pub use noisy_topk::NoisyTopKRouter;
-pub use sigmoid_bias::{BiasBalancer, SigmoidBiasRouter};
-pub use sinkhorn::SinkhornRouter;
-pub use switch::SwitchRouter;
-pub use topk::TopKRouter;
+//!
+//! # Adding a router
+//! One file, `router/<name>.rs`, with the router's config struct (its fields, `Default`, and
+//! a [`RouterKind`] impl: `k`, `validate`, `build`) and the router (a [`Router`] impl); then
+//! one line in the `routers!` registry below. The registry adds the variant to
+//! [`RouterConfig`] (serde tag included) and to [`RouterConfig::defaults`] and
+//! [`RouterConfig::examples`], which the tests covering every router iterate.
 
 use candle_core::{DType, Tensor, D};
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 
-use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::{MoeError, Result};
+
+/// The router registry's macro: see its one invocation below.
+macro_rules! routers {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident($tag:literal) = $module:ident::{$config:ident, $router:ident},
+    )*) => {
+        $(
+            mod $module;
+            pub use $module::{$config, $router};
+        )*
+
+        /// The router zoo: one variant per router in the registry, holding that router's
+        /// config. Written as the router's `type` tag beside its fields, e.g.
+        /// `router = { type = "top_k", k = 2 }`.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum RouterConfig {
+            $(
+                $(#[$doc])*
+                #[serde(rename = $tag)]
+                $variant($config),
+            )*
+        }
+
+        $(
+            impl From<$config> for RouterConfig {
+                fn from(cfg: $config) -> Self {
+                    RouterConfig::$variant(cfg)
+                }
+            }
+        )*
+
+        impl RouterConfig {
+            /// Every router's `type` tag, in registry order.
+            pub const NAMES: &'static [&'static str] = &[$($tag),*];
+
+            /// The `type` tag.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(RouterConfig::$variant(_) => $tag,)*
+                }
+            }
+
+            /// The config of the router this value holds.
+            pub fn kind(&self) -> &dyn RouterKind {
+                match self {
+                    $(RouterConfig::$variant(cfg) => cfg,)*
+                }
+            }
+
+            /// Every router's default config, in registry order.
+            pub fn defaults() -> Vec<RouterConfig> {
+                vec![$($config::default().into()),*]
+            }
+
+            /// Every router's [`RouterKind::examples`] for a layer of `experts` experts, in
+            /// registry order: what the tests that cover every router iterate.
+            pub fn examples(experts: usize) -> Vec<RouterConfig> {
+                let mut all = Vec::new();
+                $(all.extend($config::examples(experts).into_iter().map(RouterConfig::from));)*
+                all
+            }
+        }
+    };
+}
+
+// The registry: every router once, as `Variant("type tag") = module::{Config, Router}`. The
+// line declares the module (`router/<module>.rs`, which holds the config, its `RouterKind`
+// impl and the router), re-exports both types, and adds the variant to `RouterConfig`.
+routers! {
+    /// Softmax top-k ([`TopKRouter`]).
+    TopK("top_k") = topk::{TopKConfig, TopKRouter},
+    /// Shazeer's noisy top-k gating ([`NoisyTopKRouter`]).
+    NoisyTopK("noisy_top_k") = noisy_topk::{NoisyTopKConfig, NoisyTopKRouter},
+    /// Capacity-limited Switch / GShard routing ([`SwitchRouter`]).
+    Switch("switch") = switch::{SwitchConfig, SwitchRouter},
+    /// Experts choose their tokens ([`ExpertChoiceRouter`]).
+    ExpertChoice("expert_choice") = expert_choice::{ExpertChoiceConfig, ExpertChoiceRouter},
+    /// A fixed hash of the token id ([`HashRouter`]).
+    Hash("hash") = hash::{HashConfig, HashRouter},
+    /// Sigmoid scores, aux-loss-free bias balancing ([`SigmoidBiasRouter`]).
+    SigmoidBias("sigmoid_bias") = sigmoid_bias::{SigmoidBiasConfig, SigmoidBiasRouter},
+    /// DeepSeek's group-limited top-k ([`GroupLimitedRouter`]).
+    GroupLimited("group_limited") = group_limited::{GroupLimitedConfig, GroupLimitedRouter},
+    /// Two-level gating ([`HierarchicalRouter`]).
+    Hierarchical("hierarchical") = hierarchical::{HierarchicalConfig, HierarchicalRouter},
+    /// Sinkhorn-balanced assignment ([`SinkhornRouter`]).
+    Sinkhorn("sinkhorn") = sinkhorn::{SinkhornConfig, SinkhornRouter},
+}
+
+pub use group_limited::{GroupScore, ScoreFn};
+pub use sigmoid_bias::BiasBalancer;
+pub use switch::DropPolicy;
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        TopKConfig::default().into()
+    }
+}
+
+impl RouterConfig {
+    /// Experts chosen per token (expert-choice: the average, given by its capacity factor).
+    pub fn k(&self) -> usize {
+        self.kind().k()
+    }
+
+    /// Checks the fields against a layer of `experts` experts; errors name `router.<field>`.
+    pub fn validate(&self, experts: usize) -> Result<()> {
+        self.kind().validate(experts)
+    }
+}
+
+/// What every router's config does: implemented by the config struct in each router's file.
+pub trait RouterKind {
+    /// Experts chosen per token.
+    fn k(&self) -> usize;
+    /// Checks the fields against a layer of `experts` experts; errors name `router.<field>`.
+    fn validate(&self, experts: usize) -> Result<()>;
+    /// The router, for a config that passed [`RouterKind::validate`].
+    fn build(&self, experts: usize) -> Box<dyn Router>;
+    /// Configs that exercise this router in a layer of `experts` experts, for the tests that
+    /// cover every router; those invalid for `experts` are skipped there.
+    fn examples(experts: usize) -> Vec<Self>
+    where
+        Self: Sized + Default,
+    {
+        let _ = experts;
+        vec![Self::default()]
+    }
+}
+
+fn field_error(name: &str, message: impl Into<String>) -> MoeError {
+    MoeError::config(format!("router.{name}"), message)
+}
+
+/// `router.k` is in `1..=experts`.
+pub(crate) fn check_k(k: usize, experts: usize) -> Result<()> {
+    if k == 0 {
+        return Err(field_error("k", "k must be at least 1"));
+    }
+    if k > experts {
+        return Err(field_error(
+            "k",
+            format!("k = {k} exceeds the number of experts ({experts}); lower k or add experts"),
+        ));
+    }
+    Ok(())
+}
+
+/// A capacity factor (field `name`) is finite and > 0.
+pub(crate) fn check_capacity_factor(cf: f64, name: &str) -> Result<()> {
+    if !(cf.is_finite() && cf > 0.0) {
+        return Err(field_error(
+            name,
+            format!(
+                "capacity factor must be a finite number > 0, got {cf}; 1.25 is a common choice"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `router.bias_update_rate` is finite and >= 0.
+pub(crate) fn check_bias_rate(rate: f64) -> Result<()> {
+    if !(rate.is_finite() && rate >= 0.0) {
+        return Err(field_error(
+            "bias_update_rate",
+            format!("must be finite and >= 0, got {rate}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `router.groups` is at least 1 and divides the expert count.
+// `usize::is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.85
+#[allow(clippy::manual_is_multiple_of)]
+pub(crate) fn check_groups(groups: usize, experts: usize) -> Result<()> {
+    if groups == 0 || experts % groups != 0 {
+        return Err(field_error(
+            "groups",
+            format!("the group count ({groups}) must be >= 1 and divide the number of experts ({experts})"),
+        ));
+    }
+    Ok(())
+}
 
 /// What a router sees for one batch of `T` tokens.
 pub struct RouterInput<'a> {
@@ -106,7 +279,8 @@ pub struct RouterOutput {
 
 /// One routing algorithm. Implementations live one per file in this module.
 pub trait Router: Send + Sync {
-    fn config(&self) -> &RouterConfig;
+    /// The config this router was built from.
+    fn config(&self) -> RouterConfig;
     fn num_experts(&self) -> usize;
     /// Columns the gate must produce (0: the router needs no learned gate).
     fn gate_outputs(&self) -> usize {
@@ -137,23 +311,7 @@ pub trait Router: Send + Sync {
 /// Builds the router a config describes.
 pub fn build(cfg: &RouterConfig, experts: usize) -> Result<Box<dyn Router>> {
     cfg.validate(experts)?;
-    Ok(match cfg {
-        RouterConfig::TopK { .. } => Box::new(TopKRouter::new(cfg.clone(), experts)),
-        RouterConfig::NoisyTopK { .. } => Box::new(NoisyTopKRouter::new(cfg.clone(), experts)),
-        RouterConfig::Switch { .. } => Box::new(SwitchRouter::new(cfg.clone(), experts)),
-        RouterConfig::ExpertChoice { .. } => {
-            Box::new(ExpertChoiceRouter::new(cfg.clone(), experts))
-        }
-        RouterConfig::Hash { .. } => Box::new(HashRouter::new(cfg.clone(), experts)),
-        RouterConfig::SigmoidBias { .. } => Box::new(SigmoidBiasRouter::new(cfg.clone(), experts)),
-        RouterConfig::GroupLimited { .. } => {
-            Box::new(GroupLimitedRouter::new(cfg.clone(), experts))
-        }
-        RouterConfig::Hierarchical { .. } => {
-            Box::new(HierarchicalRouter::new(cfg.clone(), experts))
-        }
-        RouterConfig::Sinkhorn { .. } => Box::new(SinkhornRouter::new(cfg.clone(), experts)),
-    })
+    Ok(cfg.kind().build(experts))
 }
 
 // ---- shared helpers ------------------------------------------------------------------------

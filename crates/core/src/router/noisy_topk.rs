@@ -5,10 +5,12 @@
 
 use rand::Rng;
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    expect_cols, mask_unavailable, softmax, top_k_pairs, Dense, Router, RouterInput, RouterOutput,
+    check_k, expect_cols, mask_unavailable, softmax, top_k_pairs, Dense, Router, RouterConfig,
+    RouterInput, RouterKind, RouterOutput,
 };
-use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::{losses, rowops, Result};
 use switchyard_kernels::noise::{self, Dist};
@@ -16,22 +18,48 @@ use switchyard_kernels::noise::{self, Dist};
 /// Shazeer's `noise_epsilon`: a floor on the noise scale, so Φ never divides by ~0.
 const NOISE_FLOOR: f64 = 1e-2;
 
+/// `{ type = "noisy_top_k", k = 2 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NoisyTopKConfig {
+    /// Experts per token.
+    pub k: usize,
+}
+
+impl Default for NoisyTopKConfig {
+    fn default() -> Self {
+        Self { k: 2 }
+    }
+}
+
+impl RouterKind for NoisyTopKConfig {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn validate(&self, experts: usize) -> Result<()> {
+        check_k(self.k, experts)
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(NoisyTopKRouter::new(self.clone(), experts))
+    }
+    fn examples(experts: usize) -> Vec<Self> {
+        vec![Self { k: 2.min(experts) }]
+    }
+}
+
 pub struct NoisyTopKRouter {
-    cfg: RouterConfig,
+    cfg: NoisyTopKConfig,
     experts: usize,
-    k: usize,
 }
 
 impl NoisyTopKRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let k = cfg.k();
-        Self { cfg, experts, k }
+    pub fn new(cfg: NoisyTopKConfig, experts: usize) -> Self {
+        Self { cfg, experts }
     }
 }
 
 impl Router for NoisyTopKRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts
@@ -55,10 +83,10 @@ impl Router for NoisyTopKRouter {
         } else {
             (clean.clone(), None)
         };
-        let pairs = top_k_pairs(&noisy, self.k, input.available)?;
+        let pairs = top_k_pairs(&noisy, self.cfg.k, input.available)?;
         let plan = DispatchPlan::from_assignments(t, e, &pairs)?;
         let load_loss = match &std {
-            Some(std) => Some(losses::load(&clean, &noisy, std, self.k)?),
+            Some(std) => Some(losses::load(&clean, &noisy, std, self.cfg.k)?),
             None => None,
         };
         Ok(RouterOutput {

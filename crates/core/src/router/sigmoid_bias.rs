@@ -6,13 +6,56 @@
 //! each optimiser step `b_i += γ · sign(mean_load − load_i)`: overloaded experts become less
 //! attractive. The bias is not a parameter and gets no gradient.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    expect_cols, host, mask_unavailable, safe_row_normalize, top_k, Dense, Router, RouterInput,
-    RouterOutput,
+    check_bias_rate, check_k, expect_cols, host, mask_unavailable, safe_row_normalize, top_k,
+    Dense, Router, RouterConfig, RouterInput, RouterKind, RouterOutput,
 };
-use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
 use crate::{MoeError, Result};
+
+/// `{ type = "sigmoid_bias", k = 2, bias_update_rate = 0.001, scaling = 1.0 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SigmoidBiasConfig {
+    /// Experts per token.
+    pub k: usize,
+    /// γ, the step of the bias update (0: the bias stays 0).
+    pub bias_update_rate: f64,
+    /// Multiplier of the kept weights (DeepSeek-V3's routed scaling factor).
+    pub scaling: f64,
+}
+
+impl Default for SigmoidBiasConfig {
+    /// DeepSeek-V3's γ = 0.001, with two experts per token and no extra scaling.
+    fn default() -> Self {
+        Self {
+            k: 2,
+            bias_update_rate: 0.001,
+            scaling: 1.0,
+        }
+    }
+}
+
+impl RouterKind for SigmoidBiasConfig {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn validate(&self, experts: usize) -> Result<()> {
+        check_k(self.k, experts)?;
+        check_bias_rate(self.bias_update_rate)
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(SigmoidBiasRouter::new(self.clone(), experts))
+    }
+    fn examples(experts: usize) -> Vec<Self> {
+        vec![Self {
+            k: 2.min(experts),
+            bias_update_rate: 0.1,
+            scaling: 1.0,
+        }]
+    }
+}
 
 /// The bias and its sign-update rule, shared with the group-limited router.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,42 +103,31 @@ impl BiasBalancer {
 }
 
 pub struct SigmoidBiasRouter {
-    cfg: RouterConfig,
+    cfg: SigmoidBiasConfig,
     experts: usize,
-    k: usize,
-    scaling: f64,
     pub balancer: BiasBalancer,
 }
 
 impl SigmoidBiasRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
-        let RouterConfig::SigmoidBias {
-            k,
-            bias_update_rate,
-            scaling,
-        } = cfg
-        else {
-            unreachable!()
-        };
+    pub fn new(cfg: SigmoidBiasConfig, experts: usize) -> Self {
+        let balancer = BiasBalancer::new(experts, cfg.bias_update_rate);
         Self {
             cfg,
             experts,
-            k,
-            scaling,
-            balancer: BiasBalancer::new(experts, bias_update_rate),
+            balancer,
         }
     }
 }
 
 impl Router for SigmoidBiasRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts
     }
     fn weight_scale(&self) -> f64 {
-        self.scaling
+        self.cfg.scaling
     }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
         let e = self.experts;
@@ -103,13 +135,13 @@ impl Router for SigmoidBiasRouter {
         let t = input.num_tokens();
         let scores = candle_nn::ops::sigmoid(&mask_unavailable(input.gate_out, input.available)?)?;
         let (s, _) = host(&scores)?;
-        let mut pairs = Vec::with_capacity(t * self.k);
+        let mut pairs = Vec::with_capacity(t * self.cfg.k);
         let mut biased = vec![0f64; e];
         for tok in 0..t {
             for (x, b) in biased.iter_mut().enumerate() {
                 *b = s[tok * e + x] + self.balancer.bias[x] as f64;
             }
-            for x in top_k(&biased, self.k, (0..e).filter(|&x| input.is_available(x))) {
+            for x in top_k(&biased, self.cfg.k, (0..e).filter(|&x| input.is_available(x))) {
                 pairs.push((tok as u32, x as u32));
             }
         }

@@ -7,18 +7,57 @@
 //! torch (Megatron): `norm_logits = sinkhorn(logits); _, idx = torch.topk(norm_logits, k);
 //! scores = torch.gather(torch.sigmoid(logits), 1, idx)`.
 
+use serde::{Deserialize, Serialize};
+
 use super::{
-    expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router, RouterInput, RouterOutput,
+    check_k, expect_cols, host, mask_unavailable, softmax, top_k, Dense, Router, RouterConfig,
+    RouterInput, RouterKind, RouterOutput,
 };
-use crate::config::RouterConfig;
 use crate::plan::DispatchPlan;
-use crate::Result;
+use crate::{MoeError, Result};
 
 /// Stop when the mean change of the column scalings falls below this.
 const SINKHORN_TOL: f64 = 1e-4;
 
+/// `{ type = "sinkhorn", k = 1, iterations = 30 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SinkhornConfig {
+    /// Experts per token.
+    pub k: usize,
+    /// Most Sinkhorn-Knopp rounds per batch (fewer once the scalings settle).
+    pub iterations: usize,
+}
+
+impl Default for SinkhornConfig {
+    fn default() -> Self {
+        Self {
+            k: 1,
+            iterations: 30,
+        }
+    }
+}
+
+impl RouterKind for SinkhornConfig {
+    fn k(&self) -> usize {
+        self.k
+    }
+    fn validate(&self, experts: usize) -> Result<()> {
+        check_k(self.k, experts)?;
+        if self.iterations == 0 {
+            return Err(MoeError::config(
+                "router.iterations",
+                "Sinkhorn needs at least 1 iteration",
+            ));
+        }
+        Ok(())
+    }
+    fn build(&self, experts: usize) -> Box<dyn Router> {
+        Box::new(SinkhornRouter::new(self.clone(), experts))
+    }
+}
+
 pub struct SinkhornRouter {
-    cfg: RouterConfig,
+    cfg: SinkhornConfig,
     experts: usize,
 }
 
@@ -56,22 +95,20 @@ pub fn sinkhorn(logits: &[f64], t: usize, e: usize, max_iter: usize) -> Vec<f64>
 }
 
 impl SinkhornRouter {
-    pub fn new(cfg: RouterConfig, experts: usize) -> Self {
+    pub fn new(cfg: SinkhornConfig, experts: usize) -> Self {
         Self { cfg, experts }
     }
 }
 
 impl Router for SinkhornRouter {
-    fn config(&self) -> &RouterConfig {
-        &self.cfg
+    fn config(&self) -> RouterConfig {
+        self.cfg.clone().into()
     }
     fn num_experts(&self) -> usize {
         self.experts
     }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
-        let RouterConfig::Sinkhorn { k, iterations } = self.cfg else {
-            unreachable!()
-        };
+        let SinkhornConfig { k, iterations } = self.cfg;
         let e = self.experts;
         expect_cols(&input, e, "sinkhorn router")?;
         let t = input.num_tokens();

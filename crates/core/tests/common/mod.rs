@@ -15,7 +15,7 @@ pub const T: usize = 8;
 /// A small config for `router` over `experts`, with every auxiliary loss switched on so the
 /// layer-level gradchecks cover them too.
 pub fn small_cfg(router: RouterConfig, experts: Vec<ExpertSpec>) -> MoeConfig {
-    let load = if matches!(router, RouterConfig::NoisyTopK { .. }) {
+    let load = if matches!(router, RouterConfig::NoisyTopK(_)) {
         0.3
     } else {
         0.0

@@ -6,6 +6,7 @@
 //! interleaving. The two share everything else.
 
 use serde_json::json;
+use switchyard_core::router::GroupLimitedConfig;
 use switchyard_core::{ExpertSpec, GroupScore, MoeConfig, RouterConfig, ScoreFn};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MlaConfig};
 
@@ -44,11 +45,11 @@ impl HfFamily for DeepseekV2 {
     fn check_moe(&self, m: &MoeConfig, _dense: &[usize], p: &mut Problems) {
         let ok = matches!(
             m.router,
-            RouterConfig::GroupLimited {
+            RouterConfig::GroupLimited(GroupLimitedConfig {
                 score: ScoreFn::Softmax,
                 group_score: GroupScore::Max,
                 ..
-            }
+            })
         );
         p.want(
             ok && !m.renormalize,
@@ -89,11 +90,11 @@ impl HfFamily for DeepseekV3 {
     fn check_moe(&self, m: &MoeConfig, _dense: &[usize], p: &mut Problems) {
         let ok = matches!(
             m.router,
-            RouterConfig::GroupLimited {
+            RouterConfig::GroupLimited(GroupLimitedConfig {
                 score: ScoreFn::Sigmoid,
                 group_score: GroupScore::Top2Sum,
                 ..
-            }
+            })
         );
         p.want(
             ok,
@@ -143,7 +144,7 @@ fn read(
                     ))
                 }
             };
-            let r = RouterConfig::GroupLimited {
+            let r = RouterConfig::GroupLimited(GroupLimitedConfig {
                 k,
                 groups: g,
                 topk_groups: tg,
@@ -151,7 +152,7 @@ fn read(
                 group_score: GroupScore::Max,
                 bias_update_rate: 0.0,
                 scaling,
-            };
+            });
             (r, false)
         }
         Version::V3 => {
@@ -163,7 +164,7 @@ fn read(
                     Some("transformers' V3 implements noaux_tc only"),
                 ));
             }
-            let r = RouterConfig::GroupLimited {
+            let r = RouterConfig::GroupLimited(GroupLimitedConfig {
                 k,
                 groups,
                 topk_groups,
@@ -172,7 +173,7 @@ fn read(
                 // the bias is loaded from e_score_correction_bias; set a rate to fine-tune it
                 bias_update_rate: 0.0,
                 scaling,
-            };
+            });
             (r, c.bool_or("norm_topk_prob", true)?)
         }
     };
@@ -222,12 +223,12 @@ fn check_layout(m: &MoeConfig, dense: &[usize], p: &mut Problems) {
 
 fn write(v: Version, cfg: &LmConfig, m: &MoeConfig, dense: &[usize], out: &mut HfJson<'_>) {
     let mla = cfg.mla.as_ref().expect("checked: MLA");
-    let RouterConfig::GroupLimited {
+    let RouterConfig::GroupLimited(GroupLimitedConfig {
         groups,
         topk_groups,
         scaling,
         ..
-    } = m.router
+    }) = m.router
     else {
         unreachable!("checked: group-limited router")
     };

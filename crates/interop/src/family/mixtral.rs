@@ -44,7 +44,7 @@ impl HfFamily for Mixtral {
     }
 
     fn check_moe(&self, m: &MoeConfig, dense: &[usize], p: &mut Problems) {
-        let topk = matches!(m.router, RouterConfig::TopK { .. });
+        let topk = matches!(m.router, RouterConfig::TopK(_));
         p.want(
             topk && m.renormalize,
             "Mixtral routes softmax top-k with renormalisation (router top_k, renormalize = true)",

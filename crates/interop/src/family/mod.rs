@@ -12,6 +12,7 @@
 //! architectures ([`supported_architectures`], [`HfArch::ALL`], error messages) follows.
 
 use serde_json::{Map, Value};
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, GateConfig, LossWeights, MoeConfig, RouterConfig};
 use switchyard_models::LmConfig;
 
@@ -188,7 +189,7 @@ impl MoeBase {
 
     /// Softmax top-`k` routing.
     pub fn topk(&self) -> RouterConfig {
-        RouterConfig::TopK { k: self.k }
+        RouterConfig::TopK(TopKConfig { k: self.k })
     }
 }
 

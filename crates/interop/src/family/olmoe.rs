@@ -45,7 +45,7 @@ impl HfFamily for Olmoe {
     }
 
     fn check_moe(&self, m: &MoeConfig, dense: &[usize], p: &mut Problems) {
-        let topk = matches!(m.router, RouterConfig::TopK { .. });
+        let topk = matches!(m.router, RouterConfig::TopK(_));
         p.want(topk, "softmax top-k routing (router top_k)");
         p.want(m.shared_experts.is_empty(), "no shared experts");
         p.want(dense.is_empty(), "every OLMoE layer is MoE");

@@ -49,7 +49,7 @@ impl HfFamily for Qwen2Moe {
     }
 
     fn check_moe(&self, m: &MoeConfig, _dense: &[usize], p: &mut Problems) {
-        let topk = matches!(m.router, RouterConfig::TopK { .. });
+        let topk = matches!(m.router, RouterConfig::TopK(_));
         p.want(topk, "Qwen2-MoE routes softmax top-k (router top_k)");
         p.want(
             m.shared_experts.len() == 1 && m.shared_gate,
@@ -100,7 +100,7 @@ impl HfFamily for Qwen3Moe {
     }
 
     fn check_moe(&self, m: &MoeConfig, _dense: &[usize], p: &mut Problems) {
-        let topk = matches!(m.router, RouterConfig::TopK { .. });
+        let topk = matches!(m.router, RouterConfig::TopK(_));
         p.want(topk, "softmax top-k routing (router top_k)");
         p.want(m.shared_experts.is_empty(), "no shared experts");
     }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Tensor};
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, MoeConfig, ParamBuilder, ParamStore, RouterConfig};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, MoeLm};
 
@@ -12,7 +13,7 @@ pub fn tiny_moe(d: usize) -> MoeConfig {
     MoeConfig {
         d_model: d,
         experts: vec![ExpertSpec::swiglu(16); 4],
-        router: RouterConfig::TopK { k: 2 },
+        router: RouterConfig::TopK(TopKConfig { k: 2 }),
         ..Default::default()
     }
 }

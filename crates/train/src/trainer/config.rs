@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, MoeConfig, RouterConfig};
 use switchyard_data::{tokenizer::BYTE_VOCAB_SIZE, CorpusConfig};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig, ModelError};
@@ -165,7 +166,7 @@ pub fn default_model() -> LmConfig {
             sparse: LayerFfn::Moe(MoeConfig {
                 d_model: D,
                 experts: vec![ExpertSpec::swiglu(EXPERT_HIDDEN); EXPERTS],
-                router: RouterConfig::TopK { k: 2 },
+                router: RouterConfig::TopK(TopKConfig { k: 2 }),
                 ..Default::default()
             }),
             moe_every: 1,
