@@ -81,7 +81,7 @@ impl RoutingTrace {
     }
     /// The previous token in the same sequence, if any.
     pub fn prev(&self, n: usize) -> Option<usize> {
-        (n % self.seq_len != 0).then(|| n - 1)
+        (!n.is_multiple_of(self.seq_len)).then(|| n - 1)
     }
 }
 

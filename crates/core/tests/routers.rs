@@ -135,6 +135,7 @@ fn expert_choice_balances_load_exactly() {
     assert_eq!(out.plan.tokens_per_expert(), vec![2, 2, 2, 2]);
     // each expert took its two highest-probability tokens
     let p = out.probs.to_vec2::<f64>().unwrap();
+    #[allow(clippy::needless_range_loop)] // `e` indexes the columns of `p`, and the plan
     for e in 0..4 {
         let taken: Vec<usize> = out
             .plan

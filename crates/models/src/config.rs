@@ -56,7 +56,7 @@ impl FfnConfig {
     pub fn is_sparse_slot(&self, i: usize) -> bool {
         i >= self.first_dense
             && self.moe_every > 0
-            && (i - self.first_dense + 1) % self.moe_every == 0
+            && (i - self.first_dense + 1).is_multiple_of(self.moe_every)
     }
 
     /// The FFN of layer `i`.
@@ -395,7 +395,10 @@ impl LmConfig {
                 "must be at least 1 (or unset for d_model / n_heads)".into(),
             );
         }
-        if self.head_dim.is_none() && self.mla.is_none() && self.d_model % self.n_heads != 0 {
+        if self.head_dim.is_none()
+            && self.mla.is_none()
+            && !self.d_model.is_multiple_of(self.n_heads)
+        {
             return err(
                 "n_heads",
                 format!(
@@ -404,7 +407,7 @@ impl LmConfig {
                 ),
             );
         }
-        if self.rope_dim() % 2 != 0 {
+        if !self.rope_dim().is_multiple_of(2) {
             let (field, what) = match (&self.mla, self.head_dim) {
                 (Some(_), _) => ("mla.qk_rope_head_dim", "qk_rope_head_dim"),
                 (None, Some(_)) => ("head_dim", "head_dim"),
@@ -458,7 +461,7 @@ impl LmConfig {
             }
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.n_heads % kv != 0 {
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             return err(
                 "n_kv_heads",
                 format!(

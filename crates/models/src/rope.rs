@@ -129,7 +129,7 @@ impl Rope {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 "head_dim",
                 format!("RoPE needs an even head dimension, got {head_dim}"),

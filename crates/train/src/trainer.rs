@@ -269,7 +269,8 @@ impl Trainer {
             self.progress
                 .update(self.step, record.loss, record.tokens_per_s);
             self.log_step(&record);
-            let at = |every: u64| (every > 0 && self.step % every == 0) || self.step == total;
+            let at =
+                |every: u64| (every > 0 && self.step.is_multiple_of(every)) || self.step == total;
             if at(self.cfg.train.eval_every) {
                 let result = self.evaluate()?;
                 metrics.write(&EvalRecord::new(self.step, &result))?;
@@ -494,7 +495,10 @@ impl Trainer {
 
     fn log_step(&self, r: &StepRecord) {
         let every = self.cfg.log.every;
-        if every == 0 || (r.step % every != 0 && r.step != 1) || self.progress.is_visible() {
+        if every == 0
+            || (!r.step.is_multiple_of(every) && r.step != 1)
+            || self.progress.is_visible()
+        {
             return;
         }
         tracing::info!(

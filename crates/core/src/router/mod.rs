@@ -200,10 +200,8 @@ pub(crate) fn check_bias_rate(rate: f64) -> Result<()> {
 }
 
 /// `router.groups` is at least 1 and divides the expert count.
-// `usize::is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.85
-#[allow(clippy::manual_is_multiple_of)]
 pub(crate) fn check_groups(groups: usize, experts: usize) -> Result<()> {
-    if groups == 0 || experts % groups != 0 {
+    if groups == 0 || !experts.is_multiple_of(groups) {
         return Err(field_error(
             "groups",
             format!("the group count ({groups}) must be >= 1 and divide the number of experts ({experts})"),
