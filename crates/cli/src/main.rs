@@ -53,8 +53,7 @@ enum Command {
     /// Routing analysis of a trained MoE model: load, entropy, domain×expert NMI, top tokens,
     /// co-activation, causal ablation; tables, PNG/SVG plots and a self-contained HTML report.
     Analyze(analyze::AnalyzeArgs),
-    /// Convert a HuggingFace MoE checkpoint (Mixtral, Qwen2/3-MoE, OLMoE, DeepSeek-V2/V3) into
-    /// a Switchyard run directory.
+    #[command(about = import::about())]
     Import(import::ImportArgs),
     /// Write a Switchyard checkpoint as a HuggingFace directory that transformers loads.
     Export(export::ExportArgs),

@@ -151,6 +151,31 @@ fn train_generate_eval_and_resume() {
 }
 
 #[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let dir = TempDir::new("nocolor");
+    let config = dir.0.join("run.toml");
+    std::fs::write(&config, TINY_CONFIG).unwrap();
+    let run_dir = dir.0.join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["train", "--config", config.to_str().unwrap()])
+        .args(["--run-dir", run_dir.to_str().unwrap(), "--steps", "2"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "train failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("INFO") && stderr.contains("training to step 2"),
+        "no log lines on stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "escape codes in piped logs:\n{stderr:?}"
+    );
+}
+
+#[test]
 fn a_corrupted_checkpoint_is_rejected_naming_the_file() {
     let dir = TempDir::new("corrupt");
     let (out, run_dir) = tiny_run(&dir.0, &[]);

@@ -116,3 +116,21 @@ fn unknown_architecture_fails_with_the_supported_list() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The architecture lists in `import`'s and `export --arch`'s help come from the family
+/// registry, so a new family shows up there without an edit.
+#[test]
+fn help_lists_the_registered_architectures() {
+    let list = switchyard_interop::supported_architectures().join(", ");
+    for args in [
+        &["import", "--help"][..],
+        &["export", "--help"],
+        &["--help"],
+    ] {
+        let help = ok(args);
+        assert!(
+            help.contains(&list),
+            "{args:?} does not list {list}:\n{help}"
+        );
+    }
+}

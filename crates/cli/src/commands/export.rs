@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use switchyard_interop::commands::export_model_dir;
-use switchyard_interop::HfArch;
+use switchyard_interop::{supported_architectures, HfArch};
 
 #[derive(Args)]
 pub struct ExportArgs {
@@ -16,10 +16,18 @@ pub struct ExportArgs {
     /// The HF directory to write.
     #[arg(long)]
     pub out: PathBuf,
-    /// mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2 or deepseek_v3 (default: the
-    /// architecture it was imported from, else the first that expresses the model).
-    #[arg(long)]
+    // help text from the family registry, so a new family appears here without an edit
+    #[arg(long, help = arch_help())]
     pub arch: Option<HfArch>,
+}
+
+/// `--arch`'s help: the architectures the family registry can write.
+fn arch_help() -> String {
+    format!(
+        "The HF architecture to write: {} (default: the architecture it was imported from, \
+         else the first that expresses the model).",
+        supported_architectures().join(", ")
+    )
 }
 
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {

@@ -16,6 +16,14 @@ pub struct ImportArgs {
     pub out: PathBuf,
 }
 
+/// The command's one-line help, listing the architectures of the family registry.
+pub fn about() -> String {
+    format!(
+        "Convert a HuggingFace MoE checkpoint ({}) into a Switchyard run directory.",
+        switchyard_interop::supported_architectures().join(", ")
+    )
+}
+
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let s = import_to_checkpoint(&args.hf_dir, &args.out)
         .with_context(|| format!("importing {}", args.hf_dir.display()))?;

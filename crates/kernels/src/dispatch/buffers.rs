@@ -250,22 +250,8 @@ impl<T: KFloat> GradBuf<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{backward, forward};
-    use crate::{DispatchPlan, ExpertLayout, ExpertSpec, KernelOptions};
-
-    /// A plan of `tokens` tokens where expert `e` gets `rows[e]` of them (one assignment per
-    /// token).
-    fn plan_of(rows: &[usize]) -> DispatchPlan {
-        let mut pairs = Vec::new();
-        let mut t = 0u32;
-        for (e, &n) in rows.iter().enumerate() {
-            for _ in 0..n {
-                pairs.push((t, e as u32));
-                t += 1;
-            }
-        }
-        DispatchPlan::from_assignments(t as usize, rows.len(), &pairs).unwrap()
-    }
+    use super::super::{backward, forward, plan_of};
+    use crate::{ExpertLayout, ExpertSpec, KernelOptions};
 
     /// A layout that is not `ExpertLayout::new`'s (here: room left after the experts) gets
     /// a fully zeroed expert gradient, not just the biases and empty experts.

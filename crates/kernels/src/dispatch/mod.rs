@@ -164,3 +164,18 @@ macro_rules! kfloat {
 }
 kfloat!(f32, libm::erff, act::exp_f32);
 kfloat!(f64, libm::erf, f64::exp);
+
+#[cfg(test)]
+/// A plan of `tokens` tokens where expert `e` gets `rows[e]` of them (one assignment per
+/// token).
+fn plan_of(rows: &[usize]) -> crate::DispatchPlan {
+    let mut pairs = Vec::new();
+    let mut t = 0u32;
+    for (e, &n) in rows.iter().enumerate() {
+        for _ in 0..n {
+            pairs.push((t, e as u32));
+            t += 1;
+        }
+    }
+    crate::DispatchPlan::from_assignments(t as usize, rows.len(), &pairs).unwrap()
+}

@@ -257,22 +257,9 @@ pub(super) fn col_blocks(
 
 #[cfg(test)]
 mod tests {
+    use super::super::plan_of;
     use super::*;
     use crate::ExpertSpec;
-
-    /// A plan of `tokens` tokens where expert `e` gets `rows[e]` of them (one assignment per
-    /// token).
-    fn plan_of(rows: &[usize]) -> DispatchPlan {
-        let mut pairs = Vec::new();
-        let mut t = 0u32;
-        for (e, &n) in rows.iter().enumerate() {
-            for _ in 0..n {
-                pairs.push((t, e as u32));
-                t += 1;
-            }
-        }
-        DispatchPlan::from_assignments(t as usize, rows.len(), &pairs).unwrap()
-    }
 
     fn shape(waves: &[Wave]) -> Vec<Vec<(usize, usize, usize)>> {
         waves
