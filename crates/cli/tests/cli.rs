@@ -98,12 +98,6 @@ fn train_generate_eval_and_resume() {
         stdout.contains("overall") && stdout.contains("step-00000006"),
         "{stdout}"
     );
-    // logs reach a pipe as plain text: levels without ANSI colour codes
-    assert!(stderr.contains("INFO"), "no log lines on stderr:\n{stderr}");
-    assert!(
-        !stderr.contains('\x1b'),
-        "escape codes in piped logs:\n{stderr:?}"
-    );
     assert!(run_dir.join("metrics.jsonl").is_file());
 
     let ckpt = run_dir.to_str().unwrap();
