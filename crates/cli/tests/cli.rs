@@ -145,6 +145,14 @@ fn train_generate_eval_and_resume() {
 }
 
 #[test]
+fn eval_of_zero_windows_is_refused_as_a_usage_error() {
+    let out = switchyard(&["eval", "--ckpt", "no-such-run", "--max-windows", "0"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-windows"), "{stderr}");
+}
+
+#[test]
 fn logs_written_to_a_pipe_carry_no_colour_codes() {
     let dir = TempDir::new("nocolor");
     let config = dir.0.join("run.toml");

@@ -166,6 +166,21 @@ impl Shards {
             let names: BTreeSet<&str> = map.values().filter_map(Value::as_str).collect();
             let mut files = Vec::with_capacity(names.len());
             for n in names {
+                // a shard is a file inside the model directory: no absolute paths, no `..`
+                let inside = Path::new(n)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !inside {
+                    return Err(InteropError::Config {
+                        path: index.clone(),
+                        key: "weight_map".into(),
+                        reason: format!(
+                            "shard path `{n}` leaves the model directory; shards must be files \
+                             inside {}",
+                            dir.display()
+                        ),
+                    });
+                }
                 let p = dir.join(n);
                 if !p.is_file() {
                     return Err(InteropError::MissingFile {

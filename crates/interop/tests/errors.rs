@@ -55,6 +55,26 @@ fn missing_shard_is_named_with_its_index() {
 }
 
 #[test]
+fn a_shard_path_outside_the_model_directory_is_refused() {
+    for bad in ["../model-00001-of-00005.safetensors", "/etc/passwd"] {
+        let d = copy_fixture("mixtral", "escaping-shard");
+        let p = d.join("model.safetensors.index.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let map = v["weight_map"].as_object_mut().unwrap();
+        let first = map.keys().next().unwrap().clone();
+        map.insert(first, bad.into());
+        std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+        let (e, msg) = import_err(&d);
+        assert!(matches!(e, InteropError::Config { .. }), "{msg}");
+        assert!(
+            msg.contains(bad) && msg.contains("leaves the model directory"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+#[test]
 fn wrong_shape_names_the_tensor_and_both_shapes() {
     // the config says experts are 48 wide, the weights are 64 wide
     let d = copy_fixture("mixtral", "wrong-shape");

@@ -215,6 +215,14 @@ fn malformed_overrides_are_explained() {
 }
 
 #[test]
+fn a_very_deep_override_key_is_refused_not_a_stack_overflow() {
+    let key = vec!["a"; 5000].join(".");
+    let err = parse("", &[&format!("{key}=1")]).unwrap_err();
+    assert!(matches!(err, ConfigError::Override { .. }), "{err}");
+    assert!(err.to_string().contains("at most 32 deep"), "{err}");
+}
+
+#[test]
 fn a_missing_file_is_named() {
     let err = TrainConfig::from_toml_file(Path::new("no/such/run.toml"), &[]).unwrap_err();
     assert!(err.to_string().contains("no/such/run.toml"), "{err}");

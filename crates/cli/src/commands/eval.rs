@@ -22,9 +22,9 @@ pub struct EvalArgs {
     /// of the run's own data (the built-in corpus for an HF directory).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Validation windows per domain (default: the run's data.max_valid_windows).
-    #[arg(long)]
-    pub max_windows: Option<usize>,
+    /// Validation windows per domain, at least 1 (default: the run's data.max_valid_windows).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_windows: Option<u64>,
     /// Print the result as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -38,7 +38,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         cfg.data.path = Some(path);
     }
     let data = trainer::data::build_dataset_with(&cfg, m.text_tokenizer())?;
-    let windows = args.max_windows.unwrap_or(cfg.data.max_valid_windows);
+    let windows = args
+        .max_windows
+        .map_or(cfg.data.max_valid_windows, |w| w as usize);
     let result = trainer::evaluate(&m.model, &data, windows)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);

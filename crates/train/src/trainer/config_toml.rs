@@ -207,6 +207,10 @@ impl TrainConfig {
     }
 }
 
+/// Most dotted segments in a `--set` key; the deepest real key has five
+/// (`model.ffn.sparse.router.k`), and the table walk recurses once per segment.
+const MAX_KEY_SEGMENTS: usize = 32;
+
 /// Applies one `key.path=value` to the tree. The value is read as a TOML value (`3`, `1e-3`,
 /// `true`, `"text"`, `[1, 2]`, `{ type = "top_k", k = 2 }`); anything that does not parse as
 /// one is taken as a bare string, so `run_dir=runs/x` needs no quotes. Missing tables on the
@@ -221,6 +225,12 @@ pub fn apply_override(table: &mut Table, assignment: &str) -> Result<(), ConfigE
     };
     let key = key.trim();
     let path: Vec<&str> = key.split('.').collect();
+    if path.len() > MAX_KEY_SEGMENTS {
+        return Err(fail(format!(
+            "the key has {} dotted segments; config keys are at most {MAX_KEY_SEGMENTS} deep",
+            path.len()
+        )));
+    }
     if key.is_empty() || path.iter().any(|s| s.is_empty()) {
         return Err(fail(format!(
             "`{key}` is not a dotted key path like train.steps"
