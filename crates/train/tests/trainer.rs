@@ -73,7 +73,7 @@ fn nan_loss_stops_training_within_the_step_and_keeps_the_last_checkpoint() {
     assert_eq!(t.step(), 4);
     assert!(!dir.path().join("step-00000005").exists());
     let loaded = load_model(dir.path()).unwrap();
-    assert_eq!(loaded.checkpoint.step, 4);
+    assert_eq!(loaded.step, 4);
     assert_eq!(
         store_bits(&loaded.store),
         store_bits(&t.store),

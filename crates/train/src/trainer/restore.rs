@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use switchyard_core::{ParamBuilder, ParamStore};
 use switchyard_data::HfTokenizer;
+use switchyard_io::find_step_dir;
 use switchyard_io::run_dir::{
     carried_file, RunDir, CONFIG_FILE, HF_SOURCE_FILE, STATE_FILE, TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
 };
-use switchyard_io::{find_step_dir, model_from_checkpoint};
 use switchyard_models::{LmConfig, MoeLm};
 
 use super::config::TrainConfig;
@@ -60,13 +60,15 @@ pub fn config_from_value(v: serde_json::Value, path: &Path) -> RunResult<TrainCo
     Ok(cfg)
 }
 
-/// A trained model, ready for evaluation or generation.
+/// A trained model, ready for evaluation or generation, with the run config it was trained
+/// with.
 pub struct LoadedModel {
     pub cfg: TrainConfig,
     pub model: MoeLm,
     pub store: ParamStore,
-    pub checkpoint: Checkpoint,
-    /// The HF tokenizer the model carries ([`carried_tokenizer`]); `None`: bytes.
+    /// The step of the checkpoint it was loaded from.
+    pub step: u64,
+    /// The HF tokenizer the model carries ([`carried_tokenizer_file`]); `None`: bytes.
     pub tokenizer: Option<HfTokenizer>,
 }
 
@@ -96,15 +98,6 @@ pub fn read_checkpoint_config(path: &Path) -> RunResult<TrainConfig> {
         reason: format!("not JSON: {e}"),
     })?;
     config_from_value(v, &config_path)
-}
-
-/// The HF tokenizer a checkpoint carries (see [`carried_tokenizer_file`]); `None` when it
-/// carries none (a byte-level model).
-pub fn carried_tokenizer(given: &Path, ckpt: &Checkpoint) -> RunResult<Option<HfTokenizer>> {
-    match carried_tokenizer_file(given, &ckpt.dir) {
-        Some(p) => Ok(Some(HfTokenizer::from_file(&p)?)),
-        None => Ok(None),
-    }
 }
 
 /// Reads what `init.from` names: its step directory, model config and tokenizer.
@@ -151,20 +144,29 @@ pub fn load_init_weights(store: &ParamStore, model: &mut MoeLm, from: &Path) -> 
     load_router_buffers(model, &ckpt.state.buffers, &ckpt.dir)
 }
 
-/// Loads a checkpoint (a step directory, or a run directory's latest) into a model built from
-/// the checkpoint's own config, with its run config (generation and evaluation of any model,
-/// HF directories included, go through `switchyard_interop::load_any` instead).
+/// Loads a checkpoint (a step directory, or a run directory's latest) through
+/// [`switchyard_io::load_checkpoint_model`], the one checkpoint loader, and reads its run
+/// config (generation and evaluation of any model, HF directories included, go through
+/// `switchyard_interop::load_any`, which uses the same loader).
 pub fn load_model(path: &Path) -> RunResult<LoadedModel> {
-    let checkpoint = load_checkpoint(path)?;
-    let cfg = checkpoint_config(&checkpoint)?;
-    let (store, model) = model_from_checkpoint(&checkpoint)?;
-    let tokenizer = carried_tokenizer(path, &checkpoint)?;
+    let loaded = switchyard_io::load_checkpoint_model(path)?;
+    let switchyard_io::ModelSource::Checkpoint {
+        step_dir,
+        step,
+        config,
+    } = loaded.source
+    else {
+        return Err(RunError::Resume {
+            path: path.to_path_buf(),
+            reason: "not a Switchyard checkpoint".into(),
+        });
+    };
     Ok(LoadedModel {
-        cfg,
-        model,
-        store,
-        checkpoint,
-        tokenizer,
+        cfg: config_from_value(config, &step_dir.join(CONFIG_FILE))?,
+        model: loaded.model,
+        store: loaded.store,
+        step,
+        tokenizer: loaded.tokenizer,
     })
 }
 
