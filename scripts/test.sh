@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Switchyard test suite on a fresh machine with only the Rust toolchain:
 # installs the system packages the tests need, checks formatting, lints (clippy) and the API
-# docs (rustdoc) with warnings as errors, then runs every test in the workspace.
+# docs (rustdoc) with warnings as errors, runs every test in the workspace, then each fuzz
+# target for 30 s (scripts/fuzz.sh).
 # `.ci/run` calls this script; README.md names it as the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +25,7 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo doc (warnings are errors)"
@@ -31,3 +33,5 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+echo "== fuzz smoke run (30 s per target)"
+bash scripts/fuzz.sh 30

@@ -54,6 +54,89 @@ impl SpecialIds {
     }
 }
 
+/// Parses a `tokenizer.json`. The `tokenizers` crate (0.23) panics on some malformed files
+/// instead of returning an error (found by the `tokenizer` fuzz target: a JSON syntax error
+/// inside `decoder`; a bad `precompiled_charsmap`; a `TemplateProcessing` post-processor
+/// whose template names a special token it does not define, or uses sequence B in `single`,
+/// which it only trips over when encoding), so the file is checked here first. A panic from
+/// the crate that is still left is caught and reported as an error.
+pub fn parse_tokenizer(bytes: &[u8]) -> Result<tokenizers::Tokenizer, String> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    if let Some(normalizer) = value.get("normalizer") {
+        check_precompiled(normalizer)?;
+    }
+    if let Some(post) = value.get("post_processor") {
+        check_template(post)?;
+    }
+    let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes));
+    match parsed {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("the tokenizers library cannot read it (it panicked; see above)".into()),
+    }
+}
+
+/// Checks every `{"type": "Precompiled", …}` normalizer (also inside a `Sequence`) decodes.
+fn check_precompiled(normalizer: &Value) -> Result<(), String> {
+    if let Some(list) = normalizer.get("normalizers").and_then(Value::as_array) {
+        return list.iter().try_for_each(check_precompiled);
+    }
+    if normalizer.get("type").and_then(Value::as_str) == Some("Precompiled") {
+        serde_json::from_value::<tokenizers::normalizers::Precompiled>(normalizer.clone())
+            .map_err(|e| format!("its Precompiled normalizer is invalid: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks a `TemplateProcessing` post-processor (also inside a `Sequence`) as its builder
+/// would: every special token its templates name is defined, with as many ids as tokens;
+/// `single` uses only sequence A, `pair` both.
+fn check_template(post: &Value) -> Result<(), String> {
+    if let Some(list) = post.get("processors").and_then(Value::as_array) {
+        return list.iter().try_for_each(check_template);
+    }
+    if post.get("type").and_then(Value::as_str) != Some("TemplateProcessing") {
+        return Ok(());
+    }
+    let bad = |what: String| Err(format!("its TemplateProcessing post-processor {what}"));
+    let specials = post.get("special_tokens").and_then(Value::as_object);
+    for (name, token) in specials.into_iter().flatten() {
+        let len = |k: &str| token.get(k).and_then(Value::as_array).map(Vec::len);
+        if len("ids") != len("tokens") {
+            return bad(format!(
+                "defines special token {name:?} with a different number of ids and tokens"
+            ));
+        }
+    }
+    for key in ["single", "pair"] {
+        let Some(pieces) = post.get(key).and_then(Value::as_array) else {
+            continue;
+        };
+        let mut sequences = Vec::new();
+        for piece in pieces {
+            if let Some(id) = piece.pointer("/SpecialToken/id").and_then(Value::as_str) {
+                if !specials.is_some_and(|m| m.contains_key(id)) {
+                    return bad(format!(
+                        "uses special token {id:?} in `{key}` but does not define it"
+                    ));
+                }
+            }
+            if let Some(id) = piece.pointer("/Sequence/id").and_then(Value::as_str) {
+                sequences.push(id);
+            }
+        }
+        let ok = match key {
+            "single" => sequences.iter().all(|s| *s == "A"),
+            _ => sequences.contains(&"A") && sequences.contains(&"B"),
+        };
+        if !ok {
+            return bad(format!(
+                "has a `{key}` template with sequences {sequences:?} (single: only A; pair: A and B)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl HfTokenizer {
     /// `dir/tokenizer.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, DataError> {
@@ -76,9 +159,13 @@ impl HfTokenizer {
                 path: path.to_path_buf(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| DataError::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|e| DataError::Tokenizer {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        let inner = parse_tokenizer(&bytes).map_err(|reason| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            reason,
         })?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let read = |name: &str| -> Option<Value> {

@@ -108,10 +108,70 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(CheckpointError::io("read", path))
 }
 
-/// Linux `MemAvailable` (free memory plus reclaimable caches), if readable.
+/// The memory Switchyard plans for, in bytes: Linux `MemAvailable` (free memory plus
+/// reclaimable caches), capped by the environment variable [`MEMORY_LIMIT_VAR`] when it is
+/// set (`8GiB`, `512MiB`, `1000000` bytes…). `None` when neither is known. Every "would
+/// not fit in memory" refusal compares against this.
 pub fn mem_available_bytes() -> Option<u64> {
+    let limit = std::env::var(MEMORY_LIMIT_VAR)
+        .ok()
+        .and_then(|v| match parse_bytes(&v) {
+            Some(n) => Some(n),
+            None => {
+                eprintln!(
+                    "warning: {MEMORY_LIMIT_VAR}={v:?} is not a size (e.g. 8GiB, 512MiB, 1000000); ignored"
+                );
+                None
+            }
+        });
+    match (proc_mem_available(), limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
+}
+
+/// Caps [`mem_available_bytes`]: a size such as `8GiB`, `512MiB`, `64KiB` or plain bytes.
+/// The fuzz targets set it so that any allocation beyond it counts as a missing size check.
+pub const MEMORY_LIMIT_VAR: &str = "SWITCHYARD_MEMORY_LIMIT";
+
+fn proc_mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// `8GiB` / `8G` / `512MiB` / `512M` / `64KiB` / `64K` / `1000` (bytes); binary units.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return None,
+    };
+    num.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("64KiB"), Some(64 << 10));
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes(" 8GiB "), Some(8 << 30));
+        assert_eq!(parse_bytes("2t"), Some(2 << 40));
+        assert_eq!(parse_bytes("8 GB"), None);
+        assert_eq!(parse_bytes("GiB"), None);
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes("99999999999T"), None);
+    }
 }

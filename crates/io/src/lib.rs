@@ -41,7 +41,7 @@ pub use checkpoint::{
     Checkpoint, CheckpointContents, SaveOptions,
 };
 pub use error::{CheckpointError, LoadError};
-pub use fsio::{mem_available_bytes, FileDigest};
+pub use fsio::{mem_available_bytes, FileDigest, MEMORY_LIMIT_VAR};
 pub use load::{
     load_checkpoint_model, model_config, model_from_checkpoint, LoadedModel, ModelSource,
 };

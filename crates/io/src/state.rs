@@ -142,8 +142,14 @@ pub fn encode<L: Serialize + Clone>(
     };
     let body = serde_json::to_vec_pretty(&body)
         .map_err(|e| CheckpointError::Invalid(format!("state cannot be serialised: {e}")))?;
-    let crc = crc32_hex(&body);
-    Ok([HEADER, crc.as_bytes(), BETWEEN, &body, FOOTER].concat())
+    Ok(frame(&body))
+}
+
+/// Frames a `state.json` body (the JSON object) with its CRC-32, as [`encode`] writes it and
+/// [`decode`] expects it. Tests and the fuzz targets build files with hand-made bodies this way.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let crc = crc32_hex(body);
+    [HEADER, crc.as_bytes(), BETWEEN, body, FOOTER].concat()
 }
 
 pub fn decode<L: serde::de::DeserializeOwned>(
