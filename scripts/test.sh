@@ -31,3 +31,6 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+echo "== README's commands, as written (tiny settings)"
+# the binary the CLI tests just ran
+SWITCHYARD_BIN="$PWD/target/debug/switchyard" bash scripts/readme_check.sh
