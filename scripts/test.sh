@@ -33,5 +33,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 echo "== cargo test"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+echo "== README's commands, as written (tiny settings)"
+# the binary the CLI tests just ran
+SWITCHYARD_BIN="$PWD/target/debug/switchyard" bash scripts/readme_check.sh
 echo "== fuzz smoke run (30 s per target)"
 bash scripts/fuzz.sh 30

@@ -55,3 +55,30 @@ fn quick_run_writes_the_documented_json_fields() {
     }
     assert!(objs.iter().any(|o| o["config"] == "candle_matmul_1024"));
 }
+
+/// `switchyard bench` has no counting allocator, so its `mem` column was `-` in every row
+/// without a word; now the column appears only when measured, and its absence is explained.
+#[test]
+fn the_mem_column_is_shown_only_when_measured_and_its_absence_explained() {
+    use switchyard_bench::{format_table, report::NO_MEM_NOTE, BenchRow};
+    let row = BenchRow {
+        config: "mixtral8".into(),
+        mode: "fwd_bwd".into(),
+        threads: 1,
+        ..Default::default()
+    };
+    let table = format_table(std::slice::from_ref(&row));
+    let header = table.lines().next().unwrap();
+    assert!(!header.contains("mem"), "{table}");
+    assert!(table.contains(NO_MEM_NOTE), "{table}");
+    let measured = BenchRow {
+        peak_mem_ratio: Some(1.5),
+        ..row.clone()
+    };
+    let table = format_table(&[measured, row]);
+    assert!(table.lines().next().unwrap().ends_with("mem"), "{table}");
+    assert!(
+        table.contains("1.50x") && !table.contains(NO_MEM_NOTE),
+        "{table}"
+    );
+}

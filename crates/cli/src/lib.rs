@@ -11,7 +11,7 @@
 //! - [`analyze`]: `switchyard analyze` (routing trace, metrics, plots, HTML report) and trace replay;
 //! - [`run_config`]: the run config a loaded model is evaluated or analysed with;
 //! - [`report`]: the plain-text tables the commands print;
-//! - [`exit_code`] and [`hints`]: how an error reaches the user.
+//! - [`error_report`], [`exit_code`] and [`hints`]: how an error reaches the user.
 //!
 //! Every command that reads a model (generate, eval, analyze, export, logits) loads it with
 //! `switchyard_interop::load_any`, so each takes a run directory, a step directory or an HF
@@ -42,6 +42,24 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Training stopped because the loss or gradient norm was not finite.
 pub const EXIT_NON_FINITE: u8 = 3;
+
+/// The error as the user reads it: each message of the chain, outermost first, joined by
+/// `: ` like anyhow's `{:#}`, except that a cause whose text its wrapper already printed
+/// (`#[error("data: {0}")]` around a `#[from]` source) is not printed a second time.
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
 
 /// The exit code an error deserves, if it is one of the special kinds.
 pub fn exit_code(err: &anyhow::Error) -> Option<u8> {

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use switchyard_cli::commands::{
     analyze, bench, demo, eval, export, generate, import, logits, train,
 };
-use switchyard_cli::{exit_code, hints, EXIT_ERROR};
+use switchyard_cli::{error_report, exit_code, hints, EXIT_ERROR};
 
 /// Large freed blocks (256 KiB and up, e.g. a big layer's expert-weight gradient) are reused by
 /// the next step's allocation of the same size instead of being unmapped and faulted in again
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_report(&err));
             for hint in hints(&err) {
                 eprintln!("hint: {hint}");
             }

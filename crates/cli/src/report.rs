@@ -128,3 +128,106 @@ pub fn demo_report(r: &DemoResult) -> String {
     );
     s
 }
+
+/// The line `switchyard train` ends with: the steps of this invocation, and for a resumed run
+/// the total, so `--resume --steps 400` after 200 steps does not claim 400.
+pub fn train_line(s: &switchyard_train::trainer::TrainSummary) -> String {
+    let this_run = s.steps - s.from_step.min(s.steps);
+    let steps = if s.from_step == 0 {
+        format!("trained {this_run} steps")
+    } else {
+        format!(
+            "trained {this_run} steps this run (resumed at step {}, {} in total)",
+            s.from_step, s.steps
+        )
+    };
+    format!(
+        "{steps} ({} tokens in total, {} skipped) in {:.1}s; checkpoint: {}",
+        s.tokens_seen,
+        s.skipped_steps,
+        s.wall_time_s,
+        s.checkpoint.display()
+    )
+}
+
+/// A signed difference as README writes it: `+0.007`, `−0.265` (a minus sign, not a hyphen).
+fn signed(x: f64) -> String {
+    format!("{x:+.3}").replace('-', "−")
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// README's demo table (markdown: validation loss per domain and overall for both models and
+/// their difference) and the sentence on parameter counts, from the `summary.json` that
+/// `switchyard demo` writes; `switchyard demo --table <summary.json>` prints it, so README's
+/// figures can be re-measured and pasted.
+pub fn demo_markdown(summary: &serde_json::Value) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let field = |model: &str, key: &str| -> anyhow::Result<&serde_json::Value> {
+        summary
+            .get(model)
+            .and_then(|m| m.get(key))
+            .with_context(|| {
+                format!("summary.json has no `{model}.{key}`; was it written by `switchyard demo`?")
+            })
+    };
+    let number = |model: &str, key: &str| -> anyhow::Result<f64> {
+        field(model, key)?
+            .as_f64()
+            .with_context(|| format!("summary.json: `{model}.{key}` is not a number"))
+    };
+    let domains: Vec<&str> = summary
+        .get("domains")
+        .and_then(|d| d.as_array())
+        .context("summary.json has no `domains` list; was it written by `switchyard demo`?")?
+        .iter()
+        .filter_map(|d| d.as_str())
+        .collect();
+    let mut s =
+        String::from("| domain | MoE | dense | MoE − dense |\n| --- | ---: | ---: | ---: |\n");
+    for d in &domains {
+        let loss = |model: &str| -> anyhow::Result<f64> {
+            field(model, "val_loss_by_domain")?
+                .get(*d)
+                .and_then(|v| v.as_f64())
+                .with_context(|| format!("summary.json: no `{model}.val_loss_by_domain.{d}`"))
+        };
+        let (m, dn) = (loss("moe")?, loss("dense")?);
+        let _ = writeln!(s, "| {d} | {m:.3} | {dn:.3} | {} |", signed(m - dn));
+    }
+    let (m, dn) = (number("moe", "val_loss")?, number("dense", "val_loss")?);
+    let _ = writeln!(
+        s,
+        "| **overall** | **{m:.3}** | **{dn:.3}** | **{}** |",
+        signed(m - dn)
+    );
+    let count = |model: &str, key: &str| -> anyhow::Result<u64> {
+        field(model, key)?
+            .as_u64()
+            .with_context(|| format!("summary.json: `{model}.{key}` is not a count"))
+    };
+    let (moe_active, dense_active) = (
+        count("moe", "params_active_per_token")?,
+        count("dense", "params_active_per_token")?,
+    );
+    let _ = writeln!(
+        s,
+        "\nBoth models touch {} parameters per token (MoE {}, dense {}); the MoE holds {} in total.",
+        millions(moe_active as usize),
+        thousands(moe_active),
+        thousands(dense_active),
+        millions(count("moe", "params_total")? as usize)
+    );
+    Ok(s)
+}

@@ -20,8 +20,8 @@ pub enum DataError {
 
     #[error(
         "data directory {} does not exist; create it with one sub-directory per domain \
-         holding .txt files, e.g. {}/prose/part1.txt",
-        path.display(), path.display()
+         holding .txt files, e.g. {}",
+        path.display(), path.join("prose").join("part1.txt").display()
     )]
     MissingDir { path: PathBuf },
 
@@ -33,8 +33,8 @@ pub enum DataError {
     NotADirectory { path: PathBuf },
 
     #[error(
-        "{} has no domain sub-directories; expected <dir>/<domain>/*.txt, e.g. {}/prose/part1.txt",
-        path.display(), path.display()
+        "{} has no domain sub-directories; expected <dir>/<domain>/*.txt, e.g. {}",
+        path.display(), path.join("prose").join("part1.txt").display()
     )]
     NoDomains { path: PathBuf },
 

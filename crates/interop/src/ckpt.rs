@@ -106,11 +106,17 @@ impl From<switchyard_io::LoadedModel> for LoadedModel {
     }
 }
 
-/// Whether `dir` looks like an HF checkpoint (a `config.json` with a `model_type` and
-/// safetensors weights, and no Switchyard `state.json`).
+/// Whether `dir` looks like an HF checkpoint (a `config.json` and safetensors weights, and no
+/// Switchyard `state.json`). A step directory that lost its `state.json` also has both, so a
+/// `config.json` holding a Switchyard run config (a `model` table, no `model_type`) is not an
+/// HF directory: it goes to the checkpoint loader, which names the missing file.
 pub fn is_hf_dir(dir: &Path) -> bool {
     let has_weights = dir.join(INDEX_FILE).is_file() || dir.join(SINGLE_FILE).is_file();
-    has_weights && dir.join(CONFIG_FILE).is_file() && !dir.join(STATE_FILE).is_file()
+    let config = dir.join(CONFIG_FILE);
+    has_weights
+        && config.is_file()
+        && !dir.join(STATE_FILE).is_file()
+        && !switchyard_io::load::is_run_config_file(&config)
 }
 
 /// The one loader: an HF directory (imported on the fly) or a Switchyard checkpoint (a run

@@ -69,8 +69,26 @@ pub enum IdsInput {
 }
 
 /// `--ids`: a file holding a JSON list of ids (or text), or the list / text itself.
+///
+/// A directory, or a single word that looks like a path (it has a `/` or a file extension
+/// such as `.txt`) but names no file, is refused rather than encoded as text: it is almost
+/// always a mistyped path.
 pub fn parse_ids_arg(arg: &str) -> Result<IdsInput> {
     let p = Path::new(arg);
+    let fail = |reason: &str| InteropError::Ids {
+        arg: arg.to_string(),
+        reason: reason.to_string(),
+    };
+    if p.is_dir() {
+        return Err(fail(
+            "is a directory; pass a JSON list of ids (e.g. '[1, 5, 9]'), a file holding one, or text",
+        ));
+    }
+    if !p.is_file() && looks_like_path(arg) {
+        return Err(fail(
+            "no such file; check the path (text to encode that looks like a path can be passed in a file)",
+        ));
+    }
     let (content, from) = if p.is_file() {
         (
             std::fs::read_to_string(p).map_err(InteropError::io(p))?,
@@ -93,6 +111,19 @@ pub fn parse_ids_arg(arg: &str) -> Result<IdsInput> {
     } else {
         content
     }))
+}
+
+/// A single word with a path separator, or ending in a short file extension (`prompt.txt`,
+/// `ids.json`), that is not a JSON list.
+fn looks_like_path(arg: &str) -> bool {
+    if arg.trim_start().starts_with('[') || arg.chars().any(char::is_whitespace) {
+        return false;
+    }
+    let extension = Path::new(arg)
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| (1..=4).contains(&e.len()) && e.chars().all(|c| c.is_ascii_alphabetic()));
+    arg.contains('/') || arg.contains(std::path::MAIN_SEPARATOR) || extension
 }
 
 /// The ids of `input` for model `m`.

@@ -107,6 +107,10 @@ pub enum InteropError {
     /// Reading a tokenizer (or data) failed.
     #[error(transparent)]
     Data(#[from] switchyard_data::DataError),
+
+    /// An `--ids` argument that names a path which is not a readable file.
+    #[error("--ids {arg}: {reason}")]
+    Ids { arg: String, reason: String },
 }
 
 fn preview(names: &[String]) -> String {

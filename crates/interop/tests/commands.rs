@@ -102,6 +102,30 @@ fn ids_argument_accepts_a_json_list_a_file_or_text() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// A directory or a mistyped file name given to `--ids` used to be encoded as text.
+#[test]
+fn ids_argument_that_is_a_directory_or_a_missing_file_is_refused() {
+    let d = scratch("ids-path");
+    let err = parse_ids_arg(d.to_str().unwrap()).unwrap_err().to_string();
+    assert!(err.contains("is a directory"), "{err}");
+    for missing in [
+        d.join("prompt.txt").display().to_string(),
+        "prompt.txt".to_string(),
+        "no/such/ids".to_string(),
+    ] {
+        let err = parse_ids_arg(&missing).unwrap_err().to_string();
+        assert!(
+            err.contains(&missing) && err.contains("no such file"),
+            "{err}"
+        );
+    }
+    // plain text, even with a full stop, is still text
+    for text in ["The quick brown fox.", "hello", "3.14"] {
+        assert_eq!(parse_ids_arg(text).unwrap(), IdsInput::Text(text.into()));
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 /// A native model (top-2 renormalised, tied embeddings, grouped-query attention) is a Mixtral;
 /// the export re-imports to the same logits.
 #[test]

@@ -120,3 +120,15 @@ pub fn load_checkpoint_model(path: &Path) -> Result<LoadedModel, LoadError> {
         },
     })
 }
+
+/// Whether the JSON file at `path` is a Switchyard run config (the `config.json` of a step
+/// directory: a `model` table, no `model_type`) rather than a HuggingFace `config.json`.
+pub fn is_run_config_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) else {
+        return false;
+    };
+    !map.contains_key("model_type") && map.get("model").is_some_and(|m| m.is_object())
+}

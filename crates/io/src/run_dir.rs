@@ -150,6 +150,17 @@ pub fn find_step_dir(path: &Path) -> Result<PathBuf> {
     if !path.is_dir() {
         return Err(CheckpointError::NotFound { path: path.into() });
     }
+    let is_step_dir = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_step_dir_name)
+        .is_some();
+    if is_step_dir && (path.join(MODEL_FILE).is_file() || path.join(CONFIG_FILE).is_file()) {
+        return Err(CheckpointError::Corrupt {
+            path: path.join(STATE_FILE),
+            reason: "the file is missing (an interrupted save or an incomplete copy)".into(),
+        });
+    }
     if let Some(name) = read_latest(path)? {
         let dir = path.join(name);
         if dir.join(STATE_FILE).is_file() {

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod config;
+pub mod config_doc;
 pub mod config_toml;
 pub mod data;
 pub mod error;
@@ -47,7 +48,7 @@ pub use config::{
 };
 pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
-use guard::{SpikeGuard, SpikeVerdict};
+use guard::{CollapseEvent, CollapseWatch, SpikeGuard, SpikeVerdict, COLLAPSE_CLEAR_STEPS};
 pub use metrics::METRICS_FILE;
 use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
 use progress::Progress;
@@ -62,7 +63,10 @@ const ROUTING_SEED_SALT: u64 = 2;
 /// What a finished run returns.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
+    /// The step the run is at now (all steps, earlier invocations included).
     pub steps: u64,
+    /// The step this invocation started from (0, or the resumed checkpoint's step).
+    pub from_step: u64,
     /// The evaluation after the last step.
     pub eval: EvalResult,
     /// The checkpoint written after the last step.
@@ -98,8 +102,8 @@ pub struct Trainer {
     /// The step directory this run resumed from: where the model files to carry into the run
     /// directory are found when their original sources are gone.
     resumed_from: Option<PathBuf>,
-    /// Per MoE layer: whether the collapse warning is currently raised (warn on entering).
-    collapsed: Vec<bool>,
+    /// Per MoE layer: the current expert-collapse episode, if any (warn on entering).
+    collapse: CollapseWatch,
     /// The bar of the current `run` (hidden outside it); logs go through `suspend`.
     progress: Progress,
 }
@@ -149,7 +153,7 @@ impl Trainer {
         let ctx = LmCtx::new(true, mix_seed(cfg.seed, ROUTING_SEED_SALT));
         Ok(Self {
             batch_seed: mix_seed(cfg.seed, BATCH_SEED_SALT),
-            collapsed: vec![false; cfg.model.moe_layers().len()],
+            collapse: CollapseWatch::new(cfg.model.moe_layers().len()),
             cfg,
             model,
             store,
@@ -242,6 +246,7 @@ impl Trainer {
     pub fn run(&mut self) -> RunResult<TrainSummary> {
         let started = Instant::now();
         let total = self.cfg.train.steps;
+        let from_step = self.step;
         let mut metrics = MetricsWriter::open(
             &self.cfg.run_dir,
             self.cfg.log.metrics,
@@ -294,6 +299,7 @@ impl Trainer {
         };
         Ok(TrainSummary {
             steps: self.step,
+            from_step,
             eval,
             checkpoint,
             skipped_steps: self.spike.total_skips,
@@ -468,28 +474,52 @@ impl Trainer {
         }
     }
 
+    /// Warns once per layer and collapse episode (see [`CollapseWatch`]), all layers that
+    /// enter one at this step in one line.
     fn check_collapse(&mut self, layers: &[metrics::LayerMetrics]) {
         let limit = self.cfg.train.collapse_share;
-        for (flag, m) in self.collapsed.iter_mut().zip(layers) {
+        let step = self.step;
+        let mut started = Vec::new();
+        for (i, m) in layers.iter().enumerate() {
             let collapsed = m.max_expert_share > limit;
-            if collapsed && !*flag {
-                let expert = m
-                    .tokens_per_expert
-                    .iter()
-                    .enumerate()
-                    .max_by_key(|(_, &c)| c)
-                    .map_or(0, |(e, _)| e);
-                let step = self.step;
-                self.progress.suspend(|| tracing::warn!(
-                    "step {}: expert collapse in layer {}: expert {expert} received {:.0}% of the tokens \
-                     (more than {:.0}%); consider a larger balancing-loss weight or the sigmoid_bias router",
-                    step,
-                    m.layer,
-                    100.0 * m.max_expert_share,
-                    100.0 * limit
-                ));
+            match self.collapse.observe(i, step, collapsed) {
+                Some(CollapseEvent::Started) => {
+                    let expert = m
+                        .tokens_per_expert
+                        .iter()
+                        .enumerate()
+                        .max_by_key(|(_, &c)| c)
+                        .map_or(0, |(e, _)| e);
+                    started.push(format!(
+                        "layer {}: expert {expert} received {:.0}% of the tokens",
+                        m.layer,
+                        100.0 * m.max_expert_share
+                    ));
+                }
+                Some(CollapseEvent::Ended {
+                    started: from,
+                    collapsed_steps,
+                }) => self.progress.suspend(|| {
+                    tracing::info!(
+                        "step {step}: layer {} recovered from the expert collapse of step {from} \
+                         ({collapsed_steps} steps above {:.0}%)",
+                        m.layer,
+                        100.0 * limit
+                    )
+                }),
+                None => {}
             }
-            *flag = collapsed;
+        }
+        if !started.is_empty() {
+            self.progress.suspend(|| {
+                tracing::warn!(
+                    "step {step}: expert collapse (one expert above {:.0}% of a layer's tokens) in {}; \
+                     consider a larger balancing-loss weight or the sigmoid_bias router (warned once \
+                     per layer until it stays below for {COLLAPSE_CLEAR_STEPS} steps)",
+                    100.0 * limit,
+                    started.join("; ")
+                )
+            });
         }
     }
 

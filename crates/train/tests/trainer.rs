@@ -181,3 +181,50 @@ fn metrics_checkpoints_and_evaluation() {
     assert_eq!(again.routing.len(), 1);
     assert_eq!(again.routing[0].counts.len(), 7);
 }
+
+/// `configs/tiny.toml` printed 5 collapse warnings for 2 layers: a share hovering around the
+/// limit re-raised the warning each time it came back above. One episode, one warning.
+#[test]
+fn a_collapse_that_flickers_warns_once_per_layer_and_episode() {
+    use switchyard_train::trainer::guard::{CollapseEvent, CollapseWatch, COLLAPSE_CLEAR_STEPS};
+    struct Sim {
+        watch: CollapseWatch,
+        step: u64,
+        warnings: [u32; 2],
+        ended: u32,
+    }
+    impl Sim {
+        /// `steps` steps in which layer 0 is collapsed when `pattern(step)`, layer 1 never.
+        fn run(&mut self, pattern: impl Fn(u64) -> bool, steps: u64) {
+            for _ in 0..steps {
+                self.step += 1;
+                for layer in 0..2 {
+                    let collapsed = layer == 0 && pattern(self.step);
+                    match self.watch.observe(layer, self.step, collapsed) {
+                        Some(CollapseEvent::Started) => self.warnings[layer] += 1,
+                        Some(CollapseEvent::Ended { .. }) => self.ended += 1,
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    let mut sim = Sim {
+        watch: CollapseWatch::new(2),
+        step: 0,
+        warnings: [0; 2],
+        ended: 0,
+    };
+    // layer 0 above the limit every other step for 100 steps
+    sim.run(|s| s % 2 == 0, 100);
+    assert_eq!(sim.warnings, [1, 0]);
+    // calm for just under the clearing period, then above again: still the same episode
+    sim.run(|_| false, COLLAPSE_CLEAR_STEPS - 1);
+    sim.run(|_| true, 1);
+    assert_eq!((sim.warnings, sim.ended), ([1, 0], 0));
+    // calm for the whole clearing period ends the episode; a new collapse warns again
+    sim.run(|_| false, COLLAPSE_CLEAR_STEPS);
+    assert_eq!(sim.ended, 1);
+    sim.run(|_| true, 3);
+    assert_eq!(sim.warnings, [2, 0]);
+}

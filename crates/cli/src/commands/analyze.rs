@@ -13,10 +13,12 @@ pub struct AnalyzeArgs {
     /// HuggingFace directory.
     #[arg(long)]
     pub ckpt: PathBuf,
-    /// Analyse on this text file or <domain>/*.txt directory instead of the run's own data.
+    /// Analyse on the validation split of this text file or <domain>/*.txt directory.
+    /// Default: the run's own data (the built-in corpus for an HF directory).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Output directory (default: <ckpt>/analysis).
+    /// Directory that receives trace.safetensors, metrics.json, the plots and report.html.
+    /// Default: <ckpt>/analysis.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Validation windows traced per domain.
@@ -26,7 +28,7 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     pub no_ablation: bool,
     /// Instead of analysing, force the routing recorded in this trace.safetensors into the
-    /// model and check the logits match a normal forward bit for bit.
+    /// model and check the logits match a normal forward bit for bit. Default: off (analyse).
     #[arg(long, value_name = "TRACE")]
     pub replay: Option<PathBuf>,
 }
@@ -34,10 +36,15 @@ pub struct AnalyzeArgs {
 pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
     if let Some(trace) = &args.replay {
         let worst = analyze::replay(&args.ckpt, trace)?;
-        println!("replayed {}: max |Δ logits| = {worst:e}", trace.display());
         anyhow::ensure!(
             worst == 0.0,
-            "replay differs from a normal forward (max |Δ logits| {worst:e}); was the trace recorded with this checkpoint?"
+            "replaying {} differs from a normal forward (max |Δ logits| = {worst:e}); was the \
+             trace recorded with this checkpoint?",
+            trace.display()
+        );
+        println!(
+            "replayed {}: the logits match a normal forward bit for bit (max |Δ logits| = 0)",
+            trace.display()
         );
         return Ok(());
     }

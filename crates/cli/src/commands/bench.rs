@@ -10,7 +10,8 @@ pub struct BenchArgs {
     /// Small token counts and few repetitions: seconds instead of minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Also write one JSON object per row to this file.
+    /// Also write one JSON object per row (every measured field) to this file. Default: none,
+    /// only the table.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
     /// Thread counts to measure, comma-separated.

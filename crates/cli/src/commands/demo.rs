@@ -3,25 +3,34 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::{demo, report};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// The same path in well under a minute: a smaller model, fewer steps.
+    /// The same path in well under a minute: a smaller model, fewer steps (a smoke test;
+    /// its figures say nothing about MoE vs dense).
     #[arg(long)]
     pub quick: bool,
-    /// Where the two runs and summary.json go.
-    #[arg(long, default_value = "runs/demo")]
+    /// Directory that receives both runs (moe/, dense/), the routing analysis and
+    /// summary.json.
+    #[arg(long, value_name = "DIR", default_value = "runs/demo")]
     pub out: PathBuf,
-    /// Override a key of both runs' configs, e.g. --set train.steps=100 (repeatable).
+    /// Override a key of both runs' configs, e.g. --set train.steps=100 (repeatable; none by
+    /// default). Keys as in `switchyard demo --print-config`.
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Print the MoE run's config as TOML and exit (the dense run differs only in
-    /// model.ffn.sparse and run_dir).
+    /// Print the MoE run's config as TOML, every key described, and exit (the dense run
+    /// differs only in model.ffn.sparse and run_dir).
     #[arg(long)]
     pub print_config: bool,
+    /// Print README's markdown table (validation loss per domain of both models, their
+    /// difference, the parameter counts) from the summary.json of an earlier demo, and exit
+    /// without training. Default: off.
+    #[arg(long, value_name = "SUMMARY_JSON")]
+    pub table: Option<PathBuf>,
 }
 
 /// Runs the demo (or prints its config); `quiet` turns the progress bars off.
@@ -33,7 +42,15 @@ pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
         progress: !quiet,
     };
     if args.print_config {
-        print!("{}", demo::moe_config(&opts)?.to_toml_string());
+        print!("{}", demo::moe_config(&opts)?.to_documented_toml());
+        return Ok(());
+    }
+    if let Some(path) = &args.table {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let summary: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        print!("{}", report::demo_markdown(&summary)?);
         return Ok(());
     }
     let result = demo::run(&opts)?;

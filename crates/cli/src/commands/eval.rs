@@ -18,8 +18,8 @@ pub struct EvalArgs {
     /// HuggingFace directory.
     #[arg(long)]
     pub ckpt: PathBuf,
-    /// Evaluate on the validation split of this text file or <domain>/*.txt directory instead
-    /// of the run's own data (the built-in corpus for an HF directory).
+    /// Evaluate on the validation split of this text file or <domain>/*.txt directory.
+    /// Default: the run's own data (the built-in corpus for an HF directory).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Validation windows per domain, at least 1 (default: the run's data.max_valid_windows).

@@ -13,7 +13,8 @@ pub struct ExportArgs {
     /// A Switchyard run or step directory (imported or trained), or an HF directory.
     #[arg(long, visible_alias = "model")]
     pub ckpt: PathBuf,
-    /// The HF directory to write.
+    /// The HF directory to write: config.json, generation_config.json, safetensors shards
+    /// and the tokenizer files.
     #[arg(long)]
     pub out: PathBuf,
     // help text from the family registry, so a new family appears here without an edit

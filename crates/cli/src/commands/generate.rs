@@ -16,21 +16,25 @@ pub struct GenerateArgs {
     /// HuggingFace directory.
     #[arg(long)]
     pub ckpt: PathBuf,
-    /// Text the generated tokens continue; printed before them.
-    #[arg(short, long, default_value = "")]
+    /// Text the generated tokens continue, printed before them; it and the new tokens must
+    /// fit the model's context (model.max_seq_len tokens). Default: empty, a new document.
+    #[arg(short, long, default_value = "", hide_default_value = true)]
     pub prompt: String,
-    /// Softmax temperature of sampling; 0 picks the most likely token every time.
+    /// Softmax temperature of sampling (logits divided by it); lower is more predictable,
+    /// 0 picks the most likely token every time.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
-    /// Nucleus sampling: draw from the most likely tokens holding this much probability
-    /// (a fraction, 0 to 1).
+    /// Nucleus sampling: draw only from the most likely tokens that together hold this
+    /// probability (a fraction in (0, 1]; 1 turns it off).
     #[arg(long, default_value_t = 0.95)]
     pub top_p: f64,
-    /// Seed of the sampler and of routing noise: the same seed gives the same text.
+    /// Seed of the sampler and of routing noise: the same model, prompt and seed give the
+    /// same text.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Most tokens to generate (fewer at an end-of-sequence token or the model's context).
-    #[arg(long, default_value_t = 200)]
+    /// Most new tokens to generate; fewer at an end-of-sequence token or when the model's
+    /// context is full (said on stderr).
+    #[arg(long, value_name = "TOKENS", default_value_t = 200)]
     pub max_tokens: usize,
 }
 
@@ -69,10 +73,12 @@ fn with_hf_tokenizer(
     let max_len = m.model.cfg.max_seq_len;
     anyhow::ensure!(
         ids.len() < max_len,
-        "the prompt is {} tokens, but the model sees at most {max_len}",
-        ids.len()
+        "the prompt is {} tokens (its BOS included), but the model's context is {max_len} tokens \
+         and one must be left for a new token: shorten it to at most {} tokens",
+        ids.len(),
+        max_len - 1
     );
-    let max_new = args.max_tokens.min(max_len - ids.len());
+    let max_new = new_tokens(args.max_tokens, ids.len(), max_len);
     let mut out = m
         .model
         .generate(&ids, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
@@ -93,13 +99,16 @@ fn with_bytes(
     let mut prompt = vec![tok.eos()];
     prompt.extend(tok.encode(&args.prompt));
     let max_len = m.model.cfg.max_seq_len;
-    let max_new = args.max_tokens.min(max_len.saturating_sub(prompt.len()));
+    // one token of the context is the start-of-text token, one is left for a new token
     anyhow::ensure!(
         prompt.len() < max_len,
-        "the prompt is {} bytes, but the model sees at most {} tokens; shorten it",
+        "the prompt is {} bytes, but the model's context is {max_len} tokens: one start-of-text \
+         token, the prompt's bytes and at least one new token must fit, so shorten it to at most \
+         {} bytes",
         prompt.len() - 1,
-        max_len - 1
+        max_len.saturating_sub(2)
     );
+    let max_new = new_tokens(args.max_tokens, prompt.len(), max_len);
     let mut ids = m
         .model
         .generate(&prompt, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
@@ -107,4 +116,17 @@ fn with_bytes(
         ids.truncate(end);
     }
     Ok(tok.decode(&ids))
+}
+
+/// How many tokens to generate: `--max-tokens`, or fewer when the model's context (`max_len`)
+/// has less room after the prompt's `prompt_len` tokens, which is said on stderr.
+fn new_tokens(max_tokens: usize, prompt_len: usize, max_len: usize) -> usize {
+    let room = max_len.saturating_sub(prompt_len);
+    if max_tokens > room {
+        tracing::warn!(
+            "--max-tokens {max_tokens} is more than the model's context leaves after the prompt \
+             ({max_len} tokens, {prompt_len} of them the prompt's): generating at most {room} tokens"
+        );
+    }
+    max_tokens.min(room)
 }

@@ -8,50 +8,64 @@ use switchyard_train::trainer::{self, TrainConfig, Trainer};
 
 use crate::report;
 
+// Each flag is a shortcut for one config key: its default is that key's value in the
+// config file, or the built-in default (`switchyard train --print-config` shows both).
 #[derive(Args)]
 pub struct TrainArgs {
-    /// TOML config (see configs/); without it the built-in defaults are used.
+    /// TOML run config (see configs/); keys it leaves out keep their built-in defaults.
+    /// Default: no file, every key at its built-in default.
     #[arg(short, long)]
     pub config: Option<PathBuf>,
-    /// Override any config key, e.g. --set optim.lr=1e-3 --set model.n_layers=4 (repeatable;
-    /// applied after the file and before the flags below).
+    /// Set any config key, e.g. --set optim.lr=1e-3 --set model.n_layers=4 (repeatable;
+    /// applied after the file and before the flags below; none by default). The value is
+    /// TOML; bare words are strings.
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Optimiser updates in the whole run; the LR schedule ends here (train.steps).
-    #[arg(long)]
+    /// Length of the whole run in optimiser updates, counted from step 0 also when resuming;
+    /// the LR schedule decays to its end here. Sets train.steps (built-in default 200).
+    #[arg(long, value_name = "N")]
     pub steps: Option<u64>,
-    /// Peak learning rate after warmup (optim.lr).
+    /// Peak learning rate, reached after optim.warmup_steps and decayed (cosine) to
+    /// optim.min_lr. Sets optim.lr (built-in default 3e-3).
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Windows of data.seq_len tokens per micro-batch (train.batch_size).
-    #[arg(long)]
+    /// Windows (of data.seq_len tokens each) per micro-batch; an update sees batch_size ×
+    /// train.grad_accum windows. Sets train.batch_size (built-in default 16).
+    #[arg(long, value_name = "WINDOWS")]
     pub batch_size: Option<usize>,
-    /// Directory for checkpoints, metrics.jsonl and the carried tokenizer (run_dir).
-    #[arg(long)]
+    /// Directory that receives the checkpoints (step-*/, latest), metrics.jsonl and the
+    /// carried tokenizer. Sets run_dir (built-in default runs/default).
+    #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// Seed of parameter initialisation, data order and routing noise (seed).
+    /// Seed of parameter initialisation, data order and routing noise (the same seed and
+    /// config give bitwise the same run). Sets seed (built-in default 0).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Evaluate on the validation split every this many steps; 0: only at the end
-    /// (train.eval_every).
-    #[arg(long)]
+    /// Evaluate on the validation split every this many steps (0: only after the last step).
+    /// Sets train.eval_every (built-in default 100).
+    #[arg(long, value_name = "STEPS")]
     pub eval_every: Option<u64>,
-    /// Save a checkpoint every this many steps; 0: only at the end (train.checkpoint_every).
-    #[arg(long)]
+    /// Save a checkpoint every this many steps (0: only after the last step); older ones
+    /// beyond train.keep_last are removed. Sets train.checkpoint_every (built-in default 100).
+    #[arg(long, value_name = "STEPS")]
     pub checkpoint_every: Option<u64>,
-    /// Training text: a .txt file or a directory of <domain>/*.txt; default: the built-in
-    /// corpus (data.path).
-    #[arg(long)]
+    /// Training text: a .txt file (one domain) or a directory of <domain>/*.txt files, split
+    /// into training and validation documents. Sets data.path (default: unset, the built-in
+    /// 7-domain corpus).
+    #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
     /// Start from this checkpoint's weights (a run or step directory, e.g. written by
-    /// `switchyard import`) with a fresh optimiser; its model and tokenizer are used
-    /// (init.from).
+    /// `switchyard import`) at step 0 with a fresh optimiser; its model and tokenizer are used.
+    /// Sets init.from (default: unset, a fresh initialisation).
     #[arg(long, value_name = "CKPT")]
     pub init_from: Option<PathBuf>,
-    /// Continue from the latest checkpoint in run_dir, or from the given checkpoint directory.
+    /// Continue a run bitwise exactly from the latest checkpoint in run_dir, or from the
+    /// given run or step directory; without --config the run's own config.json is used.
+    /// Default: off (a new run).
     #[arg(long, value_name = "CKPT", num_args = 0..=1)]
     pub resume: Option<Option<PathBuf>>,
-    /// Print the resolved config as TOML and exit.
+    /// Print the resolved config as TOML, every key with a one-line description (unset
+    /// optional keys commented out), and exit without training.
     #[arg(long)]
     pub print_config: bool,
 }
@@ -97,7 +111,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         (None, None) => TrainConfig::from_overrides(&overrides)?,
     };
     if args.print_config {
-        print!("{}", cfg.to_toml_string());
+        print!("{}", cfg.to_documented_toml());
         return Ok(());
     }
     let mut trainer = match args.resume {
@@ -110,14 +124,7 @@ pub fn run(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
     };
     let summary = trainer.run()?;
     print!("{}", report::eval_table(&[("val loss", &summary.eval)]));
-    println!(
-        "trained {} steps ({} tokens, {} skipped) in {:.1}s; checkpoint: {}",
-        summary.steps,
-        summary.tokens_seen,
-        summary.skipped_steps,
-        summary.wall_time_s,
-        summary.checkpoint.display()
-    );
+    println!("{}", report::train_line(&summary));
     Ok(())
 }
 

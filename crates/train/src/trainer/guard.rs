@@ -66,3 +66,81 @@ impl SpikeGuard {
         self.recent.push_back(loss);
     }
 }
+
+/// A layer's collapse episode ends only after this many consecutive steps below
+/// `train.collapse_share`: a share hovering around the limit (above it one step, below the
+/// next) is one episode and gets one warning.
+pub const COLLAPSE_CLEAR_STEPS: u64 = 50;
+
+/// Expert-collapse episodes per MoE layer: [`CollapseWatch::observe`] says when a layer enters
+/// one (warn) and when one ends (it stayed below the limit for [`COLLAPSE_CLEAR_STEPS`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CollapseWatch {
+    layers: Vec<Episode>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Episode {
+    active: bool,
+    /// First step of the current episode.
+    started: u64,
+    /// Steps above the limit in the current episode.
+    collapsed_steps: u64,
+    /// Consecutive steps below the limit since the last step above it.
+    calm_steps: u64,
+}
+
+/// What a step changed for one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CollapseEvent {
+    /// The layer entered a collapse episode: warn.
+    Started,
+    /// The episode that began at `started` is over: `collapsed_steps` of its steps were above
+    /// the limit, and the last [`COLLAPSE_CLEAR_STEPS`] below it.
+    Ended { started: u64, collapsed_steps: u64 },
+}
+
+impl CollapseWatch {
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: vec![Episode::default(); layers],
+        }
+    }
+
+    /// Records whether `layer` was collapsed at `step`; returns what changed, if anything.
+    pub fn observe(&mut self, layer: usize, step: u64, collapsed: bool) -> Option<CollapseEvent> {
+        if layer >= self.layers.len() {
+            self.layers.resize(layer + 1, Episode::default());
+        }
+        let e = &mut self.layers[layer];
+        match (e.active, collapsed) {
+            (false, true) => {
+                *e = Episode {
+                    active: true,
+                    started: step,
+                    collapsed_steps: 1,
+                    calm_steps: 0,
+                };
+                Some(CollapseEvent::Started)
+            }
+            (true, true) => {
+                e.collapsed_steps += 1;
+                e.calm_steps = 0;
+                None
+            }
+            (true, false) => {
+                e.calm_steps += 1;
+                if e.calm_steps < COLLAPSE_CLEAR_STEPS {
+                    return None;
+                }
+                let ended = CollapseEvent::Ended {
+                    started: e.started,
+                    collapsed_steps: e.collapsed_steps,
+                };
+                *e = Episode::default();
+                Some(ended)
+            }
+            (false, false) => None,
+        }
+    }
+}

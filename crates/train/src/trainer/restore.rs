@@ -100,24 +100,31 @@ pub fn read_checkpoint_config(path: &Path) -> RunResult<TrainConfig> {
     config_from_value(v, &config_path)
 }
 
+/// The error for an `init.from` that is an HF directory (a `config.json`, no `state.json`)
+/// rather than a Switchyard checkpoint: convert it with `switchyard import` first.
+fn hf_dir_error(from: &Path) -> Option<ConfigError> {
+    let config = from.join(CONFIG_FILE);
+    let hf = config.is_file()
+        && !from.join(STATE_FILE).is_file()
+        && !switchyard_io::load::is_run_config_file(&config);
+    hf.then(|| ConfigError::Init {
+        path: from.to_path_buf(),
+        reason: format!(
+            "this looks like a HuggingFace checkpoint; convert it first with \
+             `switchyard import {} --out <run-dir>` and start from <run-dir>",
+            from.display()
+        ),
+    })
+}
+
 /// Reads what `init.from` names: its step directory, model config and tokenizer.
 pub fn init_source(from: &Path) -> Result<InitSource, ConfigError> {
     let fail = |reason: String| ConfigError::Init {
         path: from.to_path_buf(),
         reason,
     };
-    let step_dir = find_step_dir(from).map_err(|e| {
-        let hf = from.join(CONFIG_FILE).is_file() && !from.join(STATE_FILE).is_file();
-        if hf {
-            fail(format!(
-                "this looks like a HuggingFace checkpoint; convert it first with \
-                 `switchyard import {} --out <run-dir>` and start from <run-dir>",
-                from.display()
-            ))
-        } else {
-            fail(e.to_string())
-        }
-    })?;
+    let step_dir = find_step_dir(from)
+        .map_err(|e| hf_dir_error(from).unwrap_or_else(|| fail(e.to_string())))?;
     let config_path = step_dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| fail(format!("cannot read {}: {e}", config_path.display())))?;
@@ -139,7 +146,12 @@ pub fn init_source(from: &Path) -> Result<InitSource, ConfigError> {
 /// Loads the weights and router buffers of `from` into a freshly built model (the config's
 /// `init.from`); names and shapes must match exactly.
 pub fn load_init_weights(store: &ParamStore, model: &mut MoeLm, from: &Path) -> RunResult<()> {
-    let ckpt = load_checkpoint(from)?;
+    // a config with its own [model] never read init.from's config.json, so an HF directory
+    // is first noticed here
+    let ckpt = load_checkpoint(from).map_err(|e| match hf_dir_error(from) {
+        Some(hf) => RunError::Config(hf),
+        None => RunError::from(e),
+    })?;
     restore_into(store, &ckpt)?;
     load_router_buffers(model, &ckpt.state.buffers, &ckpt.dir)
 }
