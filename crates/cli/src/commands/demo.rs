@@ -12,9 +12,14 @@ pub struct DemoArgs {
     /// The same path in well under a minute: a smaller model, fewer steps.
     #[arg(long)]
     pub quick: bool,
-    /// Where the two runs and summary.json go.
-    #[arg(long, default_value = "runs/demo")]
-    pub out: PathBuf,
+    /// Where the two runs (moe/, dense/), analysis/ and summary.json go; default runs/demo,
+    /// or runs/demo-quick with --quick.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace a previous demo in the output directory (its runs are deleted first); without
+    /// it, a directory that holds one is refused.
+    #[arg(long)]
+    pub force: bool,
     /// Override a key of both runs' configs, e.g. --set train.steps=100 (repeatable).
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -28,7 +33,10 @@ pub struct DemoArgs {
 pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
     let opts = demo::DemoOptions {
         quick: args.quick,
-        out: args.out,
+        out: args
+            .out
+            .unwrap_or_else(|| demo::DemoOptions::default_out(args.quick)),
+        force: args.force,
         overrides: args.set,
         progress: !quiet,
     };
