@@ -5,8 +5,9 @@
 #
 #   scripts/kill_loop.sh [N=30]          # the binary: $SWITCHYARD, else target/debug/switchyard
 #
-# Environment: SWITCHYARD (binary), STEPS (default 400), SEED (random kill times, default 1),
-# MAX_SLEEP_MS (longest wait before a kill, default 1500), KEEP=1 keeps the work directory.
+# Environment: SWITCHYARD (binary), STEPS (default 800), SEED (random kill times, default 1),
+# MAX_SLEEP_MS (spread of the kill times after startup; default: from the uninterrupted run's
+# time, so N kills fit before the run could finish), KEEP=1 keeps the work directory.
 #
 # Checks, and prints as one summary line:
 #   kills      how many attempts were killed (attempts that finished before their kill are
@@ -18,15 +19,14 @@
 #   identical  model.safetensors, optimizer.safetensors, state.json and config.json of the
 #              final checkpoint byte-identical to the uninterrupted run's, and metrics.jsonl
 #              identical apart from tokens_per_s (wall-clock throughput)
-# Exits 0 only when orphans = 0, incomplete leftovers were cleaned and identical = yes.
+# Exits 0 only when all N kills happened, orphans = 0 and identical = yes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${1:-30}
 BIN=${SWITCHYARD:-target/debug/switchyard}
-STEPS=${STEPS:-400}
+STEPS=${STEPS:-800}
 SEED=${SEED:-1}
-MAX_SLEEP_MS=${MAX_SLEEP_MS:-1500}
 KEEP_LAST=2
 if [ ! -x "$BIN" ]; then
   echo "no binary at $BIN: run \`cargo build -p switchyard-cli\` or set SWITCHYARD" >&2
@@ -73,10 +73,22 @@ progress = false
 EOF
 export RUST_LOG=error
 
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
 # The uninterrupted run, written under the same run_dir name (config.json holds it), then
-# moved aside.
+# moved aside; it and a two-step run time the kills.
+t0=$(now_ms)
+"$BIN" train --config run.toml --steps 2 --run-dir one >/dev/null
+t1=$(now_ms)
 "$BIN" train --config run.toml >/dev/null
+t2=$(now_ms)
 mv run ref
+startup_ms=$((t1 - t0))
+# kills land between startup and about 1.3 × the mean time N attempts may take without
+# finishing the run, so most kills interrupt training, saving or pruning
+span_ms=$(((t2 - t1 - startup_ms) * 4 / (3 * N)))
+[ "$span_ms" -lt 50 ] && span_ms=50
+MAX_SLEEP_MS=${MAX_SLEEP_MS:-$span_ms}
+MIN_SLEEP_MS=$((startup_ms * 3 / 4))
 
 RANDOM=$SEED
 kills=0 finished=0 attempts=0 incomplete=0 uncleaned=0
@@ -98,7 +110,7 @@ while [ "$kills" -lt "$N" ]; do
   fi
   "$BIN" "${args[@]}" >/dev/null 2>attempt.err &
   pid=$!
-  ms=$((100 + RANDOM % MAX_SLEEP_MS))
+  ms=$((MIN_SLEEP_MS + RANDOM % MAX_SLEEP_MS))
   sleep "$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))"
   kill -9 "$pid" 2>/dev/null || true
   rc=0
@@ -149,7 +161,11 @@ for d in run/step-*; do [ -f "$d/state.json" ] && complete=$((complete + 1)); do
 last=step-$(printf '%08d' "$STEPS")
 identical=yes
 for f in model.safetensors optimizer.safetensors state.json config.json; do
-  cmp -s "ref/$last/$f" "run/$last/$f" || { identical=no; echo "differs: $last/$f" >&2; }
+  if ! cmp -s "ref/$last/$f" "run/$last/$f"; then
+    identical=no
+    echo "differs: $last/$f" >&2
+    case $f in *.json) diff <(tr ',' '\n' <"ref/$last/$f") <(tr ',' '\n' <"run/$last/$f") | head -20 >&2 ;; esac
+  fi
 done
 strip() { sed -E 's/"tokens_per_s":[^,}]*,?//' "$1"; }
 if ! diff -q <(strip ref/metrics.jsonl) <(strip run/metrics.jsonl) >/dev/null; then
@@ -157,5 +173,7 @@ if ! diff -q <(strip ref/metrics.jsonl) <(strip run/metrics.jsonl) >/dev/null; t
   echo "differs: metrics.jsonl (tokens_per_s aside)" >&2
 fi
 
-echo "kill_loop: kills=$kills finished=$finished attempts=$attempts steps=$STEPS keep_last=$KEEP_LAST orphans=$orphans incomplete_seen_after_kills=$incomplete identical=$identical"
-[ "$orphans" -eq 0 ] && [ "$identical" = yes ]
+ok=yes
+[ "$kills" -ge "$N" ] && [ "$orphans" -eq 0 ] && [ "$identical" = yes ] || ok=no
+echo "kill_loop: kills=$kills finished=$finished attempts=$attempts steps=$STEPS kill_after_ms=$MIN_SLEEP_MS+0..$MAX_SLEEP_MS keep_last=$KEEP_LAST orphans=$orphans incomplete_seen_after_kills=$incomplete identical=$identical ok=$ok"
+[ "$ok" = yes ]
