@@ -13,10 +13,16 @@ use anyhow::Context;
 use serde_json::json;
 use switchyard_core::router::TopKConfig;
 use switchyard_core::{ExpertSpec, MoeConfig, RouterConfig};
+use switchyard_io::run_dir::{self, Occupant};
 use switchyard_models::{FfnConfig, LayerFfn, LmConfig};
-use switchyard_train::trainer::{EvalResult, TrainConfig, Trainer, METRICS_FILE};
+use switchyard_train::trainer::{EvalResult, TrainConfig, Trainer};
+
+use crate::new_run::{Flags, NewRun};
+use crate::UserError;
 
 pub const SUMMARY_FILE: &str = "summary.json";
+/// The routing analysis of the MoE model, under `out`.
+pub const ANALYSIS_DIR: &str = "analysis";
 /// Training window (and context) of the demo models, in bytes.
 pub const SEQ_LEN: usize = 64;
 
@@ -31,15 +37,31 @@ pub struct DemoOptions {
     pub overrides: Vec<String>,
     /// Show progress bars.
     pub progress: bool,
+    /// Replace a previous demo in `out` (its `moe/`, `dense/` and `analysis/` are deleted
+    /// first); without it, an `out` that holds one is refused.
+    pub force: bool,
+}
+
+impl DemoOptions {
+    /// `runs/demo`, or `runs/demo-quick` for `quick`, so a quick smoke run never replaces the
+    /// full demo's checkpoints.
+    pub fn default_out(quick: bool) -> PathBuf {
+        PathBuf::from(if quick {
+            "runs/demo-quick"
+        } else {
+            "runs/demo"
+        })
+    }
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
         Self {
             quick: false,
-            out: PathBuf::from("runs/demo"),
+            out: Self::default_out(false),
             overrides: Vec::new(),
             progress: true,
+            force: false,
         }
     }
 }
@@ -147,18 +169,36 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoResult> {
     let mut dense_cfg = moe_cfg.clone();
     dense_cfg.model = moe_cfg.model.dense_equivalent();
     dense_cfg.run_dir = opts.out.join("dense");
+    let previous = check_out(opts, &[&moe_cfg.run_dir, &dense_cfg.run_dir])?;
 
-    let moe = train_one("moe", moe_cfg)?;
-    let dense = train_one("dense", dense_cfg)?;
+    // everything the user's input can fail on is built before the old demo is deleted
+    let moe_trainer = Trainer::new(moe_cfg.clone()).context("setting up the moe run")?;
+    let dense_trainer = Trainer::new(dense_cfg.clone()).context("setting up the dense run")?;
+    for run in &previous {
+        run.prepare()?;
+    }
+    let summary_path = opts.out.join(SUMMARY_FILE);
+    if opts.force {
+        let analysis = opts.out.join(ANALYSIS_DIR);
+        run_dir::replace_run(&analysis)
+            .with_context(|| format!("removing the previous {}", analysis.display()))?;
+        match std::fs::remove_file(&summary_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", summary_path.display()))
+            }
+            _ => {}
+        }
+    }
+    let moe = train_one("moe", moe_cfg, moe_trainer)?;
+    let dense = train_one("dense", dense_cfg, dense_trainer)?;
     tracing::info!("demo: analysing the MoE model's routing");
     let analysis = crate::analyze::run(&crate::analyze::AnalyzeRun {
         ckpt: moe.checkpoint.clone(),
         data: None,
-        out: opts.out.join("analysis"),
+        out: opts.out.join(ANALYSIS_DIR),
         windows_per_domain: if opts.quick { 8 } else { 32 },
         ablation: true,
     })?;
-    let summary_path = opts.out.join(SUMMARY_FILE);
     let result = DemoResult {
         out: opts.out.clone(),
         moe,
@@ -173,10 +213,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<DemoResult> {
     Ok(result)
 }
 
-fn train_one(name: &str, cfg: TrainConfig) -> anyhow::Result<ModelRun> {
-    clear_old_run(&cfg.run_dir)?;
-    let mut trainer =
-        Trainer::new(cfg.clone()).with_context(|| format!("setting up the {name} run"))?;
+fn train_one(name: &str, cfg: TrainConfig, mut trainer: Trainer) -> anyhow::Result<ModelRun> {
     let (params_total, params_active) = (
         trainer.model.num_params_total(),
         trainer.model.num_params_active_per_token(),
@@ -203,15 +240,39 @@ fn train_one(name: &str, cfg: TrainConfig) -> anyhow::Result<ModelRun> {
     })
 }
 
-/// Removes a previous demo run in `dir`, so its checkpoints cannot be mistaken for this
-/// one's. Only a directory that looks like a run directory is touched.
-fn clear_old_run(dir: &Path) -> anyhow::Result<()> {
-    let looks_like_run = dir.join("latest").is_file() || dir.join(METRICS_FILE).is_file();
-    if looks_like_run {
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("removing the previous demo run {}", dir.display()))?;
+/// Checks that `out` holds no earlier demo (its run directories, `summary.json` or
+/// `analysis/`), or that `opts.force` allows replacing it; returns the run directories to
+/// prepare (see [`NewRun`]).
+fn check_out(opts: &DemoOptions, run_dirs: &[&Path]) -> anyhow::Result<Vec<NewRun>> {
+    let mut found = Vec::new();
+    for dir in run_dirs {
+        if let Occupant::Run { .. } = run_dir::occupant(dir)? {
+            found.push(format!("{}/", dir.display()));
+        }
     }
-    Ok(())
+    for name in [SUMMARY_FILE, ANALYSIS_DIR] {
+        let path = opts.out.join(name);
+        if path.exists() {
+            found.push(path.display().to_string());
+        }
+    }
+    if !opts.force && !found.is_empty() {
+        return Err(UserError::new(format!(
+            "{} already holds a demo ({}); refusing to replace it",
+            opts.out.display(),
+            found.join(", ")
+        ))
+        .with_hint(
+            "write the new demo elsewhere with `--out <dir>`, or replace it with `--force` (its \
+             runs are deleted)",
+        )
+        .into());
+    }
+    // a directory in the way that is not a run is refused even with --force
+    run_dirs
+        .iter()
+        .map(|dir| NewRun::check(dir, opts.force, &Flags::OUT))
+        .collect()
 }
 
 fn model_json(m: &ModelRun) -> serde_json::Value {

@@ -11,7 +11,9 @@
 //! - [`analyze`]: `switchyard analyze` (routing trace, metrics, plots, HTML report) and trace replay;
 //! - [`run_config`]: the run config a loaded model is evaluated or analysed with;
 //! - [`report`]: the plain-text tables the commands print;
-//! - [`error_report`], [`exit_code`] and [`hints`]: how an error reaches the user.
+//! - [`error_report`], [`exit_code`] (the rule is in [`exit`]) and [`hints`]: how an error
+//!   reaches the user;
+//! - [`new_run`]: the check that a command never silently replaces a run directory.
 //!
 //! Every command that reads a model (generate, eval, analyze, export, logits) loads it with
 //! `switchyard_interop::load_any`, so each takes a run directory, a step directory or an HF
@@ -29,19 +31,16 @@
 pub mod analyze;
 pub mod commands;
 pub mod demo;
+pub mod exit;
+pub mod new_run;
 pub mod report;
 pub mod run_config;
+
+pub use exit::{exit_code, UserError, EXIT_ERROR, EXIT_NON_FINITE, EXIT_USAGE};
 
 use switchyard_interop::InteropError;
 use switchyard_io::{CheckpointError, LoadError};
 use switchyard_train::trainer::{ConfigError, RunError};
-
-/// Any other failure.
-pub const EXIT_ERROR: u8 = 1;
-/// Bad command line or configuration (clap uses 2 for usage errors too).
-pub const EXIT_USAGE: u8 = 2;
-/// Training stopped because the loss or gradient norm was not finite.
-pub const EXIT_NON_FINITE: u8 = 3;
 
 /// The error as the user reads it: each message of the chain, outermost first, joined by
 /// `: ` like anyhow's `{:#}`, except that a cause whose text its wrapper already printed
@@ -61,26 +60,12 @@ pub fn error_report(err: &anyhow::Error) -> String {
     out
 }
 
-/// The exit code an error deserves, if it is one of the special kinds.
-pub fn exit_code(err: &anyhow::Error) -> Option<u8> {
-    err.chain().find_map(|e| {
-        if let Some(r) = e.downcast_ref::<RunError>() {
-            match r {
-                RunError::NonFinite { .. } => Some(EXIT_NON_FINITE),
-                RunError::Config(_) => Some(EXIT_USAGE),
-                _ => None,
-            }
-        } else if e.downcast_ref::<ConfigError>().is_some() {
-            Some(EXIT_USAGE)
-        } else {
-            None
-        }
-    })
-}
-
 /// What the user can do about an error, one suggestion per line.
 pub fn hints(err: &anyhow::Error) -> Vec<String> {
     for e in err.chain() {
+        if let Some(u) = e.downcast_ref::<UserError>() {
+            return u.hint.iter().cloned().collect();
+        }
         if let Some(c) = e.downcast_ref::<ConfigError>() {
             return config_hints(c);
         }

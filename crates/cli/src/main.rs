@@ -4,8 +4,8 @@
 //! This file only parses the command line and dispatches: each command is one file under
 //! `src/commands/` with its arguments and its `run`.
 //!
-//! Exit codes: 0 success, 1 error, 2 usage or configuration error, 3 training stopped on a
-//! non-finite loss or gradient.
+//! Exit codes (the rule is in `switchyard_cli::exit`): 0 success, 1 I/O failure or damaged
+//! data, 2 the user's input is wrong (usage, config, a refusal), 3 training diverged.
 
 use std::process::ExitCode;
 

@@ -247,7 +247,7 @@ fn demo_quick_writes_its_summary() {
     let dir = TempDir::new("demo");
     let out_dir = dir.0.join("demo");
     // smaller still than --quick, to keep the suite fast in the dev profile
-    let out = switchyard(&[
+    let args = [
         "demo",
         "--quick",
         "--out",
@@ -262,9 +262,26 @@ fn demo_quick_writes_its_summary() {
         "data.valid_fraction=0.25",
         "--set",
         "data.max_valid_windows=1",
-    ]);
+    ];
+    // an earlier demo in the same place: refused without --force, and untouched
+    let old_step = out_dir.join("moe/step-00000300");
+    std::fs::create_dir_all(&old_step).unwrap();
+    std::fs::write(out_dir.join("moe/latest"), "step-00000300\n").unwrap();
+    std::fs::create_dir_all(out_dir.join("analysis")).unwrap();
+    std::fs::write(out_dir.join("analysis/layer3_old.png"), "png").unwrap();
+    std::fs::write(out_dir.join("summary.json"), "{}").unwrap();
+    let out = switchyard(&args);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["already holds a demo", "--out", "--force"] {
+        assert!(stderr.contains(needle), "{needle} missing:\n{stderr}");
+    }
+    assert!(old_step.is_dir() && out_dir.join("summary.json").is_file());
+    // --force replaces it whole: none of the old files are left beside the new ones
+    let out = switchyard(&[&args[..], &["--force"]].concat());
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(!old_step.exists() && !out_dir.join("analysis/layer3_old.png").exists());
     for needle in ["MoE", "dense", "overall", "layer 0", "summary.json"] {
         assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
     }
@@ -347,6 +364,25 @@ fn demo_quick_writes_its_summary() {
             && an.join("layer0_domain_expert.png").is_file(),
         "{stdout}"
     );
+}
+
+#[test]
+fn demo_quick_has_its_own_default_directory() {
+    for (args, run_dir) in [
+        (&["demo", "--print-config"][..], "runs/demo/moe"),
+        (
+            &["demo", "--quick", "--print-config"][..],
+            "runs/demo-quick/moe",
+        ),
+    ] {
+        let out = switchyard(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout.contains(&format!("run_dir = \"{run_dir}\"")),
+            "{args:?}: {stdout}"
+        );
+    }
 }
 
 #[test]
@@ -448,4 +484,163 @@ fn an_imported_model_fine_tunes_evaluates_analyses_and_exports() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("switchyard import"), "{stderr}");
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_new_run_into_an_existing_run_is_refused_and_force_replaces_it_whole() {
+    let dir = TempDir::new("replace");
+    let (out, run_dir) = tiny_run(&dir.0, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let before = entries(&run_dir);
+    let metrics = std::fs::read(run_dir.join("metrics.jsonl")).unwrap();
+
+    // README's first command run twice: the second refuses and changes nothing
+    let (out, _) = tiny_run(&dir.0, &["--steps", "2"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["already holds a run", "--resume", "--run-dir", "--force"] {
+        assert!(stderr.contains(needle), "{needle} missing:\n{stderr}");
+    }
+    assert_eq!(entries(&run_dir), before);
+    assert_eq!(
+        std::fs::read(run_dir.join("metrics.jsonl")).unwrap(),
+        metrics
+    );
+
+    // fine-tuning a run into itself would delete what it reads: refused even with --force
+    let rd = run_dir.to_str().unwrap();
+    let out = switchyard(&[
+        "train",
+        "--init-from",
+        rd,
+        "--run-dir",
+        rd,
+        "--force",
+        "--set",
+        "data.seq_len=16",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("init.from"), "{stderr}");
+    assert_eq!(entries(&run_dir), before);
+
+    // --force: only the new run is left (no step 6, a fresh metrics.jsonl)
+    let (out, _) = tiny_run(&dir.0, &["--steps", "2", "--force"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        entries(&run_dir),
+        ["latest", "metrics.jsonl", "step-00000002"]
+    );
+
+    // a directory that is not a run is never replaced, not even with --force
+    let other = dir.0.join("notes");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("todo.txt"), "keep me").unwrap();
+    let config = dir.0.join("run.toml");
+    let base = [
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--run-dir",
+        other.to_str().unwrap(),
+    ];
+    for extra in [&[][..], &["--force"][..]] {
+        let out = switchyard(&[&base[..], extra].concat());
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("not a Switchyard run directory"),
+            "{stderr}"
+        );
+        assert_eq!(entries(&other), ["todo.txt"]);
+    }
+}
+
+#[test]
+fn import_into_an_existing_run_is_refused_and_force_never_mixes_models() {
+    let dir = TempDir::new("import-over");
+    let (out, run_dir) = tiny_run(&dir.0, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../interop/tests/fixtures/qwen3_moe");
+    let (fx, rd) = (fixture.to_str().unwrap(), run_dir.to_str().unwrap());
+
+    let out = switchyard(&["import", fx, "--out", rd]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for needle in ["already holds a run", "--out", "--force"] {
+        assert!(stderr.contains(needle), "{needle} missing:\n{stderr}");
+    }
+    // the run is untouched: its own model still evaluates
+    assert!(!run_dir.join("tokenizer.json").exists());
+    let out = switchyard(&["eval", "--ckpt", rd]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("step 6"), "{}", text(&out).0);
+
+    // --force: the imported model alone, nothing of the trained run
+    let out = switchyard(&["import", fx, "--out", rd, "--force"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(
+        entries(&run_dir),
+        [
+            "hf_source.json",
+            "latest",
+            "step-00000000",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    let out = switchyard(&["eval", "--ckpt", rd, "--max-windows", "1"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    // an HF directory is not a run: never replaced
+    let out = switchyard(&["import", fx, "--out", fx, "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+    assert!(fixture.join("config.json").is_file());
+}
+
+#[test]
+fn input_mistakes_exit_2_and_damage_exits_1() {
+    let dir = TempDir::new("exit-codes");
+    let missing = dir.0.join("no-such-text");
+    // data.path that does not exist
+    let (out, _) = tiny_run(&dir.0, &["--data", missing.to_str().unwrap()]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no-such-text"), "{stderr}");
+    // a batch larger than the data has windows
+    let (out, _) = tiny_run(&dir.0, &["--batch-size", "100000"]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("batch_size"), "{stderr}");
+    // a checkpoint path that does not exist
+    let out = switchyard(&["eval", "--ckpt", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+
+    let (out, run_dir) = tiny_run(&dir.0, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    // resuming with another model is the user's config
+    let out = switchyard(&[
+        "train",
+        "--resume",
+        run_dir.to_str().unwrap(),
+        "--set",
+        "model.n_layers=2",
+        "--steps",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+    // a damaged state.json is data damage
+    let state = run_dir.join("step-00000006/state.json");
+    std::fs::write(&state, b"{ not json").unwrap();
+    let out = switchyard(&["eval", "--ckpt", state.parent().unwrap().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
 }

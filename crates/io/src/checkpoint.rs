@@ -16,7 +16,9 @@
 //! Saving writes everything into `tmp-<step>-<pid>/`, fsyncs each file and the directory,
 //! renames it to `step-<step:08>/`, fsyncs the run directory, then replaces `latest` by
 //! temp file + fsync + rename. A crash at any point leaves the previous checkpoint and
-//! pointer intact; leftovers (`tmp-*`) are never loaded and are removed by the next save.
+//! pointer intact; leftovers (`tmp-*`) are never loaded and are removed by the next save
+//! (and by the trainer when it starts, [`run_dir::clean_leftovers`]). Pruning old checkpoints
+//! (`keep_last`) renames each to `tmp-pruned-*` before deleting it, for the same reason.
 //! Loading verifies every file's size and checksum before parsing it, so truncation and
 //! bit flips are reported with the file's path rather than surfacing as odd training.
 //!

@@ -33,6 +33,14 @@ pub const STEP_DIR_PREFIX: &str = "step-";
 pub const TMP_DIR_PREFIX: &str = "tmp-";
 /// Prefix under which an existing step directory is moved aside while it is replaced.
 pub const OLD_DIR_PREFIX: &str = "old-";
+/// Prefix under which [`prune`] moves a step directory before deleting it
+/// (`tmp-pruned-<step>-<pid>`): the rename is atomic, so a crash mid-delete leaves a `tmp-*`
+/// name, which is never loaded and is removed by the next save or start, never a `step-*`
+/// directory with half its files.
+pub const PRUNED_DIR_PREFIX: &str = "tmp-pruned-";
+/// Infix of the sibling a replaced run directory is moved to before it is deleted
+/// (`.<name>.replaced-<pid>` beside it); see [`replace_run`].
+const REPLACED_INFIX: &str = ".replaced-";
 
 /// A checkpoint's parameters, named as in the `ParamStore`.
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -242,16 +250,32 @@ pub fn list_step_dirs(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Removes leftovers of interrupted saves (`tmp-*`, `old-*`, `latest.tmp-*`), except `keep`.
-pub fn remove_stale(run_dir: &Path, keep: &Path) -> Result<()> {
+/// Removes leftovers of interrupted saves and prunes, except `keep`: `tmp-*` (a checkpoint
+/// being written, or a pruned one being deleted), `old-*`, `latest.tmp-*`, the temp files of
+/// atomic sidecar writes (`.<name>.tmp`), and `step-*` directories without `state.json` (a
+/// delete interrupted by a version that removed a step directory in place; a save creates a
+/// `step-*` directory only by renaming a complete one). Returns the paths removed.
+pub fn remove_stale(run_dir: &Path, keep: &Path) -> Result<Vec<PathBuf>> {
+    remove_leftovers(run_dir, Some(keep))
+}
+
+/// [`remove_stale`] at the start of a run, before anything is written: every leftover goes.
+/// A run directory that does not exist yet has none.
+pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    if !run_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    remove_leftovers(run_dir, None)
+}
+
+fn remove_leftovers(run_dir: &Path, keep: Option<&Path>) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
     for entry in fs::read_dir(run_dir).map_err(CheckpointError::io("list", run_dir))? {
         let entry = entry.map_err(CheckpointError::io("list", run_dir))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let path = entry.path();
-        let stale_dir = name.starts_with(TMP_DIR_PREFIX) || name.starts_with(OLD_DIR_PREFIX);
-        let stale_pointer = name.starts_with(&format!("{LATEST_FILE}.{TMP_DIR_PREFIX}"));
-        if path == keep || !(stale_dir || stale_pointer) {
+        if Some(path.as_path()) == keep || !is_leftover(name, &path) {
             continue;
         }
         if path.is_dir() {
@@ -259,19 +283,136 @@ pub fn remove_stale(run_dir: &Path, keep: &Path) -> Result<()> {
         } else {
             fs::remove_file(&path).map_err(CheckpointError::io("remove", &path))?;
         }
+        removed.push(path);
     }
-    Ok(())
+    Ok(removed)
 }
 
-/// Deletes all but the `keep_last` newest complete checkpoints, never `current`.
+/// Whether the entry `name` of a run directory is a leftover of an interrupted save or prune.
+fn is_leftover(name: &str, path: &Path) -> bool {
+    let stale_dir = name.starts_with(TMP_DIR_PREFIX) || name.starts_with(OLD_DIR_PREFIX);
+    let stale_pointer = name.starts_with(&format!("{LATEST_FILE}.{TMP_DIR_PREFIX}"));
+    let stale_sidecar = name.starts_with('.') && name.ends_with(".tmp") && path.is_file();
+    let incomplete_step =
+        parse_step_dir_name(name).is_some() && path.is_dir() && !path.join(STATE_FILE).is_file();
+    stale_dir || stale_pointer || stale_sidecar || incomplete_step
+}
+
+/// Deletes all but the `keep_last` newest complete checkpoints, never `current`. Each goes in
+/// two steps: an atomic rename to `tmp-pruned-<step>-<pid>`, then the delete, so a crash
+/// leaves either a complete `step-*` directory or a `tmp-*` leftover.
 pub fn prune(run_dir: &Path, keep_last: usize, current: &Path) -> Result<()> {
     let mut others: Vec<_> = list_step_dirs(run_dir)?
         .into_iter()
         .filter(|(_, d)| d != current)
         .collect();
     others.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
-    for (_, dir) in others.into_iter().skip(keep_last.saturating_sub(1)) {
+    let doomed: Vec<_> = others
+        .into_iter()
+        .skip(keep_last.saturating_sub(1))
+        .collect();
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    let mut moved = Vec::with_capacity(doomed.len());
+    for (step, dir) in doomed {
+        let aside = run_dir.join(format!("{PRUNED_DIR_PREFIX}{step}-{}", std::process::id()));
+        fsio::rename(&dir, &aside)?;
+        moved.push(aside);
+    }
+    fsio::sync_dir(run_dir)?;
+    for dir in moved {
         fs::remove_dir_all(&dir).map_err(CheckpointError::io("remove old checkpoint", &dir))?;
     }
     Ok(())
+}
+
+/// What is at a path a command is about to write a new run directory to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Occupant {
+    /// Nothing, or an empty directory: free to use.
+    Nothing,
+    /// A Switchyard run directory (a `latest` pointer, `step-*` checkpoints, `metrics.jsonl`,
+    /// `hf_source.json` or leftovers of a save); `latest` is the step directory it points at,
+    /// `steps` the number of complete checkpoints.
+    Run {
+        latest: Option<String>,
+        steps: usize,
+    },
+    /// A file, or a directory holding something that is not a run directory (`example`
+    /// names one entry).
+    Other { example: String },
+}
+
+/// What `path` holds, for a command about to create a run directory there.
+pub fn occupant(path: &Path) -> Result<Occupant> {
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Occupant::Nothing),
+        Err(e) => {
+            return Err(CheckpointError::Io {
+                op: "inspect",
+                path: path.into(),
+                source: e,
+            })
+        }
+    };
+    if !meta.is_dir() {
+        return Ok(Occupant::Other {
+            example: "a file, not a directory".into(),
+        });
+    }
+    let mut names = Vec::new();
+    for entry in fs::read_dir(path).map_err(CheckpointError::io("list", path))? {
+        let entry = entry.map_err(CheckpointError::io("list", path))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    let is_run_file = |n: &str| {
+        [LATEST_FILE, METRICS_FILE, HF_SOURCE_FILE].contains(&n)
+            || parse_step_dir_name(n).is_some()
+            || n.starts_with(TMP_DIR_PREFIX)
+            || n.starts_with(OLD_DIR_PREFIX)
+    };
+    if names.iter().any(|n| is_run_file(n)) {
+        // a damaged `latest` still marks a run
+        let latest = read_latest(path).ok().flatten();
+        let steps = list_step_dirs(path)?.len();
+        return Ok(Occupant::Run { latest, steps });
+    }
+    Ok(match names.into_iter().next() {
+        None => Occupant::Nothing,
+        Some(example) => Occupant::Other { example },
+    })
+}
+
+/// Deletes the run directory `path` so a new run can be written there without mixing with
+/// the old one: it is first renamed to a sibling `.<name>.replaced-<pid>` (atomic), then
+/// deleted; siblings left that way by an earlier interrupted replace are deleted too. The
+/// caller checks with [`occupant`] that `path` holds a run, not something else.
+pub fn replace_run(path: &Path) -> Result<()> {
+    let abs = std::path::absolute(path).map_err(CheckpointError::io("resolve", path))?;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name().and_then(|n| n.to_str()))
+    else {
+        return Err(CheckpointError::Invalid(format!(
+            "cannot replace {}: name the run directory by a path ending in its own name",
+            path.display()
+        )));
+    };
+    let prefix = format!(".{name}{REPLACED_INFIX}");
+    if let Ok(entries) = fs::read_dir(parent) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let p = entry.path();
+                fs::remove_dir_all(&p).map_err(CheckpointError::io("remove", &p))?;
+            }
+        }
+    }
+    if fs::symlink_metadata(&abs).is_err() {
+        return Ok(());
+    }
+    let aside = parent.join(format!("{prefix}{}", std::process::id()));
+    fsio::rename(&abs, &aside)?;
+    fsio::sync_dir(parent)?;
+    fs::remove_dir_all(&aside).map_err(CheckpointError::io("remove the replaced run", &aside))
 }

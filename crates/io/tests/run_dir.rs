@@ -146,3 +146,46 @@ fn a_config_without_a_model_is_refused_naming_the_file() {
         "{msg}"
     );
 }
+
+#[test]
+fn occupant_tells_a_run_from_anything_else_and_replace_run_leaves_nothing_behind() {
+    use switchyard_io::run_dir::{occupant, replace_run, Occupant};
+
+    let dir = TempDir::new("occupant");
+    let run = dir.0.join("run");
+    assert_eq!(occupant(&run).unwrap(), Occupant::Nothing);
+    std::fs::create_dir(&run).unwrap();
+    assert_eq!(
+        occupant(&run).unwrap(),
+        Occupant::Nothing,
+        "an empty directory"
+    );
+    saved_model(&run, 5);
+    assert_eq!(
+        occupant(&run).unwrap(),
+        Occupant::Run {
+            latest: Some("step-00000005".into()),
+            steps: 1
+        }
+    );
+    // what an earlier replace killed mid-delete left beside the run goes too
+    let stale = dir.0.join(".run.replaced-4194304");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join(LATEST_FILE), "step-00000001\n").unwrap();
+    replace_run(&run).unwrap();
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
+
+    let other = dir.0.join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    assert_eq!(
+        occupant(&other).unwrap(),
+        Occupant::Other {
+            example: "notes.txt".into()
+        }
+    );
+    assert!(matches!(
+        occupant(&other.join("notes.txt")).unwrap(),
+        Occupant::Other { .. }
+    ));
+}

@@ -247,6 +247,16 @@ impl Trainer {
         let started = Instant::now();
         let total = self.cfg.train.steps;
         let from_step = self.step;
+        // a kill during an earlier save or prune leaves `tmp-*` (or, from older versions,
+        // `step-*` without state.json): gone before this run writes anything
+        let removed = switchyard_io::run_dir::clean_leftovers(&self.cfg.run_dir)?;
+        if !removed.is_empty() {
+            tracing::info!(
+                "removed {} leftover(s) of an interrupted save or prune in {}",
+                removed.len(),
+                self.cfg.run_dir.display()
+            );
+        }
         let mut metrics = MetricsWriter::open(
             &self.cfg.run_dir,
             self.cfg.log.metrics,

@@ -256,3 +256,51 @@ fn a_checkpoint_too_large_for_the_memory_is_refused_with_both_sizes() {
     assert!(switchyard_train::check_load_fits(&dir, Some(2 * bytes)).is_ok());
     assert!(switchyard_train::check_load_fits(&dir, None).is_ok());
 }
+
+/// What a `kill -9` during pruning left behind before prune renamed first: a step directory
+/// whose `state.json` was already deleted (`remove_dir_all` removes it first), plus a pruned
+/// directory and a temp directory caught mid-delete. The next start removes them all, so
+/// `keep_last` holds again and no disk leaks.
+#[test]
+fn leftovers_of_a_kill_during_pruning_are_removed_on_the_next_start() {
+    use switchyard_train::trainer::Trainer;
+
+    let run = TempDir::new("prune-kill");
+    let mut cfg = common::tiny_run(run.path());
+    cfg.train.steps = 4;
+    cfg.train.checkpoint_every = 2;
+    cfg.train.keep_last = 1;
+    Trainer::new(cfg.clone()).unwrap().run().unwrap();
+    let model = std::fs::read(run.path().join("step-00000004").join(MODEL_FILE)).unwrap();
+
+    // the crash state
+    let half_deleted = run.path().join("step-00000002");
+    std::fs::create_dir(&half_deleted).unwrap();
+    std::fs::write(half_deleted.join(MODEL_FILE), &model).unwrap();
+    let pruned = run.path().join("tmp-pruned-2-4194304");
+    std::fs::create_dir(&pruned).unwrap();
+    std::fs::write(pruned.join(OPTIMIZER_FILE), b"partial").unwrap();
+    let writing = run.path().join("tmp-6-4194304");
+    std::fs::create_dir(&writing).unwrap();
+    std::fs::write(writing.join(MODEL_FILE), &model[..10]).unwrap();
+    assert_eq!(load_checkpoint(run.path()).unwrap().step, 4);
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(run.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // a start that trains nothing and saves nothing still cleans up
+    let mut at_end = Trainer::resume(cfg.clone(), run.path()).unwrap();
+    assert_eq!(at_end.run().unwrap().steps, 4);
+    assert_eq!(names(), ["latest", "metrics.jsonl", "step-00000004"]);
+
+    // and training on keeps keep_last = 1
+    cfg.train.steps = 6;
+    let mut resumed = Trainer::resume(cfg, run.path()).unwrap();
+    assert_eq!(resumed.run().unwrap().steps, 6);
+    assert_eq!(names(), ["latest", "metrics.jsonl", "step-00000006"]);
+}

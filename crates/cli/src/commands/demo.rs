@@ -15,9 +15,13 @@ pub struct DemoArgs {
     #[arg(long)]
     pub quick: bool,
     /// Directory that receives both runs (moe/, dense/), the routing analysis and
-    /// summary.json.
-    #[arg(long, value_name = "DIR", default_value = "runs/demo")]
-    pub out: PathBuf,
+    /// summary.json; default runs/demo, or runs/demo-quick with --quick.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Replace a previous demo in the output directory (its runs are deleted first); without
+    /// it, a directory that holds one is refused.
+    #[arg(long)]
+    pub force: bool,
     /// Override a key of both runs' configs, e.g. --set train.steps=100 (repeatable; none by
     /// default). Keys as in `switchyard demo --print-config`.
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
@@ -37,7 +41,10 @@ pub struct DemoArgs {
 pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
     let opts = demo::DemoOptions {
         quick: args.quick,
-        out: args.out,
+        out: args
+            .out
+            .unwrap_or_else(|| demo::DemoOptions::default_out(args.quick)),
+        force: args.force,
         overrides: args.set,
         progress: !quiet,
     };

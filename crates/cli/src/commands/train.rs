@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use switchyard_train::trainer::{self, TrainConfig, Trainer};
 
+use crate::new_run::{is_inside, Flags, NewRun};
 use crate::report;
 
 // Each flag is a shortcut for one config key: its default is that key's value in the
@@ -64,6 +65,11 @@ pub struct TrainArgs {
     /// Default: off (a new run).
     #[arg(long, value_name = "CKPT", num_args = 0..=1)]
     pub resume: Option<Option<PathBuf>>,
+    /// Replace the run already in run_dir: it is deleted (checkpoints, metrics, tokenizer)
+    /// before the new run writes anything. Without it, a new run into a directory that holds
+    /// one is refused.
+    #[arg(long)]
+    pub force: bool,
     /// Print the resolved config as TOML, every key with a one-line description (unset
     /// optional keys commented out), and exit without training.
     #[arg(long)]
@@ -114,14 +120,35 @@ pub fn run(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         print!("{}", cfg.to_documented_toml());
         return Ok(());
     }
-    let mut trainer = match args.resume {
-        None => Trainer::new(cfg)?,
-        Some(from) => {
-            let from = from.unwrap_or_else(|| cfg.run_dir.clone());
-            Trainer::resume(cfg, &from)
-                .with_context(|| format!("resuming from {}", from.display()))?
-        }
+    let resume_from = args
+        .resume
+        .map(|from| from.unwrap_or_else(|| cfg.run_dir.clone()));
+    let new_run = match &resume_from {
+        // continuing the run in run_dir itself
+        Some(from) if is_inside(from, &cfg.run_dir) => None,
+        _ => Some(NewRun::check(&cfg.run_dir, args.force, &Flags::TRAIN)?),
     };
+    if let Some(new_run) = &new_run {
+        let reads = [
+            ("--resume", resume_from.as_deref()),
+            ("init.from", cfg.init.from.as_deref()),
+            ("data.path", cfg.data.path.as_deref()),
+            ("data.tokenizer", cfg.data.tokenizer.as_deref()),
+        ];
+        for (what, path) in reads {
+            if let Some(path) = path {
+                new_run.refuse_reading(path, what)?;
+            }
+        }
+    }
+    let mut trainer = match &resume_from {
+        None => Trainer::new(cfg)?,
+        Some(from) => Trainer::resume(cfg, from)
+            .with_context(|| format!("resuming from {}", from.display()))?,
+    };
+    if let Some(new_run) = &new_run {
+        new_run.prepare()?;
+    }
     let summary = trainer.run()?;
     print!("{}", report::eval_table(&[("val loss", &summary.eval)]));
     println!("{}", report::train_line(&summary));
