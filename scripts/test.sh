@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Switchyard test suite on a fresh machine with only the Rust toolchain:
 # installs the system packages the tests need, checks formatting, lints (clippy) and the API
-# docs (rustdoc) with warnings as errors, runs every test in the workspace, then each fuzz
-# target for 30 s (scripts/fuzz.sh).
+# docs (rustdoc) with warnings as errors, runs every test in the workspace, then README's
+# commands as written (scripts/readme_check.sh) and each fuzz target for 30 s (scripts/fuzz.sh).
 # `.ci/run` calls this script; README.md names it as the test command.
 set -euo pipefail
 cd "$(dirname "$0")/.."

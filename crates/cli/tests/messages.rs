@@ -116,7 +116,7 @@ fn a_too_long_prompt_is_refused_with_the_length_that_fits() {
         &prompt,
     ]);
     let (_, stderr) = text(&out);
-    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "the user's input: {stderr}");
     assert!(
         stderr.contains("the prompt is 31 bytes") && stderr.contains("at most 30 bytes"),
         "{stderr}"

@@ -10,6 +10,8 @@ use switchyard_interop::{load_any, LoadedModel};
 use switchyard_io::ModelSource;
 use switchyard_models::{LmCtx, Sampler};
 
+use crate::UserError;
+
 #[derive(Args)]
 pub struct GenerateArgs {
     /// The model: a run directory (its latest checkpoint), a step-* directory or a
@@ -66,18 +68,19 @@ fn with_hf_tokenizer(
     sampler: &mut Sampler,
 ) -> anyhow::Result<String> {
     let ids = tok.try_encode(&args.prompt, true)?;
-    anyhow::ensure!(
-        !ids.is_empty(),
-        "the prompt encodes to no tokens; give some text"
-    );
+    if ids.is_empty() {
+        return Err(UserError::new("the prompt encodes to no tokens; give some text").into());
+    }
     let max_len = m.model.cfg.max_seq_len;
-    anyhow::ensure!(
-        ids.len() < max_len,
-        "the prompt is {} tokens (its BOS included), but the model's context is {max_len} tokens \
-         and one must be left for a new token: shorten it to at most {} tokens",
-        ids.len(),
-        max_len - 1
-    );
+    if ids.len() >= max_len {
+        return Err(UserError::new(format!(
+            "the prompt is {} tokens (its BOS included), but the model's context is {max_len} \
+             tokens and one must be left for a new token: shorten it to at most {} tokens",
+            ids.len(),
+            max_len - 1
+        ))
+        .into());
+    }
     let max_new = new_tokens(args.max_tokens, ids.len(), max_len);
     let mut out = m
         .model
@@ -100,14 +103,16 @@ fn with_bytes(
     prompt.extend(tok.encode(&args.prompt));
     let max_len = m.model.cfg.max_seq_len;
     // one token of the context is the start-of-text token, one is left for a new token
-    anyhow::ensure!(
-        prompt.len() < max_len,
-        "the prompt is {} bytes, but the model's context is {max_len} tokens: one start-of-text \
-         token, the prompt's bytes and at least one new token must fit, so shorten it to at most \
-         {} bytes",
-        prompt.len() - 1,
-        max_len.saturating_sub(2)
-    );
+    if prompt.len() >= max_len {
+        return Err(UserError::new(format!(
+            "the prompt is {} bytes, but the model's context is {max_len} tokens: one \
+             start-of-text token, the prompt's bytes and at least one new token must fit, so \
+             shorten it to at most {} bytes",
+            prompt.len() - 1,
+            max_len.saturating_sub(2)
+        ))
+        .into());
+    }
     let max_new = new_tokens(args.max_tokens, prompt.len(), max_len);
     let mut ids = m
         .model
