@@ -34,6 +34,7 @@ pub mod run_config;
 
 use switchyard_interop::InteropError;
 use switchyard_io::{CheckpointError, LoadError};
+use switchyard_models::ModelError;
 use switchyard_train::trainer::{ConfigError, RunError};
 
 /// Any other failure.
@@ -46,6 +47,9 @@ pub const EXIT_NON_FINITE: u8 = 3;
 /// The exit code an error deserves, if it is one of the special kinds.
 pub fn exit_code(err: &anyhow::Error) -> Option<u8> {
     err.chain().find_map(|e| {
+        if is_memory_refusal(e) {
+            return Some(EXIT_USAGE);
+        }
         if let Some(r) = e.downcast_ref::<RunError>() {
             match r {
                 RunError::NonFinite { .. } => Some(EXIT_NON_FINITE),
@@ -58,6 +62,39 @@ pub fn exit_code(err: &anyhow::Error) -> Option<u8> {
             None
         }
     })
+}
+
+/// A refusal because the model, job or checkpoint needs more memory than is available: the
+/// user's input asks too much (exit 2). Transparent wrappers hide the inner error from the
+/// chain, so they are looked into.
+fn is_memory_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let model = |m: &ModelError| matches!(m, ModelError::TooLarge(_));
+    let ckpt = |c: &CheckpointError| matches!(c, CheckpointError::TooLarge { .. });
+    let load = |l: &LoadError| match l {
+        LoadError::Model(m) => model(m),
+        LoadError::Checkpoint(c) => ckpt(c),
+        _ => false,
+    };
+    if let Some(m) = e.downcast_ref::<ModelError>() {
+        return model(m);
+    }
+    if let Some(c) = e.downcast_ref::<CheckpointError>() {
+        return ckpt(c);
+    }
+    if let Some(l) = e.downcast_ref::<LoadError>() {
+        return load(l);
+    }
+    match e.downcast_ref::<RunError>() {
+        Some(RunError::Checkpoint(c)) => return ckpt(c),
+        Some(RunError::Model(m)) => return model(m),
+        _ => {}
+    }
+    match e.downcast_ref::<InteropError>() {
+        Some(InteropError::Model(m)) => model(m),
+        Some(InteropError::Load(l)) => load(l),
+        Some(InteropError::Checkpoint(c)) => ckpt(c),
+        _ => false,
+    }
 }
 
 /// What the user can do about an error, one suggestion per line.

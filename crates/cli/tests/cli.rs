@@ -203,6 +203,49 @@ fn a_corrupted_checkpoint_is_rejected_naming_the_file() {
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
+/// Regression (issue 22, item 1): these aborted the process (exit 134, "memory allocation
+/// of … bytes failed"); now they are refused as wrong input (exit 2), naming the key, or,
+/// within the limits, with the memory needed and available.
+#[test]
+fn absurd_sizes_are_refused_with_exit_2_not_an_abort() {
+    let dir = TempDir::new("absurd");
+    let cases = [
+        (
+            &["model.d_model=1099511627776", "model.n_heads=1"][..],
+            "model.d_model",
+        ),
+        (&["model.vocab_size=1099511627776"][..], "model.vocab_size"),
+        (&["model.n_layers=1000000"][..], "model.n_layers"),
+        (
+            &[
+                "model.d_model=1048576",
+                "model.n_heads=1",
+                "model.ffn.sparse.d_model=1048576",
+            ][..],
+            "GiB",
+        ),
+    ];
+    for (i, (sets, expect)) in cases.into_iter().enumerate() {
+        let mut extra = vec![];
+        for s in sets {
+            extra.extend(["--set", s]);
+        }
+        let (out, _) = tiny_run(&dir.0, &extra);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{sets:?}: {stderr}");
+        assert!(stderr.contains(expect), "{sets:?}: {stderr}");
+
+        let mut args = vec!["demo", "--quick", "--out"];
+        let demo_out = dir.0.join(format!("demo-{i}"));
+        args.push(demo_out.to_str().unwrap());
+        args.extend(&extra);
+        let out = switchyard(&args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "demo {sets:?}: {stderr}");
+        assert!(stderr.contains(expect), "demo {sets:?}: {stderr}");
+    }
+}
+
 #[test]
 fn config_mistakes_exit_with_2_and_a_hint() {
     let dir = TempDir::new("config");

@@ -64,10 +64,6 @@ pub enum InteropError {
         names: Vec<String>,
     },
 
-    /// The converted weights would not fit in the memory available.
-    #[error("the model needs {need_gib:.1} GiB as f32 but only {available_gib:.1} GiB of memory is available; free memory or use a machine with more RAM")]
-    TooLarge { need_gib: f64, available_gib: f64 },
-
     /// A Switchyard model that has no equivalent in the HF architecture asked for.
     #[error("cannot export as {arch}: {}", problems.join("; "))]
     NotRepresentable { arch: String, problems: Vec<String> },

@@ -108,10 +108,6 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(CheckpointError::io("read", path))
 }
 
-/// Linux `MemAvailable` (free memory plus reclaimable caches), if readable.
-pub fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+/// Linux `MemAvailable` (free memory plus reclaimable caches), if readable; the same
+/// figure the model-memory check uses ([`switchyard_models::memory`]).
+pub use switchyard_models::memory::available_bytes as mem_available_bytes;

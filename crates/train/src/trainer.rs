@@ -35,7 +35,7 @@ use std::time::Instant;
 use candle_core::{backprop::GradStore, DType, Tensor};
 use switchyard_core::ParamStore;
 use switchyard_data::{Cursor, Dataset};
-use switchyard_models::{LmCtx, MoeLm};
+use switchyard_models::{check_memory, Job, LmCtx, MoeLm};
 
 use crate::checkpoint::{
     load_checkpoint, restore_into, restore_optimizer, save_checkpoint_with, CheckpointContents,
@@ -119,6 +119,8 @@ impl Trainer {
         tokenizer_fallback: Option<&Path>,
     ) -> RunResult<Self> {
         cfg.validate()?;
+        let need = check_memory(&cfg.model, train_job(&cfg))?;
+        tracing::debug!("memory: the run needs {need}");
         let tok = data::load_tokenizer(&cfg, tokenizer_fallback)?;
         let data = data::build_dataset_with(&cfg, tok.as_ref())?;
         let (store, mut model) = build_model(&cfg)?;
@@ -172,6 +174,9 @@ impl Trainer {
     /// change the length of the run, evaluation, checkpointing and logging, but not the model,
     /// the data or the seed, which the saved state depends on.
     pub fn resume(cfg: TrainConfig, from: &Path) -> RunResult<Self> {
+        // refuse before reading the checkpoint (build checks again with it in memory)
+        cfg.validate()?;
+        check_memory(&cfg.model, train_job(&cfg))?;
         let ckpt = load_checkpoint(from)?;
         let saved = restore::checkpoint_config(&ckpt)?;
         let resume_err = |reason: String| RunError::Resume {
@@ -525,6 +530,15 @@ fn log_eval(step: u64, r: &EvalResult) {
         r.loss,
         per_domain.join(", ")
     );
+}
+
+/// What training `cfg` asks of memory (see [`switchyard_models::memory`]).
+pub fn train_job(cfg: &TrainConfig) -> Job {
+    Job::Train {
+        batch: cfg.train.batch_size,
+        seq_len: cfg.data.seq_len,
+        grad_accum: cfg.train.grad_accum,
+    }
 }
 
 fn scalar(t: &Tensor) -> RunResult<f64> {

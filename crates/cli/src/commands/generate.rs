@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use switchyard_data::{ByteTokenizer, HfTokenizer, Tokenizer};
 use switchyard_interop::{load_any, LoadedModel};
-use switchyard_io::ModelSource;
-use switchyard_models::{LmCtx, Sampler};
+use switchyard_io::{mem_available_bytes, ModelSource};
+use switchyard_models::{Job, LmCtx, MemoryNeed, Sampler};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -73,6 +73,7 @@ fn with_hf_tokenizer(
         ids.len()
     );
     let max_new = args.max_tokens.min(max_len - ids.len());
+    check_generation_memory(m, ids.len() + max_new)?;
     let mut out = m
         .model
         .generate(&ids, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
@@ -100,6 +101,7 @@ fn with_bytes(
         prompt.len() - 1,
         max_len - 1
     );
+    check_generation_memory(m, prompt.len() + max_new)?;
     let mut ids = m
         .model
         .generate(&prompt, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
@@ -107,4 +109,18 @@ fn with_bytes(
         ids.truncate(end);
     }
     Ok(tok.decode(&ids))
+}
+
+/// Refuses a generation of `positions` positions whose KV cache and activations would not fit
+/// beside the loaded model.
+fn check_generation_memory(m: &LoadedModel, positions: usize) -> anyhow::Result<()> {
+    let job = Job::Infer {
+        batch: 1,
+        seq_len: positions,
+        kv_cache: true,
+    };
+    MemoryNeed::of(&m.model.cfg, job)?
+        .beyond_weights()
+        .check(mem_available_bytes())?;
+    Ok(())
 }

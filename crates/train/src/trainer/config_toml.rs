@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use switchyard_core::MoeConfig;
+use switchyard_models::memory::MAX_EXPERTS;
 use toml::{Table, Value};
 
 use super::config::TrainConfig;
@@ -343,7 +344,16 @@ fn expand_expert_counts(table: &mut Table) -> Result<(), ConfigError> {
         let key = format!("model.ffn.sparse.{list}");
         let mut spec = spec.clone();
         let count = match spec.remove(COUNT_KEY) {
-            Some(Value::Integer(n)) if n >= 0 => n as usize,
+            Some(Value::Integer(n)) if (0..=MAX_EXPERTS as i64).contains(&n) => n as usize,
+            // refused before an array of that many experts is built
+            Some(Value::Integer(n)) if n > 0 => {
+                return Err(ConfigError::BadValue {
+                    key: format!("{key}.{COUNT_KEY}"),
+                    message: format!(
+                        "{n} experts is beyond what any model here can hold (at most {MAX_EXPERTS})"
+                    ),
+                })
+            }
             Some(other) => {
                 return Err(ConfigError::BadValue {
                     key: format!("{key}.{COUNT_KEY}"),
