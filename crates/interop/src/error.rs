@@ -56,6 +56,20 @@ pub enum InteropError {
         found: Vec<usize>,
     },
 
+    /// A tensor holds NaN or infinite values: the checkpoint is damaged or diverged.
+    #[error(
+        "tensor `{name}` in {dir} holds {count} non-finite value(s) (the first, at flat index \
+         {first_index}, is {first}); the checkpoint is damaged or was saved from a diverged \
+         model: download it again or use another revision"
+    )]
+    NonFinite {
+        name: String,
+        dir: PathBuf,
+        count: usize,
+        first_index: usize,
+        first: f64,
+    },
+
     /// Tensors that no part of the model uses (a config that does not match its weights).
     #[error("{} tensor(s) in {dir} are not used by a {arch} model with this config: {}", names.len(), preview(names))]
     UnexpectedTensors {

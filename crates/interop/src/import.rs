@@ -12,6 +12,7 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 use switchyard_core::{ParamBuilder, ParamStore};
+use switchyard_io::non_finite;
 use switchyard_models::ffn::Ffn;
 use switchyard_models::{check_memory, Job, LmConfig, MoeLm};
 
@@ -228,7 +229,8 @@ impl Shards {
         })
     }
 
-    /// One tensor as f32, checked against the shape the config implies.
+    /// One tensor as f32, checked against the shape the config implies and for NaN and
+    /// infinity (refused, naming the tensor).
     pub fn load(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let (shape, _) = self
             .tensors
@@ -250,8 +252,18 @@ impl Shards {
             .map_err(|e| InteropError::Safetensors {
                 path: self.dir.clone(),
                 reason: format!("`{name}`: {e}"),
-            })?;
-        Ok(t.to_dtype(DType::F32)?)
+            })?
+            .to_dtype(DType::F32)?;
+        if let Some(f) = non_finite(&t)? {
+            return Err(InteropError::NonFinite {
+                name: name.into(),
+                dir: self.dir.clone(),
+                count: f.count,
+                first_index: f.first_index,
+                first: f.first,
+            });
+        }
+        Ok(t)
     }
 }
 

@@ -264,6 +264,44 @@ fn absurd_sizes_in_config_json_are_refused_not_aborted() {
     }
 }
 
+/// Regression (issue 22, item 9): a NaN weight imported silently, and eval printed NaN.
+#[test]
+fn a_non_finite_weight_is_refused_naming_the_tensor() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let d = copy_fixture("mixtral", "nan-weight");
+        let index: Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        let name = "model.layers.0.block_sparse_moe.experts.1.w2.weight";
+        let shard = d.join(index["weight_map"][name].as_str().unwrap());
+        let mut tensors =
+            candle_core::safetensors::load(&shard, &candle_core::Device::Cpu).unwrap();
+        let t = &tensors[name];
+        let mut v = t
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        v[3] = bad;
+        let poisoned = candle_core::Tensor::from_vec(v, t.dims(), &candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(t.dtype())
+            .unwrap();
+        tensors.insert(name.to_string(), poisoned);
+        candle_core::safetensors::save(&tensors, &shard).unwrap();
+        let (e, msg) = import_err(&d);
+        assert!(matches!(e, InteropError::NonFinite { .. }), "{msg}");
+        assert!(
+            msg.contains(name) && msg.contains("flat index 3") && msg.contains("non-finite"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
 #[test]
 fn export_refuses_an_architecture_that_cannot_express_the_model() {
     let m = import(fixture("qwen2_moe")).unwrap();
