@@ -24,6 +24,7 @@ pub mod config_toml;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fault;
 pub mod guard;
 pub mod metrics;
 pub mod progress;
@@ -42,11 +43,10 @@ use crate::checkpoint::{
     RngState, SaveOptions, TrainState,
 };
 use crate::{accumulate_grads, clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule};
-pub use config::{
-    DataConfig, FaultConfig, InitConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig,
-};
+pub use config::{DataConfig, InitConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig};
 pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
+pub use fault::Faults;
 use guard::{SpikeGuard, SpikeVerdict};
 pub use metrics::METRICS_FILE;
 use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
@@ -102,6 +102,8 @@ pub struct Trainer {
     collapsed: Vec<bool>,
     /// The bar of the current `run` (hidden outside it); logs go through `suspend`.
     progress: Progress,
+    /// Test-only faults ([`fault`]); never saved.
+    faults: Faults,
 }
 
 impl Trainer {
@@ -122,6 +124,10 @@ impl Trainer {
         let need = check_memory(&cfg.model, train_job(&cfg))?;
         tracing::debug!("memory: the run needs {need}");
         let tok = data::load_tokenizer(&cfg, tokenizer_fallback)?;
+        let faults = Faults::from_env()?;
+        if !faults.is_empty() {
+            tracing::warn!("fault injection from the environment ({faults:?}); see switchyard_train::trainer::fault");
+        }
         let data = data::build_dataset_with(&cfg, tok.as_ref())?;
         let (store, mut model) = build_model(&cfg)?;
         if let (true, Some(from)) = (load_init, &cfg.init.from) {
@@ -167,6 +173,7 @@ impl Trainer {
             resumed: false,
             resumed_from: None,
             progress: Progress::new(0, 0, false),
+            faults,
         })
     }
 
@@ -179,6 +186,14 @@ impl Trainer {
         check_memory(&cfg.model, train_job(&cfg))?;
         let ckpt = load_checkpoint(from)?;
         let saved = restore::checkpoint_config(&ckpt)?;
+        if ckpt.config.get("fault").is_some_and(|f| !f.is_null()) {
+            tracing::warn!(
+                "ignoring the `fault` table in {}: fault injection is no longer a config key \
+                 (it is a test hook, see switchyard_train::trainer::fault), so a resumed run \
+                 never repeats it",
+                ckpt.dir.join(switchyard_io::CONFIG_FILE).display()
+            );
+        }
         let resume_err = |reason: String| RunError::Resume {
             path: ckpt.dir.clone(),
             reason,
@@ -232,6 +247,12 @@ impl Trainer {
         t.resumed = true;
         t.resumed_from = Some(ckpt.dir.clone());
         Ok(t)
+    }
+
+    /// Injects `faults` into the coming steps, replacing those of the environment (see
+    /// [`fault`]); for tests of the guards.
+    pub fn inject_faults(&mut self, faults: Faults) {
+        self.faults = faults;
     }
 
     /// Completed optimiser steps.
@@ -324,11 +345,11 @@ impl Trainer {
             let targets = Tensor::from_vec(batch.targets, shape, &candle_core::Device::Cpu)?;
             let (ce, out) = self.model.loss(&ids, &targets, &mut self.ctx)?;
             let mut objective = (&ce + &out.aux_loss)?;
-            if micro == 0 && self.cfg.fault.nan_loss_at_step == Some(step) {
+            if micro == 0 && self.faults.nan_loss_at_step == Some(step) {
                 objective = (objective + f64::NAN)?;
             }
-            if micro == 0 && self.cfg.fault.spike_loss_at_step == Some(step) {
-                objective = objective.affine(config::SPIKE_FAULT_SCALE, 0.0)?;
+            if micro == 0 && self.faults.spike_loss_at_step == Some(step) {
+                objective = objective.affine(fault::SPIKE_FAULT_SCALE, 0.0)?;
             }
             let loss = scalar(&objective)?;
             if !loss.is_finite() {

@@ -222,6 +222,24 @@ fn a_very_deep_override_key_is_refused_not_a_stack_overflow() {
     assert!(err.to_string().contains("at most 32 deep"), "{err}");
 }
 
+/// Regression (issue 22, item 10): fault injection left the run config (it was saved in
+/// checkpoints and fired again on --resume); a config that still asks for it is told where
+/// it went.
+#[test]
+fn a_fault_table_is_refused_with_where_fault_injection_went() {
+    for (text, sets) in [
+        ("[fault]\nnan_loss_at_step = 5\n", vec![]),
+        ("", vec!["fault.nan_loss_at_step=5"]),
+    ] {
+        let err = parse(text, &sets).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`fault`") && msg.contains("SWITCHYARD_FAULT_NAN_LOSS_AT_STEP"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_file_is_named() {
     let err = TrainConfig::from_toml_file(Path::new("no/such/run.toml"), &[]).unwrap_err();

@@ -27,8 +27,6 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub train: LoopConfig,
     pub log: LogConfig,
-    /// Fault injection for tests of the guards; leave unset.
-    pub fault: FaultConfig,
 }
 
 /// Where the first weights come from.
@@ -121,19 +119,6 @@ pub struct LogConfig {
     pub progress: bool,
 }
 
-/// Deliberate faults, for testing the non-finite guard.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FaultConfig {
-    /// Make the loss of this step (1-based: the step that would complete update `k`) NaN.
-    pub nan_loss_at_step: Option<u64>,
-    /// Multiply the loss of this step by [`SPIKE_FAULT_SCALE`] (a loss spike).
-    pub spike_loss_at_step: Option<u64>,
-}
-
-/// How much `fault.spike_loss_at_step` inflates the loss.
-pub const SPIKE_FAULT_SCALE: f64 = 100.0;
-
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
@@ -145,7 +130,6 @@ impl Default for TrainConfig {
             optim: OptimConfig::default(),
             train: LoopConfig::default(),
             log: LogConfig::default(),
-            fault: FaultConfig::default(),
         }
     }
 }

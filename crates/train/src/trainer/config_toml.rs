@@ -19,7 +19,11 @@ use toml::{Table, Value};
 
 use super::config::TrainConfig;
 use super::error::ConfigError;
+use super::fault;
 
+/// The table fault injection had in the run config before it became a test hook
+/// ([`fault`]).
+const REMOVED_FAULT_KEY: &str = "fault";
 /// Key of the expert-count shorthand.
 const COUNT_KEY: &str = "count";
 /// Where the (internally tagged) FFN enum sits: serde buffers such enums, so errors inside
@@ -198,6 +202,17 @@ impl TrainConfig {
                 message: value_message(e.into_inner()),
             }
         })?;
+        if input.get(REMOVED_FAULT_KEY).is_some() {
+            return Err(ConfigError::BadValue {
+                key: REMOVED_FAULT_KEY.into(),
+                message: format!(
+                    "fault injection is no longer part of the run config (it was saved in \
+                     checkpoints and fired again on --resume); tests set {} or {} instead",
+                    fault::NAN_LOSS_ENV,
+                    fault::SPIKE_LOSS_ENV
+                ),
+            });
+        }
         check_known_keys(&input, &Value::Table(to_table(&cfg)?), "")?;
         Ok(cfg)
     }
