@@ -279,6 +279,14 @@ fn absurd_sizes_are_refused_naming_the_key() {
             )],
             "model.ffn.sparse.experts.count",
         ),
+        (
+            vec!["data.docs_per_domain=1000000000000".into()],
+            "data.docs_per_domain",
+        ),
+        (
+            vec![format!("data.doc_bytes={huge}")],
+            "data.docs_per_domain",
+        ),
     ] {
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
         let err = parse("", &sets).unwrap_err();
