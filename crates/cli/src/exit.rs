@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | 0 | success |
 //! | 1 | I/O failure or damaged data: a disk error, a corrupt or truncated file, a checkpoint or HF tensor that does not match its config |
-//! | 2 | the user's input is wrong: command line, config (`--set`, TOML, `data.path`, sizes that do not fit the data), a path that does not exist, a refusal (an existing run directory, a model too large for the memory) |
+//! | 2 | the user's input is wrong: command line, config (`--set`, TOML, `data.path`, sizes that do not fit the data), a path that does not exist, a refusal (an existing run directory, a model or job too large for the memory) |
 //! | 3 | training diverged: the loss or gradient norm was not finite |
 //!
 //! [`exit_code`] reads the code from the error's chain: the outermost error with a known kind
@@ -144,7 +144,9 @@ fn load_code(l: &LoadError) -> Option<u8> {
     match l {
         LoadError::Checkpoint(c) => Some(checkpoint_code(c)),
         LoadError::Data(d) => Some(data_code(d)),
-        // a checkpoint's own config.json that does not build a model is damaged data
+        // a model too large for the memory asks too much; a checkpoint's own config.json
+        // that does not build a model is damaged data
+        LoadError::Model(ModelError::TooLarge(_)) => Some(EXIT_USAGE),
         LoadError::Model(_) | LoadError::Incompatible { .. } => Some(EXIT_ERROR),
     }
 }
@@ -156,7 +158,6 @@ fn interop_code(i: &InteropError) -> Option<u8> {
         | InteropError::Config { .. }
         | InteropError::Unsupported { .. }
         | InteropError::NoWeights { .. }
-        | InteropError::TooLarge { .. }
         | InteropError::NotRepresentable { .. } => EXIT_USAGE,
         // config.json missing: not a model directory; a listed shard missing: damage
         InteropError::MissingFile { listed_in, .. } => match listed_in {
@@ -175,7 +176,9 @@ fn interop_code(i: &InteropError) -> Option<u8> {
 
 fn model_code(m: &ModelError) -> Option<u8> {
     match m {
-        ModelError::Config { .. } | ModelError::Input { .. } => Some(EXIT_USAGE),
+        ModelError::Config { .. } | ModelError::Input { .. } | ModelError::TooLarge(_) => {
+            Some(EXIT_USAGE)
+        }
         ModelError::Moe(e) => moe_code(e),
         _ => None,
     }

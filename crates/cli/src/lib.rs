@@ -122,6 +122,7 @@ fn checkpoint_hints(c: &CheckpointError) -> Vec<String> {
         }
         CheckpointError::Corrupt { .. }
         | CheckpointError::Truncated { .. }
+        | CheckpointError::NonFinite { .. }
         | CheckpointError::Format { .. } => {
             vec!["pass an earlier step-* directory of the run; checkpoints are never modified after they are written".into()]
         }

@@ -59,9 +59,15 @@ impl Drop for TempDir {
 }
 
 fn switchyard(args: &[&str]) -> Output {
+    switchyard_env(args, &[])
+}
+
+/// [`switchyard`] with extra environment variables (the fault-injection hook).
+fn switchyard_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -74,6 +80,10 @@ fn text(o: &Output) -> (String, String) {
 }
 
 fn tiny_run(dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
+    tiny_run_env(dir, extra, &[])
+}
+
+fn tiny_run_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Output, PathBuf) {
     let config = dir.join("run.toml");
     std::fs::write(&config, TINY_CONFIG).unwrap();
     let run_dir = dir.join("run");
@@ -85,7 +95,7 @@ fn tiny_run(dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
         run_dir.to_str().unwrap(),
     ];
     args.extend(extra);
-    (switchyard(&args), run_dir)
+    (switchyard_env(&args, env), run_dir)
 }
 
 #[test]
@@ -203,6 +213,49 @@ fn a_corrupted_checkpoint_is_rejected_naming_the_file() {
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
+/// Regression (issue 22, item 1): these aborted the process (exit 134, "memory allocation
+/// of … bytes failed"); now they are refused as wrong input (exit 2), naming the key, or,
+/// within the limits, with the memory needed and available.
+#[test]
+fn absurd_sizes_are_refused_with_exit_2_not_an_abort() {
+    let dir = TempDir::new("absurd");
+    let cases = [
+        (
+            &["model.d_model=1099511627776", "model.n_heads=1"][..],
+            "model.d_model",
+        ),
+        (&["model.vocab_size=1099511627776"][..], "model.vocab_size"),
+        (&["model.n_layers=1000000"][..], "model.n_layers"),
+        (
+            &[
+                "model.d_model=1048576",
+                "model.n_heads=1",
+                "model.ffn.sparse.d_model=1048576",
+            ][..],
+            "GiB",
+        ),
+    ];
+    for (i, (sets, expect)) in cases.into_iter().enumerate() {
+        let mut extra = vec![];
+        for s in sets {
+            extra.extend(["--set", s]);
+        }
+        let (out, _) = tiny_run(&dir.0, &extra);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{sets:?}: {stderr}");
+        assert!(stderr.contains(expect), "{sets:?}: {stderr}");
+
+        let mut args = vec!["demo", "--quick", "--out"];
+        let demo_out = dir.0.join(format!("demo-{i}"));
+        args.push(demo_out.to_str().unwrap());
+        args.extend(&extra);
+        let out = switchyard(&args);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "demo {sets:?}: {stderr}");
+        assert!(stderr.contains(expect), "demo {sets:?}: {stderr}");
+    }
+}
+
 #[test]
 fn config_mistakes_exit_with_2_and_a_hint() {
     let dir = TempDir::new("config");
@@ -227,7 +280,7 @@ fn config_mistakes_exit_with_2_and_a_hint() {
 #[test]
 fn a_nan_loss_exits_with_3_and_leaves_the_last_checkpoint() {
     let dir = TempDir::new("nan");
-    let (out, run_dir) = tiny_run(&dir.0, &["--set", "fault.nan_loss_at_step=5"]);
+    let (out, run_dir) = tiny_run_env(&dir.0, &[], &[(NAN_FAULT, "5")]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
@@ -240,6 +293,66 @@ fn a_nan_loss_exits_with_3_and_leaves_the_last_checkpoint() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("step 3"), "{stdout}");
+}
+
+/// The test-only hook that makes one step's loss NaN (`switchyard_train::trainer::fault`).
+const NAN_FAULT: &str = "SWITCHYARD_FAULT_NAN_LOSS_AT_STEP";
+
+/// Regression (issue 22, item 10): the fault was saved in the checkpoint's config, so a plain
+/// `--resume` hit the same NaN again.
+#[test]
+fn resuming_after_an_injected_nan_does_not_repeat_it() {
+    let dir = TempDir::new("nan-resume");
+    let (out, run_dir) = tiny_run_env(&dir.0, &[], &[(NAN_FAULT, "5")]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    let config = std::fs::read_to_string(run_dir.join("step-00000003/config.json")).unwrap();
+    assert!(!config.contains("fault"), "{config}");
+    let out = switchyard(&["train", "--resume", "--run-dir", run_dir.to_str().unwrap()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("step-00000006"), "{stdout}");
+}
+
+/// A checkpoint written before fault injection left the config may still carry a `fault`
+/// table in its config.json: it loads and resumes, and the table is ignored with a warning.
+#[test]
+fn an_old_checkpoint_with_a_fault_table_loads_and_resumes_without_it() {
+    let dir = TempDir::new("old-fault");
+    let (out, run_dir) = tiny_run(&dir.0, &[]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let step = run_dir.join("step-00000006");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(step.join("config.json")).unwrap()).unwrap();
+    config["fault"] = serde_json::json!({ "nan_loss_at_step": 7, "spike_loss_at_step": null });
+    rewrite_checkpoint_file(
+        &step,
+        "config.json",
+        &serde_json::to_vec_pretty(&config).unwrap(),
+    );
+
+    let ckpt = run_dir.to_str().unwrap();
+    let out = switchyard(&["eval", "--ckpt", ckpt]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = switchyard(&["train", "--resume", ckpt, "--steps", "8"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("step-00000008"), "{stdout}");
+    assert!(stderr.contains("ignoring the `fault` table"), "{stderr}");
+}
+
+/// Replaces one file of a checkpoint and updates its size and CRC in state.json, as an older
+/// version (or a careful hand) would have written it.
+fn rewrite_checkpoint_file(step_dir: &Path, file: &str, data: &[u8]) {
+    use switchyard_io::{state, FileDigest};
+    std::fs::write(step_dir.join(file), data).unwrap();
+    let state_path = step_dir.join("state.json");
+    let mut decoded: state::DecodedState<serde_json::Value> =
+        state::decode(&state_path, &std::fs::read(&state_path).unwrap()).unwrap();
+    decoded
+        .checksums
+        .insert(file.to_string(), FileDigest::of(data));
+    let encoded = state::encode(decoded.step, decoded.checksums, &decoded.state).unwrap();
+    std::fs::write(&state_path, encoded).unwrap();
 }
 
 #[test]

@@ -56,6 +56,20 @@ pub enum InteropError {
         found: Vec<usize>,
     },
 
+    /// A tensor holds NaN or infinite values: the checkpoint is damaged or diverged.
+    #[error(
+        "tensor `{name}` in {dir} holds {count} non-finite value(s) (the first, at flat index \
+         {first_index}, is {first}); the checkpoint is damaged or was saved from a diverged \
+         model: download it again or use another revision"
+    )]
+    NonFinite {
+        name: String,
+        dir: PathBuf,
+        count: usize,
+        first_index: usize,
+        first: f64,
+    },
+
     /// Tensors that no part of the model uses (a config that does not match its weights).
     #[error("{} tensor(s) in {dir} are not used by a {arch} model with this config: {}", names.len(), preview(names))]
     UnexpectedTensors {
@@ -63,10 +77,6 @@ pub enum InteropError {
         dir: PathBuf,
         names: Vec<String>,
     },
-
-    /// The converted weights would not fit in the memory available.
-    #[error("the model needs {need_gib:.1} GiB as f32 but only {available_gib:.1} GiB of memory is available; free memory or use a machine with more RAM")]
-    TooLarge { need_gib: f64, available_gib: f64 },
 
     /// A Switchyard model that has no equivalent in the HF architecture asked for.
     #[error("cannot export as {arch}: {}", problems.join("; "))]

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 use switchyard_core::{ExpertKind, GateConfig, LossWeights, MoeConfig};
+use switchyard_models::memory::MAX_EXPERTS;
 use switchyard_models::{LayerFfn, LmConfig};
 
 use crate::arch::HfArch;
@@ -114,6 +115,28 @@ impl<'a> Raw<'a> {
                 keys[1..].join(", ")
             ),
         ))
+    }
+    /// A number of routed experts (the first of `keys` present), at most [`MAX_EXPERTS`]:
+    /// checked here because a list of that many experts is built before the config is
+    /// validated.
+    pub fn expert_count(&self, keys: &[&str]) -> Result<usize> {
+        let n = match keys {
+            [key] => self.usize(key)?,
+            _ => self.first_usize(keys)?,
+        };
+        if n > MAX_EXPERTS {
+            let key = keys
+                .iter()
+                .find(|k| self.get(k).is_some())
+                .unwrap_or(&keys[0]);
+            return Err(self.err(
+                key,
+                format!(
+                    "{n} experts is beyond what any model here can hold (at most {MAX_EXPERTS})"
+                ),
+            ));
+        }
+        Ok(n)
     }
 }
 
@@ -241,7 +264,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
     // explicit head_dim (Qwen3; Mixtral may write null); MLA has its own head widths
     let head_dim = c.opt_usize("head_dim")?;
     if !family.features().mla {
-        cfg.head_dim = head_dim.filter(|&h| h * n_heads != d);
+        cfg.head_dim = head_dim.filter(|&h| h.checked_mul(n_heads) != Some(d));
     }
     family.read(&c, &moe, &mut cfg)?;
     cfg.validate().map_err(|e| InteropError::Config {

@@ -12,8 +12,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 use switchyard_core::{ParamBuilder, ParamStore};
+use switchyard_io::non_finite;
 use switchyard_models::ffn::Ffn;
-use switchyard_models::{LmConfig, MoeLm};
+use switchyard_models::{check_memory, Job, LmConfig, MoeLm};
 
 use crate::arch::HfArch;
 use crate::error::{InteropError, Result};
@@ -25,8 +26,6 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 pub const SINGLE_FILE: &str = "model.safetensors";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-const BYTES_PER_F32: usize = 4;
-const GIB: f64 = (1u64 << 30) as f64;
 
 /// A model read from an HF checkpoint directory.
 pub struct ImportedModel {
@@ -46,8 +45,9 @@ pub struct ImportedModel {
 /// How to import.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {
-    /// Refuse a checkpoint whose f32 weights exceed the memory available (Linux
-    /// `MemAvailable`) instead of letting the process be killed mid-way.
+    /// Refuse a model whose f32 weights (from its config, before any tensor is read) exceed
+    /// the memory available ([`switchyard_models::memory`]) instead of letting the process be
+    /// killed mid-way.
     pub check_memory: bool,
     pub load_tokenizer: bool,
 }
@@ -73,12 +73,13 @@ pub fn import_with(dir: impl AsRef<Path>, opts: &ImportOptions) -> Result<Import
     let hf_config = read_json(&config_path)?;
     let arch = detect_arch(&hf_config, &config_path)?;
     let cfg = lm_config_from_hf(arch, &hf_config, &config_path)?;
+    if opts.check_memory {
+        // before the tensor mapping, whose size grows with the config too
+        check_memory(&cfg, Job::Load)?;
+    }
     let map = mapping(arch, &cfg);
     let shards = Shards::open(dir)?;
     check_tensors(&shards, &map, arch, &cfg)?;
-    if opts.check_memory {
-        check_memory(&shards, &map)?;
-    }
 
     let store = ParamStore::new();
     for entry in &map.params {
@@ -228,7 +229,8 @@ impl Shards {
         })
     }
 
-    /// One tensor as f32, checked against the shape the config implies.
+    /// One tensor as f32, checked against the shape the config implies and for NaN and
+    /// infinity (refused, naming the tensor).
     pub fn load(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
         let (shape, _) = self
             .tensors
@@ -250,8 +252,18 @@ impl Shards {
             .map_err(|e| InteropError::Safetensors {
                 path: self.dir.clone(),
                 reason: format!("`{name}`: {e}"),
-            })?;
-        Ok(t.to_dtype(DType::F32)?)
+            })?
+            .to_dtype(DType::F32)?;
+        if let Some(f) = non_finite(&t)? {
+            return Err(InteropError::NonFinite {
+                name: name.into(),
+                dir: self.dir.clone(),
+                count: f.count,
+                first_index: f.first_index,
+                first: f.first,
+            });
+        }
+        Ok(t)
     }
 }
 
@@ -306,32 +318,5 @@ fn check_tensors(shards: &Shards, map: &Mapping, arch: HfArch, cfg: &LmConfig) -
     Ok(())
 }
 
-/// Elements of every mapped tensor.
-fn mapped_elements(shards: &Shards, map: &Mapping) -> usize {
-    map.hf_names()
-        .iter()
-        .filter_map(|n| shards.tensors.get(n))
-        .map(|(s, _)| s.iter().product::<usize>())
-        .sum()
-}
-
-fn check_memory(shards: &Shards, map: &Mapping) -> Result<()> {
-    check_fits(
-        (mapped_elements(shards, map) * BYTES_PER_F32) as u64,
-        mem_available_bytes(),
-    )
-}
-
-/// `TooLarge` when `need_bytes` exceed `available` (unknown availability passes).
-pub fn check_fits(need_bytes: u64, available: Option<u64>) -> Result<()> {
-    match available {
-        Some(avail) if need_bytes > avail => Err(InteropError::TooLarge {
-            need_gib: need_bytes as f64 / GIB,
-            available_gib: avail as f64 / GIB,
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Linux `MemAvailable` (shared with the checkpoint loader).
+/// Linux `MemAvailable` (shared with the checkpoint loader and the model-memory check).
 pub use switchyard_io::mem_available_bytes;

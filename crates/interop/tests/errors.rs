@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use switchyard_interop::import::check_fits;
 use switchyard_interop::{export, import, HfArch, InteropError};
+use switchyard_models::ModelError;
 
 fn edit_config(dir: &std::path::Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
     let p = dir.join("config.json");
@@ -218,16 +218,88 @@ fn missing_config_is_named() {
 }
 
 #[test]
-fn a_model_too_big_for_memory_says_so() {
-    let gib = 1u64 << 30;
-    let e = check_fits(40 * gib, Some(16 * gib)).unwrap_err();
-    let msg = e.to_string();
+fn a_model_too_big_for_memory_says_so_before_reading_weights() {
+    // within every limit, but 4 attention matrices of 2^20 × 2^20 per layer: terabytes
+    let d = copy_fixture("mixtral", "too-big");
+    edit_config(&d, |c| {
+        c.insert("hidden_size".into(), (1u64 << 20).into());
+        c.insert("head_dim".into(), Value::Null);
+    });
+    let (e, msg) = import_err(&d);
     assert!(
-        msg.contains("40.0 GiB") && msg.contains("16.0 GiB"),
+        matches!(e, InteropError::Model(ModelError::TooLarge(_))),
         "{msg}"
     );
-    assert!(check_fits(gib, Some(16 * gib)).is_ok());
-    assert!(check_fits(40 * gib, None).is_ok());
+    assert!(
+        msg.matches("GiB").count() >= 2 && msg.contains("available"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Regression (issue 22, item 1): these aborted the process on an allocation of their size.
+#[test]
+fn absurd_sizes_in_config_json_are_refused_not_aborted() {
+    let huge = 1u64 << 40;
+    for (key, value) in [
+        ("num_hidden_layers", 1_000_000_000u64),
+        ("max_position_embeddings", huge),
+        ("vocab_size", huge),
+        ("hidden_size", huge),
+        ("intermediate_size", huge),
+        ("num_local_experts", huge),
+        ("num_attention_heads", huge),
+        ("head_dim", huge),
+    ] {
+        let d = copy_fixture("mixtral", "absurd");
+        edit_config(&d, |c| {
+            c.insert(key.into(), value.into());
+        });
+        let (_, msg) = import_err(&d);
+        assert!(
+            msg.contains("at most") || msg.contains("GiB"),
+            "{key}: {msg}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
+
+/// Regression (issue 22, item 9): a NaN weight imported silently, and eval printed NaN.
+#[test]
+fn a_non_finite_weight_is_refused_naming_the_tensor() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let d = copy_fixture("mixtral", "nan-weight");
+        let index: Value = serde_json::from_str(
+            &std::fs::read_to_string(d.join("model.safetensors.index.json")).unwrap(),
+        )
+        .unwrap();
+        let name = "model.layers.0.block_sparse_moe.experts.1.w2.weight";
+        let shard = d.join(index["weight_map"][name].as_str().unwrap());
+        let mut tensors =
+            candle_core::safetensors::load(&shard, &candle_core::Device::Cpu).unwrap();
+        let t = &tensors[name];
+        let mut v = t
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        v[3] = bad;
+        let poisoned = candle_core::Tensor::from_vec(v, t.dims(), &candle_core::Device::Cpu)
+            .unwrap()
+            .to_dtype(t.dtype())
+            .unwrap();
+        tensors.insert(name.to_string(), poisoned);
+        candle_core::safetensors::save(&tensors, &shard).unwrap();
+        let (e, msg) = import_err(&d);
+        assert!(matches!(e, InteropError::NonFinite { .. }), "{msg}");
+        assert!(
+            msg.contains(name) && msg.contains("flat index 3") && msg.contains("non-finite"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
 
 #[test]

@@ -20,7 +20,8 @@
 //! (and by the trainer when it starts, [`run_dir::clean_leftovers`]). Pruning old checkpoints
 //! (`keep_last`) renames each to `tmp-pruned-*` before deleting it, for the same reason.
 //! Loading verifies every file's size and checksum before parsing it, so truncation and
-//! bit flips are reported with the file's path rather than surfacing as odd training.
+//! bit flips are reported with the file's path rather than surfacing as odd training, and
+//! refuses a tensor holding NaN or infinity, naming it ([`crate::finite`]).
 //!
 //! One process writes a run directory at a time: a save removes every `tmp-*` it did not
 //! create. Re-saving an existing step (a run resumed from an earlier checkpoint) moves the old
@@ -34,6 +35,7 @@ use candle_core::{Device, Tensor};
 use serde::{de::DeserializeOwned, Serialize};
 use switchyard_core::ParamStore;
 
+use crate::finite::non_finite;
 use crate::fsio::{self, mem_available_bytes, FileDigest};
 use crate::run_dir::{
     self, step_dir_name, CONFIG_FILE, MODEL_FILE, OLD_DIR_PREFIX, OPTIMIZER_FILE, STATE_FILE,
@@ -229,6 +231,17 @@ fn load_step_dir<L: DeserializeOwned>(dir: &Path) -> Result<Checkpoint<L>> {
         let tensors = candle_core::safetensors::load_buffer(data, &Device::Cpu).map_err(|e| {
             CheckpointError::format(path, format!("not a valid safetensors file: {e}"))
         })?;
+        for (name, t) in &tensors {
+            if let Some(f) = non_finite(t)? {
+                return Err(CheckpointError::NonFinite {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    count: f.count,
+                    first_index: f.first_index,
+                    first: f.first,
+                });
+            }
+        }
         Ok(tensors.into_iter().collect())
     };
     let (config_path, config_data) = &verified[CONFIG_FILE];

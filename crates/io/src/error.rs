@@ -36,6 +36,19 @@ pub enum CheckpointError {
     /// A file's size or checksum differs from the one recorded when it was written.
     #[error("{path} is corrupt: {reason}; {DAMAGED_HINT}")]
     Corrupt { path: PathBuf, reason: String },
+    /// A tensor holds NaN or infinite values (see [`crate::finite`]): the file is damaged or
+    /// was written from a diverged model.
+    #[error(
+        "{path}: tensor `{tensor}` holds {count} non-finite value(s) (the first, at flat index \
+         {first_index}, is {first}); {DAMAGED_HINT}"
+    )]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        count: usize,
+        first_index: usize,
+        first: f64,
+    },
     /// A file cannot be parsed, or holds a value this version cannot use.
     #[error("{path}: {reason}")]
     Format { path: PathBuf, reason: String },

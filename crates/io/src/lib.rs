@@ -7,6 +7,7 @@
 //!   `tokenizer.json`, `hf_source.json`, …), the `latest` pointer and the sidecar files;
 //! - [`checkpoint`]: crash-safe, checksummed checkpoint directories (DESIGN.md §5): save,
 //!   load, restore into a `ParamStore`, the memory check before loading;
+//! - [`finite`]: the scan for NaN and infinity that loaders run on every tensor they read;
 //! - [`state`]: `state.json`, [`TrainState`] and [`RngState`];
 //! - [`buffers`]: router buffers under their `state.json` keys;
 //! - [`load`]: one loader from a run or step directory to a ready [`MoeLm`](switchyard_models::MoeLm)
@@ -30,6 +31,7 @@
 pub mod buffers;
 pub mod checkpoint;
 pub mod error;
+pub mod finite;
 pub mod fsio;
 pub mod load;
 pub mod run_dir;
@@ -41,7 +43,9 @@ pub use checkpoint::{
     Checkpoint, CheckpointContents, SaveOptions,
 };
 pub use error::{CheckpointError, LoadError};
-pub use fsio::{mem_available_bytes, FileDigest, MEMORY_LIMIT_VAR};
+pub use finite::{non_finite, NonFinite};
+pub use fsio::{mem_available_bytes, FileDigest};
+pub use switchyard_models::memory::MEMORY_LIMIT_VAR;
 pub use load::{
     load_checkpoint_model, model_config, model_from_checkpoint, LoadedModel, ModelSource,
 };

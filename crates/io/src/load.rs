@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use switchyard_core::{ParamBuilder, ParamStore};
 use switchyard_data::{ByteTokenizer, HfTokenizer, Tokenizer};
-use switchyard_models::{LmConfig, MoeLm};
+use switchyard_models::{check_memory, Job, LmConfig, MoeLm};
 
 use crate::buffers::load_router_buffers;
 use crate::checkpoint::{load_checkpoint, restore_into, Checkpoint};
@@ -80,6 +80,8 @@ pub fn model_config(config: &serde_json::Value, path: &Path) -> Result<LmConfig,
 /// every parameter is then overwritten), its parameters and router buffers restored.
 pub fn model_from_checkpoint<L>(ckpt: &Checkpoint<L>) -> Result<(ParamStore, MoeLm), LoadError> {
     let cfg = model_config(&ckpt.config, &ckpt.dir.join(CONFIG_FILE))?;
+    // the model is built before the checkpoint's tensors are copied in: both are alive
+    check_memory(&cfg, Job::Load)?;
     let seed = ckpt.config.get("seed").and_then(serde_json::Value::as_u64);
     let store = ParamStore::new();
     let pb = ParamBuilder::new(&store, seed.unwrap_or(0), DType::F32, &Device::Cpu);

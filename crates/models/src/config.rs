@@ -370,12 +370,19 @@ impl LmConfig {
 
     /// Indices of the layers whose FFN is an MoE layer.
     pub fn moe_layers(&self) -> Vec<usize> {
+        if !matches!(self.ffn.sparse, LayerFfn::Moe(_)) {
+            return Vec::new();
+        }
+        let forced: std::collections::BTreeSet<usize> = self.dense_layers.iter().copied().collect();
         (0..self.n_layers)
-            .filter(|&i| matches!(self.layer_ffn(i), LayerFfn::Moe(_)))
+            .filter(|&i| self.ffn.is_sparse_slot(i) && !forced.contains(&i))
             .collect()
     }
 
+    /// Checks every field once, at the boundary: first the magnitudes
+    /// ([`LmConfig::check_magnitudes`]), then each value and how they fit together.
     pub fn validate(&self) -> Result<()> {
+        self.check_magnitudes()?;
         let err = |field: &str, reason: String| Err(ModelError::config(field, reason));
         if self.vocab_size == 0 {
             return err("vocab_size", "must be at least 1".into());
@@ -520,7 +527,9 @@ impl LmConfig {
                 format!("layer {bad} does not exist (n_layers = {})", self.n_layers),
             ));
         }
-        let any_dense = (0..self.n_layers).any(|i| !self.is_sparse_layer(i));
+        // dense_layers are in range (checked above), so forcing any makes a dense layer
+        let any_dense =
+            !self.dense_layers.is_empty() || (0..self.n_layers).any(|i| !f.is_sparse_slot(i));
         if any_dense && f.dense_hidden == 0 {
             return Err(ModelError::config(
                 "ffn.dense_hidden",
@@ -590,18 +599,20 @@ impl LmConfig {
         let attn = self.attention_params();
         let norms = 2 * d;
         let (mut total, mut active) = (embed + d, (embed + d) as f64);
-        for i in 0..self.n_layers {
-            let (t, a) = match self.layer_ffn(i) {
-                LayerFfn::Dense { hidden } => (3 * d * hidden, (3 * d * hidden) as f64),
-                LayerFfn::Moe(m) => {
-                    let fixed = gate_params(&m)? as f64 + shared_params(&m);
-                    let routed: usize = m.experts.iter().map(|e| e.params(d)).sum();
-                    ((fixed as usize) + routed, fixed + active_routed_params(&m))
-                }
-            };
-            total += attn + norms + t;
-            active += (attn + norms) as f64 + a;
-        }
+        // each layer's FFN is the dense one or ffn.sparse: count each kind once
+        let (dense_layers, sparse_layers) = self.layer_kinds();
+        let dense = 3 * d * self.ffn.dense_hidden;
+        let (sparse, sparse_active) = match &self.ffn.sparse {
+            LayerFfn::Dense { hidden } => (3 * d * hidden, (3 * d * hidden) as f64),
+            LayerFfn::Moe(m) => {
+                let fixed = gate_params(m)? as f64 + shared_params(m);
+                let routed: usize = m.experts.iter().map(|e| e.params(d)).sum();
+                ((fixed as usize) + routed, fixed + active_routed_params(m))
+            }
+        };
+        total += self.n_layers * (attn + norms) + dense_layers * dense + sparse_layers * sparse;
+        active += (self.n_layers * (attn + norms) + dense_layers * dense) as f64
+            + sparse_layers as f64 * sparse_active;
         Ok(ParamCount {
             total,
             active_per_token: active.round() as usize,

@@ -12,6 +12,9 @@ pub enum ModelError {
     /// Input of the wrong shape or range reached a forward pass or generation.
     #[error("{op}: {reason}")]
     Input { op: &'static str, reason: String },
+    /// The job needs more memory than the machine has available (see [`crate::memory`]).
+    #[error("{0}")]
+    TooLarge(Box<crate::memory::TooLarge>),
     /// An MoE layer failed at run time.
     #[error("MoE layer: {0}")]
     Moe(MoeError),

@@ -10,6 +10,9 @@
 //! - [`LmConfig::dense_equivalent`]: the dense baseline with equal active parameters per token.
 //! - [`Sampler`] + [`MoeLm::generate`]: greedy, temperature and nucleus sampling.
 //! - [`MoeClassifier`]: an MoE MLP for vector data.
+//! - [`memory`]: the limits a config must keep and [`check_memory`], the memory a config needs
+//!   for a [`Job`] (load, evaluate, generate, train) against what the machine has, computed
+//!   before anything is allocated.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -53,6 +56,7 @@ pub mod ffn;
 pub mod generate;
 pub mod linear;
 pub mod lm;
+pub mod memory;
 pub mod mla;
 pub mod norm;
 pub mod rope;
@@ -65,6 +69,7 @@ pub use error::{ModelError, Result};
 pub use ffn::{DenseFfn, Ffn};
 pub use generate::Sampler;
 pub use lm::{per_token_ce, LayerOverride, LmCtx, LmOutput, MoeLm};
+pub use memory::{check_memory, Job, MemoryNeed};
 pub use mla::{MlaAttention, MlaQuery};
 pub use norm::RmsNorm;
 pub use rope::Rope;

@@ -25,6 +25,7 @@ pub mod config_toml;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fault;
 pub mod guard;
 pub mod metrics;
 pub mod progress;
@@ -36,18 +37,17 @@ use std::time::Instant;
 use candle_core::{backprop::GradStore, DType, Tensor};
 use switchyard_core::ParamStore;
 use switchyard_data::{Cursor, Dataset};
-use switchyard_models::{LmCtx, MoeLm};
+use switchyard_models::{check_memory, Job, LmCtx, MoeLm};
 
 use crate::checkpoint::{
     load_checkpoint, restore_into, restore_optimizer, save_checkpoint_with, CheckpointContents,
     RngState, SaveOptions, TrainState,
 };
 use crate::{accumulate_grads, clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule};
-pub use config::{
-    DataConfig, FaultConfig, InitConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig,
-};
+pub use config::{DataConfig, InitConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig};
 pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
+pub use fault::Faults;
 use guard::{CollapseEvent, CollapseWatch, SpikeGuard, SpikeVerdict, COLLAPSE_CLEAR_STEPS};
 pub use metrics::METRICS_FILE;
 use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
@@ -106,6 +106,8 @@ pub struct Trainer {
     collapse: CollapseWatch,
     /// The bar of the current `run` (hidden outside it); logs go through `suspend`.
     progress: Progress,
+    /// Test-only faults ([`fault`]); never saved.
+    faults: Faults,
 }
 
 impl Trainer {
@@ -123,7 +125,13 @@ impl Trainer {
         tokenizer_fallback: Option<&Path>,
     ) -> RunResult<Self> {
         cfg.validate()?;
+        let need = check_memory(&cfg.model, train_job(&cfg))?;
+        tracing::debug!("memory: the run needs {need}");
         let tok = data::load_tokenizer(&cfg, tokenizer_fallback)?;
+        let faults = Faults::from_env()?;
+        if !faults.is_empty() {
+            tracing::warn!("fault injection from the environment ({faults:?}); see switchyard_train::trainer::fault");
+        }
         let data = data::build_dataset_with(&cfg, tok.as_ref())?;
         let (store, mut model) = build_model(&cfg)?;
         if let (true, Some(from)) = (load_init, &cfg.init.from) {
@@ -169,6 +177,7 @@ impl Trainer {
             resumed: false,
             resumed_from: None,
             progress: Progress::new(0, 0, false),
+            faults,
         })
     }
 
@@ -176,8 +185,19 @@ impl Trainer {
     /// change the length of the run, evaluation, checkpointing and logging, but not the model,
     /// the data or the seed, which the saved state depends on.
     pub fn resume(cfg: TrainConfig, from: &Path) -> RunResult<Self> {
+        // refuse before reading the checkpoint (build checks again with it in memory)
+        cfg.validate()?;
+        check_memory(&cfg.model, train_job(&cfg))?;
         let ckpt = load_checkpoint(from)?;
         let saved = restore::checkpoint_config(&ckpt)?;
+        if ckpt.config.get("fault").is_some_and(|f| !f.is_null()) {
+            tracing::warn!(
+                "ignoring the `fault` table in {}: fault injection is no longer a config key \
+                 (it is a test hook, see switchyard_train::trainer::fault), so a resumed run \
+                 never repeats it",
+                ckpt.dir.join(switchyard_io::CONFIG_FILE).display()
+            );
+        }
         let resume_err = |reason: String| RunError::Resume {
             path: ckpt.dir.clone(),
             reason,
@@ -231,6 +251,12 @@ impl Trainer {
         t.resumed = true;
         t.resumed_from = Some(ckpt.dir.clone());
         Ok(t)
+    }
+
+    /// Injects `faults` into the coming steps, replacing those of the environment (see
+    /// [`fault`]); for tests of the guards.
+    pub fn inject_faults(&mut self, faults: Faults) {
+        self.faults = faults;
     }
 
     /// Completed optimiser steps.
@@ -335,11 +361,11 @@ impl Trainer {
             let targets = Tensor::from_vec(batch.targets, shape, &candle_core::Device::Cpu)?;
             let (ce, out) = self.model.loss(&ids, &targets, &mut self.ctx)?;
             let mut objective = (&ce + &out.aux_loss)?;
-            if micro == 0 && self.cfg.fault.nan_loss_at_step == Some(step) {
+            if micro == 0 && self.faults.nan_loss_at_step == Some(step) {
                 objective = (objective + f64::NAN)?;
             }
-            if micro == 0 && self.cfg.fault.spike_loss_at_step == Some(step) {
-                objective = objective.affine(config::SPIKE_FAULT_SCALE, 0.0)?;
+            if micro == 0 && self.faults.spike_loss_at_step == Some(step) {
+                objective = objective.affine(fault::SPIKE_FAULT_SCALE, 0.0)?;
             }
             let loss = scalar(&objective)?;
             if !loss.is_finite() {
@@ -565,6 +591,15 @@ fn log_eval(step: u64, r: &EvalResult) {
         r.loss,
         per_domain.join(", ")
     );
+}
+
+/// What training `cfg` asks of memory (see [`switchyard_models::memory`]).
+pub fn train_job(cfg: &TrainConfig) -> Job {
+    Job::Train {
+        batch: cfg.train.batch_size,
+        seq_len: cfg.data.seq_len,
+        grad_accum: cfg.train.grad_accum,
+    }
 }
 
 fn scalar(t: &Tensor) -> RunResult<f64> {

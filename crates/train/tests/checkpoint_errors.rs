@@ -304,3 +304,34 @@ fn leftovers_of_a_kill_during_pruning_are_removed_on_the_next_start() {
     assert_eq!(resumed.run().unwrap().steps, 6);
     assert_eq!(names(), ["latest", "metrics.jsonl", "step-00000006"]);
 }
+
+/// Regression (issue 22, item 9): a checkpoint holding NaN loaded silently, and `eval`
+/// printed NaN losses with exit code 0.
+#[test]
+fn a_non_finite_parameter_is_refused_naming_the_tensor() {
+    for bad in [f32::NAN, f32::NEG_INFINITY] {
+        let run = TempDir::new("non-finite");
+        let (store, opt) = trained(3, 2);
+        let (name, var) = store.all().into_iter().nth(1).unwrap();
+        let mut v = var.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[7] = bad;
+        var.set(&candle_core::Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+            .unwrap();
+        let contents = CheckpointContents {
+            params: &store,
+            optimizer: Some(&opt),
+            state: TrainState::default(),
+            config: json!({}),
+        };
+        let dir = save_checkpoint(run.path(), 1, &contents).unwrap();
+        let err = load_checkpoint(run.path()).unwrap_err();
+        assert!(matches!(err, CheckpointError::NonFinite { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("`{name}`"))
+                && msg.contains("flat index 7")
+                && msg.contains(&dir.join(MODEL_FILE).display().to_string()),
+            "{msg}"
+        );
+    }
+}

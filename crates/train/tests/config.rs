@@ -222,8 +222,106 @@ fn a_very_deep_override_key_is_refused_not_a_stack_overflow() {
     assert!(err.to_string().contains("at most 32 deep"), "{err}");
 }
 
+/// Regression (issue 22, item 10): fault injection left the run config (it was saved in
+/// checkpoints and fired again on --resume); a config that still asks for it is told where
+/// it went.
+#[test]
+fn a_fault_table_is_refused_with_where_fault_injection_went() {
+    for (text, sets) in [
+        ("[fault]\nnan_loss_at_step = 5\n", vec![]),
+        ("", vec!["fault.nan_loss_at_step=5"]),
+    ] {
+        let err = parse(text, &sets).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`fault`") && msg.contains("SWITCHYARD_FAULT_NAN_LOSS_AT_STEP"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_file_is_named() {
     let err = TrainConfig::from_toml_file(Path::new("no/such/run.toml"), &[]).unwrap_err();
     assert!(err.to_string().contains("no/such/run.toml"), "{err}");
+}
+
+/// Regression (issue 22, item 1): each of these aborted `switchyard train` with "memory
+/// allocation of … bytes failed" instead of naming the key.
+#[test]
+fn absurd_sizes_are_refused_naming_the_key() {
+    let huge = "1099511627776"; // 2^40
+    for (sets, key) in [
+        (
+            vec![format!("model.d_model={huge}"), "model.n_heads=1".into()],
+            "model.d_model",
+        ),
+        (vec![format!("model.vocab_size={huge}")], "model.vocab_size"),
+        (
+            vec![format!("model.max_seq_len={huge}")],
+            "model.max_seq_len",
+        ),
+        (vec!["model.n_layers=1000000".into()], "model.n_layers"),
+        (
+            vec![format!("model.ffn.sparse.experts.0.hidden={huge}")],
+            "model.ffn.sparse.experts[0].hidden",
+        ),
+        (
+            vec![
+                "model.ffn.sparse.experts={ count = 1000000, kind = \"swiglu\", hidden = 64 }"
+                    .into(),
+            ],
+            "model.ffn.sparse.experts",
+        ),
+        (
+            vec![format!(
+                "model.ffn.sparse.experts={{ count = {huge}, kind = \"swiglu\", hidden = 64 }}"
+            )],
+            "model.ffn.sparse.experts.count",
+        ),
+        (
+            vec!["data.docs_per_domain=1000000000000".into()],
+            "data.docs_per_domain",
+        ),
+        (
+            vec![format!("data.doc_bytes={huge}")],
+            "data.docs_per_domain",
+        ),
+    ] {
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let err = parse("", &sets).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid { .. } | ConfigError::BadValue { .. }
+            ),
+            "{sets:?}: {msg}"
+        );
+        assert!(
+            msg.contains(key) && msg.contains("at most"),
+            "{sets:?}: {msg}"
+        );
+    }
+}
+
+/// Within the limits, but more memory than any machine: refused with both sizes before the
+/// model or the data is built.
+#[test]
+fn a_run_too_large_for_memory_is_refused_before_allocating() {
+    let cfg = parse("", &["model.d_model=1048576", "model.n_heads=1"]).unwrap();
+    let started = std::time::Instant::now();
+    let err = switchyard_train::trainer::Trainer::new(cfg)
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("to train on batches of") && msg.matches("GiB").count() >= 2,
+        "{msg}"
+    );
+    assert!(
+        msg.contains("optimizer state") && msg.contains("activations"),
+        "{msg}"
+    );
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use switchyard_train::trainer::{load_model, metrics::METRICS_FILE, RunError, Trainer};
+use switchyard_train::trainer::{load_model, metrics::METRICS_FILE, Faults, RunError, Trainer};
 
 /// Steps for the tiny model to memorise its training text.
 const OVERFIT_STEPS: u64 = 150;
@@ -53,8 +53,11 @@ fn nan_loss_stops_training_within_the_step_and_keeps_the_last_checkpoint() {
     let dir = TempDir::new("nan");
     let mut cfg = tiny_run(dir.path());
     cfg.train.checkpoint_every = 2;
-    cfg.fault.nan_loss_at_step = Some(5);
     let mut t = Trainer::new(cfg).unwrap();
+    t.inject_faults(Faults {
+        nan_loss_at_step: Some(5),
+        ..Default::default()
+    });
     let err = t.run().unwrap_err();
     let RunError::NonFinite {
         step,
@@ -92,9 +95,12 @@ fn a_loss_spike_skips_the_update() {
     let mut cfg = tiny_run(dir.path());
     cfg.train.steps = SPIKE_STEP + 1;
     cfg.optim.warmup_steps = 0;
-    cfg.fault.spike_loss_at_step = Some(SPIKE_STEP);
     cfg.log.metrics = false;
     let mut t = Trainer::new(cfg).unwrap();
+    t.inject_faults(Faults {
+        spike_loss_at_step: Some(SPIKE_STEP),
+        ..Default::default()
+    });
     for step in 1..=SPIKE_STEP {
         let before = store_bits(&t.store);
         let r = t.train_step().unwrap();

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use switchyard_interop::load_any;
-use switchyard_io::ModelSource;
+use switchyard_io::{mem_available_bytes, ModelSource};
+use switchyard_models::{Job, MemoryNeed};
 use switchyard_train::trainer;
 
 use crate::commands::generate::hf_tokenizer;
@@ -37,6 +38,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = args.data {
         cfg.data.path = Some(path);
     }
+    // the model is loaded; what evaluating adds must fit beside it
+    let job = Job::Infer {
+        batch: trainer::eval::EVAL_BATCH_WINDOWS,
+        seq_len: cfg.data.seq_len,
+        kv_cache: false,
+    };
+    MemoryNeed::of(&m.model.cfg, job)?
+        .beyond_weights()
+        .check(mem_available_bytes())?;
     let data = trainer::data::build_dataset_with(&cfg, m.text_tokenizer())?;
     let windows = args
         .max_windows

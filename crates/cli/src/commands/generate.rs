@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use switchyard_data::{ByteTokenizer, HfTokenizer, Tokenizer};
 use switchyard_interop::{load_any, LoadedModel};
-use switchyard_io::ModelSource;
-use switchyard_models::{LmCtx, Sampler};
+use switchyard_io::{mem_available_bytes, ModelSource};
+use switchyard_models::{Job, LmCtx, MemoryNeed, Sampler};
 
 use crate::UserError;
 
@@ -82,6 +82,7 @@ fn with_hf_tokenizer(
         .into());
     }
     let max_new = new_tokens(args.max_tokens, ids.len(), max_len);
+    check_generation_memory(m, ids.len() + max_new)?;
     let mut out = m
         .model
         .generate(&ids, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
@@ -114,6 +115,7 @@ fn with_bytes(
         .into());
     }
     let max_new = new_tokens(args.max_tokens, prompt.len(), max_len);
+    check_generation_memory(m, prompt.len() + max_new)?;
     let mut ids = m
         .model
         .generate(&prompt, max_new, sampler, &mut LmCtx::new(false, args.seed))?;
@@ -134,4 +136,18 @@ fn new_tokens(max_tokens: usize, prompt_len: usize, max_len: usize) -> usize {
         );
     }
     max_tokens.min(room)
+}
+
+/// Refuses a generation of `positions` positions whose KV cache and activations would not fit
+/// beside the loaded model.
+fn check_generation_memory(m: &LoadedModel, positions: usize) -> anyhow::Result<()> {
+    let job = Job::Infer {
+        batch: 1,
+        seq_len: positions,
+        kv_cache: true,
+    };
+    MemoryNeed::of(&m.model.cfg, job)?
+        .beyond_weights()
+        .check(mem_available_bytes())?;
+    Ok(())
 }

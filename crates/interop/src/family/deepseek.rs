@@ -126,7 +126,7 @@ fn read(
     cfg: &mut LmConfig,
 ) -> Result<()> {
     let k = moe.k;
-    let e = c.usize("n_routed_experts")?;
+    let e = c.expert_count(&["n_routed_experts"])?;
     let scaling = c.f64_or("routed_scaling_factor", 1.0)?;
     let (groups, topk_groups) = (c.usize_or("n_group", 1)?, c.usize_or("topk_group", 1)?);
     let (router, renormalize) = match v {
@@ -182,7 +182,7 @@ fn read(
     let shared = c.usize_or("n_shared_experts", 0)?;
     if shared > 0 {
         // HF builds the shared experts as one MLP of width n_shared · moe_intermediate_size
-        m.shared_experts = vec![ExpertSpec::swiglu(shared * hidden)];
+        m.shared_experts = vec![ExpertSpec::swiglu(shared.saturating_mul(hidden))];
     }
     let first = c.usize_or("first_k_dense_replace", 0)?;
     cfg.ffn = FfnConfig {

@@ -30,7 +30,7 @@ impl HfFamily for Mixtral {
     }
 
     fn read(&self, c: &Raw<'_>, moe: &MoeBase, cfg: &mut LmConfig) -> Result<()> {
-        let e = c.first_usize(&["num_local_experts", "num_experts"])?;
+        let e = c.expert_count(&["num_local_experts", "num_experts"])?;
         let hidden = c.usize("intermediate_size")?;
         let m = moe.moe(e, hidden, moe.topk(), true);
         // every layer is MoE: dense_hidden is unused

@@ -30,7 +30,7 @@ impl HfFamily for Olmoe {
     }
 
     fn read(&self, c: &Raw<'_>, moe: &MoeBase, cfg: &mut LmConfig) -> Result<()> {
-        let e = c.first_usize(&["num_experts", "num_local_experts"])?;
+        let e = c.expert_count(&["num_experts", "num_local_experts"])?;
         let hidden = c.usize("intermediate_size")?;
         let m = moe.moe(e, hidden, moe.topk(), moe.norm_topk);
         cfg.ffn = FfnConfig {

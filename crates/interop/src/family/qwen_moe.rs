@@ -130,7 +130,7 @@ fn read_qwen(
     cfg: &mut LmConfig,
     own: impl FnOnce(&Raw<'_>, &mut MoeConfig, &mut LmConfig) -> Result<()>,
 ) -> Result<()> {
-    let e = c.first_usize(&["num_experts", "num_local_experts"])?;
+    let e = c.expert_count(&["num_experts", "num_local_experts"])?;
     let mut m = moe.moe(
         e,
         c.usize("moe_intermediate_size")?,

@@ -27,8 +27,6 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub train: LoopConfig,
     pub log: LogConfig,
-    /// Fault injection for tests of the guards; leave unset.
-    pub fault: FaultConfig,
 }
 
 /// Where the first weights come from.
@@ -121,18 +119,8 @@ pub struct LogConfig {
     pub progress: bool,
 }
 
-/// Deliberate faults, for testing the non-finite guard.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct FaultConfig {
-    /// Make the loss of this step (1-based: the step that would complete update `k`) NaN.
-    pub nan_loss_at_step: Option<u64>,
-    /// Multiply the loss of this step by [`SPIKE_FAULT_SCALE`] (a loss spike).
-    pub spike_loss_at_step: Option<u64>,
-}
-
-/// How much `fault.spike_loss_at_step` inflates the loss.
-pub const SPIKE_FAULT_SCALE: f64 = 100.0;
+/// Most text the built-in corpus generates per domain (4 GiB; the defaults make 128 KiB).
+pub const MAX_CORPUS_BYTES_PER_DOMAIN: u64 = 1 << 32;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -145,7 +133,6 @@ impl Default for TrainConfig {
             optim: OptimConfig::default(),
             train: LoopConfig::default(),
             log: LogConfig::default(),
-            fault: FaultConfig::default(),
         }
     }
 }
@@ -288,6 +275,20 @@ impl TrainConfig {
             return Err(ConfigError::invalid(
                 key,
                 "the built-in corpus needs at least 2 documents per domain (one for validation) of at least 1 byte",
+            ));
+        }
+        // the corpus is generated in memory (text, then token ids): refuse absurd sizes here
+        // rather than abort on the allocation
+        let corpus_bytes = (d.docs_per_domain as u128) * (d.doc_bytes as u128);
+        if d.path.is_none() && corpus_bytes > MAX_CORPUS_BYTES_PER_DOMAIN as u128 {
+            return Err(ConfigError::invalid(
+                "data.docs_per_domain",
+                format!(
+                    "{} documents of data.doc_bytes = {} bytes is beyond what the built-in corpus \
+                     can generate (at most {MAX_CORPUS_BYTES_PER_DOMAIN} bytes per domain); \
+                     lower data.docs_per_domain or data.doc_bytes",
+                    d.docs_per_domain, d.doc_bytes
+                ),
             ));
         }
         if d.max_valid_windows == 0 {

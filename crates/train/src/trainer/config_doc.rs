@@ -166,9 +166,6 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("log.metrics", "append one JSON line per step and evaluation to run_dir/metrics.jsonl"),
     key("log.every", "an info log line every this many steps; 0: none"),
     key("log.progress", "show the progress bar (hidden anyway when stderr is not a terminal)"),
-    key("fault", "deliberate faults for tests of the guards; leave unset"),
-    opt("fault.nan_loss_at_step", "5", "make this step's loss NaN (tests only)"),
-    opt("fault.spike_loss_at_step", "5", "multiply this step's loss by 100 (tests only)"),
 ];
 
 /// The description of `key` (a dotted path), if it has one.

@@ -14,11 +14,16 @@
 use std::path::Path;
 
 use switchyard_core::MoeConfig;
+use switchyard_models::memory::MAX_EXPERTS;
 use toml::{Table, Value};
 
 use super::config::TrainConfig;
 use super::error::ConfigError;
+use super::fault;
 
+/// The table fault injection had in the run config before it became a test hook
+/// ([`fault`]).
+const REMOVED_FAULT_KEY: &str = "fault";
 /// Key of the expert-count shorthand.
 const COUNT_KEY: &str = "count";
 /// Where the (internally tagged) FFN enum sits: serde buffers such enums, so errors inside
@@ -197,6 +202,17 @@ impl TrainConfig {
                 message: value_message(e.into_inner()),
             }
         })?;
+        if input.get(REMOVED_FAULT_KEY).is_some() {
+            return Err(ConfigError::BadValue {
+                key: REMOVED_FAULT_KEY.into(),
+                message: format!(
+                    "fault injection is no longer part of the run config (it was saved in \
+                     checkpoints and fired again on --resume); tests set {} or {} instead",
+                    fault::NAN_LOSS_ENV,
+                    fault::SPIKE_LOSS_ENV
+                ),
+            });
+        }
         check_known_keys(&input, &Value::Table(to_table(&cfg)?), "")?;
         Ok(cfg)
     }
@@ -343,7 +359,16 @@ fn expand_expert_counts(table: &mut Table) -> Result<(), ConfigError> {
         let key = format!("model.ffn.sparse.{list}");
         let mut spec = spec.clone();
         let count = match spec.remove(COUNT_KEY) {
-            Some(Value::Integer(n)) if n >= 0 => n as usize,
+            Some(Value::Integer(n)) if (0..=MAX_EXPERTS as i64).contains(&n) => n as usize,
+            // refused before an array of that many experts is built
+            Some(Value::Integer(n)) if n > 0 => {
+                return Err(ConfigError::BadValue {
+                    key: format!("{key}.{COUNT_KEY}"),
+                    message: format!(
+                        "{n} experts is beyond what any model here can hold (at most {MAX_EXPERTS})"
+                    ),
+                })
+            }
             Some(other) => {
                 return Err(ConfigError::BadValue {
                     key: format!("{key}.{COUNT_KEY}"),
