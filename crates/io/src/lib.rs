@@ -45,7 +45,6 @@ pub use checkpoint::{
 pub use error::{CheckpointError, LoadError};
 pub use finite::{non_finite, NonFinite};
 pub use fsio::{mem_available_bytes, FileDigest};
-pub use switchyard_models::memory::MEMORY_LIMIT_VAR;
 pub use load::{
     load_checkpoint_model, model_config, model_from_checkpoint, LoadedModel, ModelSource,
 };
@@ -54,3 +53,4 @@ pub use run_dir::{
     METRICS_FILE, MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
 };
 pub use state::{RngState, TrainState, FORMAT_VERSION};
+pub use switchyard_models::memory::MEMORY_LIMIT_VAR;

@@ -11,7 +11,14 @@ use switchyard_io::TrainState;
 
 #[test]
 fn every_f64_in_the_state_round_trips_bitwise() {
-    let mut values = vec![3.8721237182617188_f64, 0.1, 1.0 / 3.0, 6.02214076e23, 5e-324, -2.5e-308];
+    let mut values = vec![
+        3.8721237182617188_f64,
+        0.1,
+        1.0 / 3.0,
+        6.02214076e23,
+        5e-324,
+        -2.5e-308,
+    ];
     // plus a spread of awkward ones: f32 losses widened to f64, and random bit patterns
     let mut x = 0x9E37_79B9_7F4A_7C15_u64;
     for _ in 0..2000 {
@@ -38,5 +45,8 @@ fn every_f64_in_the_state_round_trips_bitwise() {
         .map(|(a, b)| (*a, *b))
         .take(5)
         .collect();
-    assert!(wrong.is_empty(), "not bitwise after a round trip: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "not bitwise after a round trip: {wrong:?}"
+    );
 }
