@@ -152,6 +152,18 @@ fn train_generate_eval_and_resume() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "resume failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("step-00000008"), "{stdout}");
+
+    // the same with the run named by --run-dir: the other flags (10 steps, fewer than the
+    // default warm-up) used to fail a check against the defaults and send the resume to
+    // runs/default instead
+    let run = run_dir.to_str().unwrap();
+    let out = switchyard(&["train", "--resume", "--run-dir", run, "--steps", "10"]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "resume --run-dir failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("step-00000010"), "{stdout}");
 }
 
 #[test]

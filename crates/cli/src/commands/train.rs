@@ -4,10 +4,12 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use switchyard_train::trainer::config_toml::apply_override;
 use switchyard_train::trainer::{self, TrainConfig, Trainer};
 
 use crate::new_run::{is_inside, Flags, NewRun};
 use crate::report;
+use crate::UserError;
 
 // Each flag is a shortcut for one config key: its default is that key's value in the
 // config file, or the built-in default (`switchyard train --print-config` shows both).
@@ -109,7 +111,10 @@ pub fn run(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
         (Some(path), _) => TrainConfig::from_toml_file(path, &overrides)?,
         // Resuming without a config file: start from the run's own config.json.
         (None, Some(from)) => {
-            let from = from.clone().unwrap_or_else(|| run_dir_of(&overrides));
+            let from = match from {
+                Some(dir) => dir.clone(),
+                None => run_dir_of(&overrides)?,
+            };
             let saved = trainer::restore::read_checkpoint_config(&from)
                 .with_context(|| format!("resuming from {}", from.display()))?;
             TrainConfig::from_toml_str(&saved.to_toml_string(), None, &overrides)?
@@ -155,11 +160,27 @@ pub fn run(args: TrainArgs, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The run directory the overrides name, else the default one.
-fn run_dir_of(overrides: &[String]) -> PathBuf {
-    TrainConfig::from_overrides(overrides)
-        .map(|c| c.run_dir)
-        .unwrap_or_else(|_| TrainConfig::default().run_dir)
+/// The run directory the overrides name (`--run-dir`, `--set run_dir=…`; the last wins),
+/// else the default one. Only `run_dir` is read: the other overrides apply to the resumed
+/// run's own config, and checking them against the defaults here (say `--steps 8` against
+/// the default warm-up) must not send the resume to another directory.
+fn run_dir_of(overrides: &[String]) -> anyhow::Result<PathBuf> {
+    let mut table = toml::Table::new();
+    let names_run_dir = |o: &&String| {
+        o.split_once('=')
+            .is_some_and(|(k, _)| k.trim() == "run_dir")
+    };
+    for assignment in overrides.iter().filter(names_run_dir) {
+        apply_override(&mut table, assignment)?;
+    }
+    match table.get("run_dir") {
+        None => Ok(TrainConfig::default().run_dir),
+        Some(toml::Value::String(dir)) => Ok(PathBuf::from(dir)),
+        Some(other) => Err(UserError::new(format!(
+            "run_dir = {other} is not a path; give a string, e.g. --run-dir runs/x"
+        ))
+        .into()),
+    }
 }
 
 /// A TOML string literal, so paths with odd characters survive `--set`.
