@@ -2,92 +2,10 @@
 //! was done, once, and names the right thing. One test per message that used to be wrong.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-/// A tiny run (as in `cli.rs`): 1-layer MoE LM, d = 16, context 32 tokens.
-const TINY_CONFIG: &str = r#"
-seed = 3
+mod common;
 
-[model]
-d_model = 16
-n_layers = 1
-n_heads = 2
-max_seq_len = 32
-
-[model.ffn.sparse]
-experts = { count = 4, kind = "swiglu", hidden = 16 }
-router = { type = "top_k", k = 2 }
-
-[data]
-docs_per_domain = 4
-doc_bytes = 256
-seq_len = 16
-valid_fraction = 0.25
-max_valid_windows = 2
-
-[optim]
-warmup_steps = 2
-
-[train]
-steps = 6
-batch_size = 4
-eval_every = 0
-checkpoint_every = 3
-"#;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "switchyard-msg-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn switchyard(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-/// Trains the tiny config into `dir/run` with `extra` flags; returns the run directory.
-fn tiny_run(dir: &Path, extra: &[&str]) -> (Output, PathBuf) {
-    let config = dir.join("run.toml");
-    std::fs::write(&config, TINY_CONFIG).unwrap();
-    let run_dir = dir.join("run");
-    let mut args = vec![
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-    ];
-    args.extend(extra);
-    (switchyard(&args), run_dir)
-}
+use common::{switchyard, text, tiny_run, TempDir};
 
 fn trained(dir: &Path) -> PathBuf {
     let (out, run) = tiny_run(dir, &[]);

@@ -294,7 +294,7 @@ impl fmt::Display for TooLarge {
             f,
             "the model needs {} of memory, but only {} are available; {fix}",
             self.need,
-            gib(self.available as f64)
+            size(self.available as f64)
         )
     }
 }
