@@ -135,3 +135,63 @@ fn help_lists_the_registered_architectures() {
         );
     }
 }
+
+/// Regression (issue 22, "no command silently destroys a run"): `export --out` into a run
+/// directory wrote an HF model beside its checkpoints, and over an earlier export replaced it
+/// silently (leaving stale shards).
+#[test]
+fn export_never_writes_into_a_run_and_overwrites_a_model_only_with_force() {
+    let d = scratch("export-guard");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (run, hf) = (d.join("run"), d.join("hf"));
+    ok(&["import", &s(&fixture("qwen3_moe")), "--out", &s(&run)]);
+    let before: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let refused = |args: &[&str], needle: &str| {
+        let out = switchyard(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    // into the run itself, into its step directory, or inside it
+    let step = run.join("step-00000000");
+    refused(
+        &["export", "--ckpt", &s(&run), "--out", &s(&run), "--force"],
+        "run or step directory",
+    );
+    refused(
+        &["export", "--ckpt", &s(&run), "--out", &s(&step)],
+        "run or step directory",
+    );
+    refused(
+        &["export", "--ckpt", &s(&run), "--out", &s(&run.join("hf"))],
+        "overlaps",
+    );
+    let after: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "the run was changed");
+
+    // a new directory, then again: refused; with --force a stale shard goes too
+    ok(&["export", "--ckpt", &s(&run), "--out", &s(&hf)]);
+    refused(&["export", "--ckpt", &s(&run), "--out", &s(&hf)], "--force");
+    std::fs::write(hf.join("model-00009-of-00009.safetensors"), b"stale").unwrap();
+    std::fs::write(hf.join("notes.txt"), b"mine").unwrap();
+    ok(&["export", "--ckpt", &s(&run), "--out", &s(&hf), "--force"]);
+    assert!(!hf.join("model-00009-of-00009.safetensors").exists());
+    assert!(
+        hf.join("notes.txt").exists(),
+        "--force deletes only model files"
+    );
+    // the HF directory onto itself
+    refused(
+        &["export", "--ckpt", &s(&hf), "--out", &s(&hf), "--force"],
+        "overlaps",
+    );
+    ok(&["import", &s(&hf), "--out", &s(&d.join("again"))]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
