@@ -58,6 +58,9 @@ impl Default for LossWeights {
     }
 }
 
+/// Default of [`MoeConfig::gate_in_steps`].
+pub const DEFAULT_GATE_IN_STEPS: usize = 100;
+
 /// A routed MoE layer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -77,6 +80,10 @@ pub struct MoeConfig {
     pub jitter: f64,
     /// Probability that a whole expert is unavailable for a training batch.
     pub expert_dropout: f64,
+    /// Optimiser steps over which an expert added by surgery is let into routing: its gate
+    /// logit is offset by `ln α` with `α` rising by `1 / gate_in_steps` per step from 0
+    /// (never chosen, outputs unchanged) to 1 (see [`crate::MoeLayer::set_gate_in`]).
+    pub gate_in_steps: usize,
 }
 
 impl Default for MoeConfig {
@@ -92,6 +99,7 @@ impl Default for MoeConfig {
             losses: LossWeights::default(),
             jitter: 0.0,
             expert_dropout: 0.0,
+            gate_in_steps: DEFAULT_GATE_IN_STEPS,
         }
     }
 }
@@ -166,6 +174,12 @@ impl MoeConfig {
             return Err(MoeError::config(
                 "expert_dropout",
                 format!("must be in [0, 1), got {}", self.expert_dropout),
+            ));
+        }
+        if self.gate_in_steps == 0 {
+            return Err(MoeError::config(
+                "gate_in_steps",
+                "must be at least 1 (the steps over which an added expert enters routing)",
             ));
         }
         Ok(())

@@ -56,15 +56,41 @@ impl Gate {
         } else {
             x.clone()
         };
-        let h = input.matmul(&self.w1.as_tensor().t()?)?;
         match (&self.cfg, &self.b1, &self.w2) {
             (GateConfig::Mlp { activation, .. }, Some(b1), Some(w2)) => {
+                let h = input.matmul(&self.w1.as_tensor().t()?)?;
                 let a = activate(&h.broadcast_add(b1.as_tensor())?, *activation)?;
-                Ok(a.matmul(&w2.as_tensor().t()?)?)
+                matmul_by_row_blocks(&a, w2.as_tensor())
             }
-            _ => Ok(h),
+            _ => matmul_by_row_blocks(&input, self.w1.as_tensor()),
         }
     }
+}
+
+/// Output columns computed per matmul call in [`matmul_by_row_blocks`].
+pub const GATE_COLUMN_BLOCK: usize = 16;
+
+/// `x · wᵀ` for `w [outputs, in]`, computed in blocks of [`GATE_COLUMN_BLOCK`] rows of `w`
+/// (the last one zero-padded), so that every call has the same shape whatever `outputs` is.
+/// The matmul backend picks its kernel (and so its summation order) by shape; with a fixed
+/// block width, expert `e`'s logit does not depend on how many experts the gate scores,
+/// and adding an expert (expert surgery) leaves the others' logits bitwise equal.
+pub fn matmul_by_row_blocks(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (outputs, d_in) = w.dims2()?;
+    let mut blocks = Vec::with_capacity(outputs.div_ceil(GATE_COLUMN_BLOCK));
+    for start in (0..outputs).step_by(GATE_COLUMN_BLOCK) {
+        let n = GATE_COLUMN_BLOCK.min(outputs - start);
+        let mut rows = w.narrow(0, start, n)?;
+        if n < GATE_COLUMN_BLOCK {
+            let pad = Tensor::zeros((GATE_COLUMN_BLOCK - n, d_in), w.dtype(), w.device())?;
+            rows = Tensor::cat(&[&rows, &pad], 0)?;
+        }
+        blocks.push(x.matmul(&rows.t()?)?.narrow(1, 0, n)?);
+    }
+    Ok(match blocks.len() {
+        1 => blocks.pop().expect("one block"),
+        _ => Tensor::cat(&blocks, 1)?,
+    })
 }
 
 /// `[T, d]` → `[T, 2d]`: each token next to the mean of its sequence.

@@ -103,7 +103,14 @@ pub struct MoeLayer {
     shared_layout: Option<Arc<crate::expert::ExpertLayout>>,
     /// Tokens per expert since the last `after_step` (for bias balancing across accumulation).
     pending_load: Mutex<Vec<usize>>,
+    /// Per expert, how far it is let into routing (`None`: every expert fully); see
+    /// [`MoeLayer::set_gate_in`].
+    gate_in: Option<Vec<f32>>,
 }
+
+/// The offset a gate-in value of 0 gives an expert's logit: far enough below any real logit
+/// that `exp` of the difference is exactly 0 in f32 and a sigmoid of it is exactly 0.
+pub const GATE_IN_FLOOR: f32 = -1.0e4;
 
 impl MoeLayer {
     /// Validates `cfg` and creates the layer's parameters under `pb`
@@ -144,7 +151,58 @@ impl MoeLayer {
             shared,
             shared_gate,
             pending_load: Mutex::new(vec![0; cfg.num_experts()]),
+            gate_in: None,
         })
+    }
+
+    /// Lets experts into routing gradually (an expert added by surgery): expert `e`'s gate
+    /// logit is offset by `ln α[e]` (at least [`GATE_IN_FLOOR`]), and each
+    /// [`MoeLayer::after_step`] raises every `α` by `1 / cfg.gate_in_steps` up to 1. An expert
+    /// at `α = 0` gets exactly zero probability: top-k never picks it (while `k` others are
+    /// available) and the softmax of the others is bitwise what it was without it, so the
+    /// layer's output is unchanged until training opens the gate. `None` (or all ones):
+    /// every expert fully in. A router without a learned gate has nothing to offset.
+    pub fn set_gate_in(&mut self, alpha: Option<Vec<f32>>) -> Result<()> {
+        if let Some(a) = &alpha {
+            if a.len() != self.num_experts() {
+                return Err(MoeError::input(
+                    "MoeLayer::set_gate_in",
+                    format!("{} values for {} experts", a.len(), self.num_experts()),
+                ));
+            }
+            if let Some(bad) = a.iter().find(|x| !(0.0..=1.0).contains(*x)) {
+                return Err(MoeError::input(
+                    "MoeLayer::set_gate_in",
+                    format!("gate-in values must be in [0, 1], got {bad}"),
+                ));
+            }
+        }
+        self.gate_in = alpha.filter(|a| a.iter().any(|&x| x < 1.0));
+        Ok(())
+    }
+
+    /// The gate-in values, while some expert is not fully in ([`MoeLayer::set_gate_in`]).
+    pub fn gate_in(&self) -> Option<&[f32]> {
+        self.gate_in.as_deref()
+    }
+
+    /// `gate_out` with the gate-in offsets added to the expert columns.
+    fn offset_gate(&self, gate_out: Tensor) -> Result<Tensor> {
+        let (Some(alpha), Some(cols)) = (&self.gate_in, self.router.expert_columns()) else {
+            return Ok(gate_out);
+        };
+        let width = gate_out.dims2()?.1;
+        let mut row = vec![0f32; width];
+        for (e, &a) in alpha.iter().enumerate() {
+            row[cols.start + e] = if a > 0.0 {
+                a.ln().max(GATE_IN_FLOOR)
+            } else {
+                GATE_IN_FLOOR
+            };
+        }
+        let row =
+            Tensor::from_vec(row, (1, width), gate_out.device())?.to_dtype(gate_out.dtype())?;
+        Ok(gate_out.broadcast_add(&row)?)
     }
 
     pub fn num_experts(&self) -> usize {
@@ -159,6 +217,13 @@ impl MoeLayer {
             vec![0; self.num_experts()],
         );
         self.router.after_step(&load);
+        if let Some(a) = &mut self.gate_in {
+            let step = 1.0 / self.cfg.gate_in_steps as f32;
+            a.iter_mut().for_each(|x| *x = (*x + step).min(1.0));
+            if a.iter().all(|&x| x >= 1.0) {
+                self.gate_in = None;
+            }
+        }
     }
 
     /// Forgets the load counted since the last [`MoeLayer::after_step`] without applying it:
@@ -219,7 +284,7 @@ impl MoeLayer {
     pub fn gate_logits(&self, x: &Tensor, seq_len: Option<usize>) -> Result<Option<Tensor>> {
         self.gate
             .as_ref()
-            .map(|g| g.forward(x, seq_len))
+            .map(|g| self.offset_gate(g.forward(x, seq_len)?))
             .transpose()
     }
 
@@ -245,7 +310,7 @@ impl MoeLayer {
         let t = x2.dims()[0];
         let gate_in = self.jitter(x2, ctx)?;
         let gate_out = match &self.gate {
-            Some(g) => g.forward(&gate_in, ctx.seq_len)?,
+            Some(g) => self.offset_gate(g.forward(&gate_in, ctx.seq_len)?)?,
             None => Tensor::zeros((t, 0), x2.dtype(), x2.device())?,
         };
         let available = self.sample_available(ctx);

@@ -60,7 +60,7 @@ pub use config::{
 };
 pub use dispatch::{backward, DispatchImpl, KernelOptions};
 pub use error::{MoeError, Result};
-pub use layer::{ForcedRouting, ForwardCtx, MoeBlock, MoeLayer, MoeOutput, Routing};
+pub use layer::{ForcedRouting, ForwardCtx, MoeBlock, MoeLayer, MoeOutput, Routing, GATE_IN_FLOOR};
 pub use params::{Init, ParamBuilder, ParamStore};
 pub use plan::DispatchPlan;
 pub use router::Router;

@@ -11,7 +11,14 @@ pub fn buffer_key(layer: usize, name: &str) -> String {
     format!("model.layers.{layer}.block_sparse_moe.router.{name}")
 }
 
-/// Every router buffer of the model, by key.
+/// Name of a layer's gate-in values in `state.json` (see `MoeLayer::set_gate_in`), saved
+/// only while an added expert is still entering routing.
+pub fn gate_in_key(layer: usize) -> String {
+    format!("model.layers.{layer}.block_sparse_moe.gate_in")
+}
+
+/// Every router buffer of the model, by key (with each layer's gate-in values while some
+/// expert is entering routing).
 pub fn router_buffers(model: &MoeLm) -> BTreeMap<String, Vec<f32>> {
     let mut out = BTreeMap::new();
     for (i, block) in model.layers.iter().enumerate() {
@@ -19,13 +26,17 @@ pub fn router_buffers(model: &MoeLm) -> BTreeMap<String, Vec<f32>> {
             for (name, values) in m.router.buffers() {
                 out.insert(buffer_key(i, &name), values);
             }
+            if let Some(a) = m.gate_in() {
+                out.insert(gate_in_key(i), a.to_vec());
+            }
         }
     }
     out
 }
 
 /// Restores router buffers saved by [`router_buffers`]; every buffer the model has must be
-/// present and nothing else. On error the message lists every problem.
+/// present and nothing else (a layer's gate-in values are optional: absent, every expert
+/// is fully in). On error the message lists every problem.
 pub fn load_router_buffers(
     model: &mut MoeLm,
     saved: &BTreeMap<String, Vec<f32>>,
@@ -36,6 +47,11 @@ pub fn load_router_buffers(
         let Ffn::Moe(m) = &mut block.ffn else {
             continue;
         };
+        let gate_in = saved.get(&gate_in_key(i));
+        used += usize::from(gate_in.is_some());
+        if let Err(e) = m.set_gate_in(gate_in.cloned()) {
+            problems.push(format!("`{}`: {e}", gate_in_key(i)));
+        }
         for (name, _) in m.router.buffers() {
             let key = buffer_key(i, &name);
             match saved.get(&key) {
@@ -50,7 +66,12 @@ pub fn load_router_buffers(
         }
     }
     if used < saved.len() {
-        let known = router_buffers(model);
+        let mut known = router_buffers(model);
+        for (i, block) in model.layers.iter().enumerate() {
+            if matches!(block.ffn, Ffn::Moe(_)) {
+                known.insert(gate_in_key(i), Vec::new());
+            }
+        }
         problems.extend(
             saved
                 .keys()

@@ -37,7 +37,7 @@ pub mod load;
 pub mod run_dir;
 pub mod state;
 
-pub use buffers::{buffer_key, load_router_buffers, router_buffers};
+pub use buffers::{buffer_key, gate_in_key, load_router_buffers, router_buffers};
 pub use checkpoint::{
     check_load_fits, load_checkpoint, restore_into, save_checkpoint, save_checkpoint_with,
     Checkpoint, CheckpointContents, SaveOptions,

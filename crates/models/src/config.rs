@@ -71,6 +71,15 @@ impl FfnConfig {
     }
 }
 
+/// One MoE layer whose config differs from `ffn.sparse`: what expert surgery on some layers
+/// only (`switchyard experts split|merge|prune --layer …`) leaves behind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerMoe {
+    /// The layer; it must hold `ffn.sparse`'s MoE (a sparse slot not in `dense_layers`).
+    pub layer: usize,
+    pub moe: MoeConfig,
+}
+
 /// A decoder-only transformer LM (Llama/Mixtral layout: pre-norm RMSNorm, RoPE, SwiGLU or MoE).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -112,6 +121,9 @@ pub struct LmConfig {
     /// `mlp_only_layers`). Lives here rather than in [`FfnConfig`] so that existing
     /// `FfnConfig { .. }` literals stay valid.
     pub dense_layers: Vec<usize>,
+    /// MoE layers whose config replaces `ffn.sparse`'s (expert counts that differ by layer
+    /// after surgery); empty for a uniform model. Each layer at most once.
+    pub layer_moe: Vec<LayerMoe>,
 }
 
 impl Default for LmConfig {
@@ -135,6 +147,7 @@ impl Default for LmConfig {
             tie_embeddings: true,
             ffn: FfnConfig::default(),
             dense_layers: Vec::new(),
+            layer_moe: Vec::new(),
         }
     }
 }
@@ -364,7 +377,40 @@ impl LmConfig {
                 hidden: self.ffn.dense_hidden,
             }
         } else {
-            self.ffn.layer(i)
+            match self.layer_override(i) {
+                Some(m) if self.ffn.is_sparse_slot(i) => LayerFfn::Moe(m.clone()),
+                _ => self.ffn.layer(i),
+            }
+        }
+    }
+
+    /// The MoE config of layer `i` from `layer_moe`, if one is listed.
+    pub fn layer_override(&self, i: usize) -> Option<&MoeConfig> {
+        self.layer_moe.iter().find(|o| o.layer == i).map(|o| &o.moe)
+    }
+
+    /// The MoE config of layer `i`, `None` when its FFN is dense.
+    pub fn layer_moe_config(&self, i: usize) -> Option<MoeConfig> {
+        match self.layer_ffn(i) {
+            LayerFfn::Moe(m) => Some(m),
+            LayerFfn::Dense { .. } => None,
+        }
+    }
+
+    /// Whether every MoE layer has `ffn.sparse`'s config (no `layer_moe` entry differs).
+    pub fn is_uniform(&self) -> bool {
+        self.layer_moe
+            .iter()
+            .all(|o| matches!(&self.ffn.sparse, LayerFfn::Moe(m) if *m == o.moe))
+    }
+
+    /// Sets layer `i`'s MoE config: an entry of `layer_moe`, or none when it equals
+    /// `ffn.sparse`'s.
+    pub fn set_layer_moe(&mut self, i: usize, moe: MoeConfig) {
+        self.layer_moe.retain(|o| o.layer != i);
+        if !matches!(&self.ffn.sparse, LayerFfn::Moe(m) if *m == moe) {
+            self.layer_moe.push(LayerMoe { layer: i, moe });
+            self.layer_moe.sort_by_key(|o| o.layer);
         }
     }
 
@@ -537,34 +583,62 @@ impl LmConfig {
             ));
         }
         match &f.sparse {
-            LayerFfn::Dense { hidden: 0 } => Err(ModelError::config(
-                "ffn.sparse.hidden",
-                "a dense FFN needs a hidden width of at least 1",
-            )),
-            LayerFfn::Dense { .. } => Ok(()),
-            LayerFfn::Moe(m) => {
-                if m.d_model != self.d_model {
-                    return Err(ModelError::config(
-                        "ffn.sparse.d_model",
-                        format!(
-                            "the MoE layer's d_model = {} must equal the model's d_model = {}",
-                            m.d_model, self.d_model
-                        ),
-                    ));
-                }
-                m.validate()
-                    .map_err(|e| ModelError::from_moe_config("ffn.sparse", e))?;
-                if m.gate.uses_context() {
-                    // the context vector is the mean over the whole sequence: future tokens
-                    // would leak into the routing of past ones
-                    return Err(ModelError::config(
-                        "ffn.sparse.gate.context",
-                        "a context gate sees future tokens, which breaks the causal LM; set context = false",
-                    ));
-                }
-                Ok(())
+            LayerFfn::Dense { hidden: 0 } => {
+                return Err(ModelError::config(
+                    "ffn.sparse.hidden",
+                    "a dense FFN needs a hidden width of at least 1",
+                ))
             }
+            LayerFfn::Dense { .. } => {}
+            LayerFfn::Moe(m) => self.check_moe("ffn.sparse", m)?,
         }
+        let mut seen = std::collections::BTreeSet::new();
+        for (j, o) in self.layer_moe.iter().enumerate() {
+            let field = format!("layer_moe[{j}]");
+            if !seen.insert(o.layer) {
+                return Err(ModelError::config(
+                    &format!("{field}.layer"),
+                    format!("layer {} is listed twice", o.layer),
+                ));
+            }
+            if !matches!(f.sparse, LayerFfn::Moe(_)) || !self.is_sparse_layer(o.layer) {
+                return Err(ModelError::config(
+                    &format!("{field}.layer"),
+                    format!(
+                        "layer {} does not hold an MoE layer (n_layers = {}, MoE layers: {:?})",
+                        o.layer,
+                        self.n_layers,
+                        self.moe_layers()
+                    ),
+                ));
+            }
+            self.check_moe(&format!("{field}.moe"), &o.moe)?;
+        }
+        Ok(())
+    }
+
+    /// Checks one MoE layer's config against the model; `field` prefixes the error's key.
+    fn check_moe(&self, field: &str, m: &MoeConfig) -> Result<()> {
+        if m.d_model != self.d_model {
+            return Err(ModelError::config(
+                &format!("{field}.d_model"),
+                format!(
+                    "the MoE layer's d_model = {} must equal the model's d_model = {}",
+                    m.d_model, self.d_model
+                ),
+            ));
+        }
+        m.validate()
+            .map_err(|e| ModelError::from_moe_config(field, e))?;
+        if m.gate.uses_context() {
+            // the context vector is the mean over the whole sequence: future tokens
+            // would leak into the routing of past ones
+            return Err(ModelError::config(
+                &format!("{field}.gate.context"),
+                "a context gate sees future tokens, which breaks the causal LM; set context = false",
+            ));
+        }
+        Ok(())
     }
 
     /// The dense baseline with equal active parameters per token: every MoE FFN becomes a
@@ -578,8 +652,11 @@ impl LmConfig {
     /// otherwise leave the baseline several percent smaller. Everything else (attention,
     /// norms, embeddings, the dense layers) is unchanged, so the two models differ in active
     /// parameters by at most the rounding, `1.5 · d_model` per MoE layer.
+    ///
+    /// Per-layer MoE configs (`layer_moe`) are dropped: the baseline follows `ffn.sparse`.
     pub fn dense_equivalent(&self) -> LmConfig {
         let mut c = self.clone();
+        c.layer_moe.clear();
         if let LayerFfn::Moe(m) = &self.ffn.sparse {
             let d = self.d_model.max(1);
             // an invalid router has no gate to count; validate() reports it on use
@@ -602,17 +679,24 @@ impl LmConfig {
         // each layer's FFN is the dense one or ffn.sparse: count each kind once
         let (dense_layers, sparse_layers) = self.layer_kinds();
         let dense = 3 * d * self.ffn.dense_hidden;
+        let moe_counts = |m: &MoeConfig| -> Result<(usize, f64)> {
+            let fixed = gate_params(m)? as f64 + shared_params(m);
+            let routed: usize = m.experts.iter().map(|e| e.params(d)).sum();
+            Ok(((fixed as usize) + routed, fixed + active_routed_params(m)))
+        };
         let (sparse, sparse_active) = match &self.ffn.sparse {
             LayerFfn::Dense { hidden } => (3 * d * hidden, (3 * d * hidden) as f64),
-            LayerFfn::Moe(m) => {
-                let fixed = gate_params(m)? as f64 + shared_params(m);
-                let routed: usize = m.experts.iter().map(|e| e.params(d)).sum();
-                ((fixed as usize) + routed, fixed + active_routed_params(m))
-            }
+            LayerFfn::Moe(m) => moe_counts(m)?,
         };
         total += self.n_layers * (attn + norms) + dense_layers * dense + sparse_layers * sparse;
         active += (self.n_layers * (attn + norms) + dense_layers * dense) as f64
             + sparse_layers as f64 * sparse_active;
+        // layers whose MoE differs from ffn.sparse (validate() checked they hold one)
+        for o in &self.layer_moe {
+            let (t, a) = moe_counts(&o.moe)?;
+            total = total + t - sparse;
+            active += a - sparse_active;
+        }
         Ok(ParamCount {
             total,
             active_per_token: active.round() as usize,

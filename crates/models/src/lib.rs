@@ -64,7 +64,9 @@ pub mod rope;
 pub use attention::{Attention, KvCache, LayerKv};
 pub use block::{DecoderBlock, LayerReport, SelfAttention};
 pub use classifier::{ClassifierOutput, MoeClassifier, MoeClassifierConfig};
-pub use config::{FfnConfig, LayerFfn, LmConfig, MlaConfig, ParamCount, RopeScaling, YarnScaling};
+pub use config::{
+    FfnConfig, LayerFfn, LayerMoe, LmConfig, MlaConfig, ParamCount, RopeScaling, YarnScaling,
+};
 pub use error::{ModelError, Result};
 pub use ffn::{DenseFfn, Ffn};
 pub use generate::Sampler;

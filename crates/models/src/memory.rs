@@ -299,6 +299,33 @@ impl fmt::Display for TooLarge {
     }
 }
 
+/// [`LmConfig::check_magnitudes`] for one MoE layer's config; `field` prefixes the keys.
+fn check_moe_magnitudes(
+    field: &str,
+    m: &MoeConfig,
+    limit: &impl Fn(&str, usize, usize) -> Result<()>,
+) -> Result<()> {
+    limit(&format!("{field}.d_model"), m.d_model, MAX_WIDTH)?;
+    limit(&format!("{field}.experts"), m.experts.len(), MAX_EXPERTS)?;
+    limit(
+        &format!("{field}.shared_experts"),
+        m.shared_experts.len(),
+        MAX_EXPERTS,
+    )?;
+    for (list, specs) in [
+        ("experts", &m.experts),
+        ("shared_experts", &m.shared_experts),
+    ] {
+        for (i, e) in specs.iter().enumerate() {
+            limit(&format!("{field}.{list}[{i}].hidden"), e.hidden, MAX_WIDTH)?;
+        }
+    }
+    if let GateConfig::Mlp { hidden, .. } = m.gate {
+        limit(&format!("{field}.gate.hidden"), hidden, MAX_WIDTH)?;
+    }
+    Ok(())
+}
+
 fn gib(bytes: f64) -> String {
     format!("{:.1} GiB", bytes / GIB)
 }
@@ -347,32 +374,11 @@ impl LmConfig {
         }
         match &self.ffn.sparse {
             LayerFfn::Dense { hidden } => limit("ffn.sparse.hidden", *hidden, MAX_WIDTH)?,
-            LayerFfn::Moe(m) => {
-                limit("ffn.sparse.d_model", m.d_model, MAX_WIDTH)?;
-                limit("ffn.sparse.experts", m.experts.len(), MAX_EXPERTS)?;
-                limit(
-                    "ffn.sparse.shared_experts",
-                    m.shared_experts.len(),
-                    MAX_EXPERTS,
-                )?;
-                let experts = m.experts.iter().map(|e| ("experts", e));
-                let shared = m.shared_experts.iter().map(|e| ("shared_experts", e));
-                for (i, (list, e)) in experts.chain(shared).enumerate() {
-                    let i = if list == "experts" {
-                        i
-                    } else {
-                        i - m.experts.len()
-                    };
-                    limit(
-                        &format!("ffn.sparse.{list}[{i}].hidden"),
-                        e.hidden,
-                        MAX_WIDTH,
-                    )?;
-                }
-                if let GateConfig::Mlp { hidden, .. } = m.gate {
-                    limit("ffn.sparse.gate.hidden", hidden, MAX_WIDTH)?;
-                }
-            }
+            LayerFfn::Moe(m) => check_moe_magnitudes("ffn.sparse", m, &limit)?,
+        }
+        for (j, o) in self.layer_moe.iter().enumerate() {
+            limit(&format!("layer_moe[{j}].layer"), o.layer, MAX_LAYERS)?;
+            check_moe_magnitudes(&format!("layer_moe[{j}].moe"), &o.moe, &limit)?;
         }
         let params = parameter_estimate(self);
         if params > MAX_PARAMETERS {
@@ -440,11 +446,18 @@ fn parameter_estimate(cfg: &LmConfig) -> f64 {
         LayerFfn::Dense { hidden } => 3.0 * d * f(*hidden),
         LayerFfn::Moe(m) => moe_params(m),
     };
+    // layers whose MoE differs from ffn.sparse's
+    let overrides: f64 = cfg
+        .layer_moe
+        .iter()
+        .map(|o| moe_params(&o.moe) - sparse_ffn)
+        .sum();
     embed
         + d
         + f(cfg.n_layers) * (attn + 2.0 * d)
         + f(dense_layers) * dense_ffn
         + f(sparse_layers) * sparse_ffn
+        + overrides
 }
 
 /// Routed and shared experts plus the gate of one MoE layer (a gate of `E` outputs whatever
@@ -487,16 +500,22 @@ fn per_token_layer_activations(cfg: &LmConfig) -> impl Fn(usize) -> f64 {
             (h * hd, f(cfg.kv_heads()) * hd, f(cfg.kv_heads()) * hd)
         }
     };
+    let moe = |m: &MoeConfig| -> f64 {
+        let e = m.experts.len().max(1) as f64;
+        let mean = m.experts.iter().map(|x| x.hidden as f64).sum::<f64>() / e;
+        let shared: f64 = m.shared_experts.iter().map(|x| x.hidden as f64).sum();
+        // gate logits, probabilities, weights; k experts' gate, up, activation,
+        // product per token; the gathered rows in and out
+        3.0 * e + 4.0 * (m.router.k() as f64 * mean + shared) + 4.0 * d
+    };
+    let widest_override = cfg
+        .layer_moe
+        .iter()
+        .map(|o| moe(&o.moe))
+        .fold(0.0, f64::max);
     let ffn = |sparse: bool| -> f64 {
         match (&cfg.ffn.sparse, sparse) {
-            (LayerFfn::Moe(m), true) => {
-                let e = m.experts.len().max(1) as f64;
-                let mean = m.experts.iter().map(|x| x.hidden as f64).sum::<f64>() / e;
-                let shared: f64 = m.shared_experts.iter().map(|x| x.hidden as f64).sum();
-                // gate logits, probabilities, weights; k experts' gate, up, activation,
-                // product per token; the gathered rows in and out
-                3.0 * e + 4.0 * (m.router.k() as f64 * mean + shared) + 4.0 * d
-            }
+            (LayerFfn::Moe(m), true) => moe(m).max(widest_override),
             // gate, up, silu (two ops), product; the output
             (LayerFfn::Dense { hidden }, true) => 5.0 * f(*hidden) + d,
             (_, false) => 5.0 * f(cfg.ffn.dense_hidden) + d,

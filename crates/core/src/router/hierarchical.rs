@@ -133,6 +133,9 @@ impl Router for HierarchicalRouter {
     fn gate_outputs(&self) -> usize {
         self.groups + self.experts
     }
+    fn expert_columns(&self) -> Option<std::ops::Range<usize>> {
+        Some(self.groups..self.groups + self.experts)
+    }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput> {
         let (e, gn) = (self.experts, self.groups);
         expect_cols(&input, gn + e, "hierarchical router")?;

@@ -284,6 +284,12 @@ pub trait Router: Send + Sync {
     fn gate_outputs(&self) -> usize {
         self.num_experts()
     }
+    /// The gate columns holding one logit per expert, in expert order (`None`: the router
+    /// has no learned gate). The layer's gate-in ramp offsets these
+    /// ([`crate::MoeLayer::set_gate_in`]); expert surgery remaps the gate rows behind them.
+    fn expert_columns(&self) -> Option<std::ops::Range<usize>> {
+        (self.gate_outputs() > 0).then(|| 0..self.num_experts())
+    }
     fn route(&self, input: RouterInput<'_>) -> Result<RouterOutput>;
     /// Multiplier applied to the weights after optional renormalisation (DeepSeek-V3's
     /// routed scaling factor).
