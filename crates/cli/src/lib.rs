@@ -35,6 +35,7 @@ pub mod exit;
 pub mod new_run;
 pub mod report;
 pub mod run_config;
+pub mod surgery;
 
 pub use exit::{exit_code, UserError, EXIT_ERROR, EXIT_NON_FINITE, EXIT_USAGE};
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard_cli::commands::{
-    analyze, bench, demo, eval, export, generate, import, logits, train,
+    analyze, bench, demo, eval, experts, export, generate, import, logits, train, upcycle,
 };
 use switchyard_cli::{error_report, exit_code, hints, EXIT_ERROR};
 
@@ -59,6 +59,11 @@ enum Command {
     Export(export::ExportArgs),
     /// Logits, router logits and chosen experts of every MoE layer for given ids, as safetensors.
     Logits(logits::LogitsArgs),
+    /// Expert surgery on a checkpoint (add, split, merge, prune), written as a new run that
+    /// training resumes from; weights, gate rows, router buffers and AdamW moments move together.
+    Experts(experts::ExpertsArgs),
+    /// Sparse upcycling: a dense checkpoint's FFNs copied into N experts behind a fresh gate.
+    Upcycle(upcycle::UpcycleArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,5 +107,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import::run(args),
         Command::Export(args) => export::run(args),
         Command::Logits(args) => logits::run(args),
+        Command::Experts(args) => experts::run(args),
+        Command::Upcycle(args) => upcycle::run(args),
     }
 }

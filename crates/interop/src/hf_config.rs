@@ -286,6 +286,15 @@ pub fn check_representable(arch: HfArch, cfg: &LmConfig) -> std::result::Result<
         return Err(vec!["the model has no MoE layer".into()]);
     };
     p.want(cfg.vocab_size != 0, "vocab_size is 0");
+    p.want(
+        cfg.is_uniform(),
+        format!(
+            "every MoE layer must have one config (HF configs hold one expert count and router \
+             for all layers), but layer_moe gives layers {:?} their own (after `switchyard \
+             experts` on some layers; apply the same surgery to every layer to export)",
+            cfg.layer_moe.iter().map(|o| o.layer).collect::<Vec<_>>()
+        ),
+    );
     let widths: Vec<usize> = m.experts.iter().map(|e| e.hidden).collect();
     p.want(
         m.experts

@@ -1,0 +1,83 @@
+//! `switchyard upcycle`: sparse upcycling of a dense checkpoint — every FFN of its sparse
+//! slots copied into N experts (plus noise) behind a fresh top-k gate — written as a new run
+//! directory that training resumes from.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use switchyard_lifecycle::{upcycle, SurgeryReport, UpcycleOptions};
+
+use crate::surgery::{self, lifecycle_error, Record};
+
+#[derive(Args)]
+pub struct UpcycleArgs {
+    /// A dense checkpoint (run or step directory), e.g. the demo's `dense` run.
+    #[arg(long)]
+    pub ckpt: PathBuf,
+    /// Experts per MoE layer.
+    #[arg(long)]
+    pub experts: usize,
+    /// Experts per token.
+    #[arg(long)]
+    pub k: usize,
+    /// Relative noise on each copy's weights (std = noise x the matrix's RMS); 0: exact
+    /// copies (with k = experts the model then computes what the dense one did).
+    #[arg(long, default_value_t = 0.01)]
+    pub noise: f64,
+    /// The new run directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace the run already in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Validation windows per domain for the before/after loss (default: the run's
+    /// data.max_valid_windows); 0 skips it.
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    /// Seeds the noise and the gate.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(a: UpcycleArgs) -> anyhow::Result<()> {
+    let (src, new_run) = surgery::open(&a.ckpt, &a.out, a.force)?;
+    let windows = a.eval_windows.unwrap_or(src.cfg.data.max_valid_windows);
+    let data = if windows > 0 { Some(src.data()?) } else { None };
+    let before = match &data {
+        Some(d) => Some(surgery::evaluate(&src.state, d, windows)?),
+        None => None,
+    };
+    let mut state = src.state.clone();
+    let opts = UpcycleOptions {
+        experts: a.experts,
+        k: a.k,
+        noise: a.noise,
+        seed: a.seed,
+    };
+    upcycle(&mut state, &opts).map_err(lifecycle_error)?;
+    let layers = state.model.moe_layers();
+    let report = SurgeryReport {
+        experts_before: vec![1; layers.len()],
+        experts_after: vec![a.experts; layers.len()],
+        layers,
+        warnings: Vec::new(),
+    };
+    let after = match &data {
+        Some(d) => Some(surgery::evaluate(&state, d, windows)?),
+        None => {
+            surgery::build(&state)?;
+            None
+        }
+    };
+    let record = Record {
+        operation: "upcycle",
+        source: src.ckpt.dir.clone(),
+        step: src.ckpt.step,
+        report: &report,
+        before: before.as_ref(),
+        after: after.as_ref(),
+    };
+    let dir = surgery::save(&src, &state, &new_run, &record)?;
+    surgery::print_summary("upcycle", &report, before.as_ref(), after.as_ref(), &dir);
+    Ok(())
+}
