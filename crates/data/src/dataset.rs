@@ -298,6 +298,39 @@ impl Dataset {
         self.train.seq_len()
     }
 
+    /// This dataset with `domain`'s documents left out of the training stream, built from
+    /// the `docs` it was built from: validation, the split and domain ids unchanged. The data
+    /// a run trains on before a new domain appears (`data.new_domain`). `None` when no
+    /// domain has that name.
+    pub fn without_training_domain<T: Tokenizer + ?Sized>(
+        &self,
+        docs: &[Document],
+        tokenizer: &T,
+        domain: &str,
+    ) -> Result<Option<Dataset>, DataError> {
+        if !self.domains.names().iter().any(|n| n == domain) {
+            return Ok(None);
+        }
+        let train_docs = self
+            .split
+            .train
+            .iter()
+            .map(|&i| &docs[i])
+            .filter(|d| d.domain != domain);
+        let train = PackedSequences::pack(train_docs, tokenizer, &self.domains, self.seq_len())?;
+        if train.num_windows() == 0 {
+            return Err(DataError::TooFewTokens {
+                what: format!("the training set without domain `{domain}`"),
+                tokens: train.tokens.len(),
+                needed: self.seq_len() + 1,
+            });
+        }
+        Ok(Some(Dataset {
+            train,
+            ..self.clone()
+        }))
+    }
+
     /// Endless shuffled training batches from epoch 0.
     pub fn train_batches(&self, batch_size: usize, seed: u64) -> Result<BatchIter<'_>, DataError> {
         BatchIter::new(&self.train, batch_size, seed)

@@ -27,6 +27,7 @@ pub mod error;
 pub mod eval;
 pub mod fault;
 pub mod guard;
+pub mod lifecycle;
 pub mod metrics;
 pub mod progress;
 pub mod restore;
@@ -49,6 +50,7 @@ pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
 pub use fault::Faults;
 use guard::{CollapseEvent, CollapseWatch, SpikeGuard, SpikeVerdict, COLLAPSE_CLEAR_STEPS};
+pub use lifecycle::{AddAt, LifecycleConfig, LifecycleState};
 pub use metrics::METRICS_FILE;
 use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
 use progress::Progress;
@@ -82,6 +84,9 @@ pub struct TrainSummary {
 struct UserState {
     spike: SpikeGuard,
     tokens_seen: u64,
+    /// Absent in checkpoints written before the lifecycle hooks.
+    #[serde(default)]
+    lifecycle: LifecycleState,
 }
 
 pub struct Trainer {
@@ -89,6 +94,10 @@ pub struct Trainer {
     pub model: MoeLm,
     pub store: ParamStore,
     pub data: Dataset,
+    /// With `data.new_domain`: the data of the steps before it appears.
+    data_early: Option<Dataset>,
+    /// What the lifecycle hooks remember between evaluations.
+    lifecycle: LifecycleState,
     opt: AdamW,
     schedule: LrSchedule,
     batch_seed: u64,
@@ -132,7 +141,7 @@ impl Trainer {
         if !faults.is_empty() {
             tracing::warn!("fault injection from the environment ({faults:?}); see switchyard_train::trainer::fault");
         }
-        let data = data::build_dataset_with(&cfg, tok.as_ref())?;
+        let (data, data_early) = data::build_datasets(&cfg, tok.as_ref())?;
         let (store, mut model) = build_model(&cfg)?;
         if let (true, Some(from)) = (load_init, &cfg.init.from) {
             restore::load_init_weights(&store, &mut model, from)?;
@@ -158,6 +167,9 @@ impl Trainer {
         schedule.validate()?;
         // fail now, not at the first step, when the batch does not fit the data
         data.train_batches(cfg.train.batch_size, 0)?;
+        if let Some(early) = &data_early {
+            early.train_batches(cfg.train.batch_size, 0)?;
+        }
         let ctx = LmCtx::new(true, mix_seed(cfg.seed, ROUTING_SEED_SALT));
         Ok(Self {
             batch_seed: mix_seed(cfg.seed, BATCH_SEED_SALT),
@@ -166,6 +178,8 @@ impl Trainer {
             model,
             store,
             data,
+            data_early,
+            lifecycle: LifecycleState::default(),
             opt,
             schedule,
             cursor: Cursor::default(),
@@ -202,6 +216,12 @@ impl Trainer {
             path: ckpt.dir.clone(),
             reason,
         };
+        // lifecycle hooks change the model during the run: the checkpoint's is the current one
+        let mut cfg = cfg;
+        if cfg.lifecycle.active() && saved.model != cfg.model {
+            tracing::info!("the lifecycle hooks changed the model; resuming with the checkpoint's");
+            cfg.model = saved.model.clone();
+        }
         for (key, differs) in [
             ("model", saved.model != cfg.model),
             ("data", saved.data != cfg.data),
@@ -246,6 +266,7 @@ impl Trainer {
             .map_err(|e| resume_err(format!("trainer state: {e}")))?;
         t.spike = user.spike;
         t.tokens_seen = user.tokens_seen;
+        t.lifecycle = user.lifecycle;
         t.step = ckpt.step;
         t.last_checkpoint = Some(ckpt.dir.clone());
         t.resumed = true;
@@ -310,12 +331,14 @@ impl Trainer {
             self.progress
                 .update(self.step, record.loss, record.tokens_per_s);
             self.log_step(&record);
-            let at =
-                |every: u64| (every > 0 && self.step.is_multiple_of(every)) || self.step == total;
+            self.step_hooks(&mut metrics)?;
+            let step = self.step;
+            let at = |every: u64| (every > 0 && step.is_multiple_of(every)) || step == total;
             if at(self.cfg.train.eval_every) {
                 let result = self.evaluate()?;
                 metrics.write(&EvalRecord::new(self.step, &result))?;
                 self.progress.suspend(|| log_eval(self.step, &result));
+                self.eval_hooks(&result, &mut metrics)?;
                 last_eval = Some(result);
             }
             if at(self.cfg.train.checkpoint_every) {
@@ -462,6 +485,7 @@ impl Trainer {
         let user = UserState {
             spike: self.spike.clone(),
             tokens_seen: self.tokens_seen,
+            lifecycle: self.lifecycle.clone(),
         };
         let state = TrainState {
             rngs: [(ROUTING_RNG.to_string(), RngState::capture(&self.ctx.rng))]
@@ -490,12 +514,31 @@ impl Trainer {
         Ok(dir)
     }
 
+    /// Runs the hooks [`Trainer::run`] calls after each step (the lifecycle's scheduled
+    /// surgeries and the new domain's arrival), for callers that drive
+    /// [`Trainer::train_step`] themselves.
+    pub fn run_step_hooks(&mut self, metrics: &mut metrics::MetricsWriter) -> RunResult<()> {
+        self.step_hooks(metrics)
+    }
+
+    /// The first batch the next step will train on, without consuming it.
+    pub fn peek_batch(&self) -> RunResult<switchyard_data::Batch> {
+        let data = match &self.data_early {
+            Some(early) if self.step < self.cfg.data.new_domain_step => early,
+            _ => &self.data,
+        };
+        let mut it =
+            data.train_batches_from(self.cfg.train.batch_size, self.batch_seed, self.cursor)?;
+        Ok(it.next_batch())
+    }
+
     fn next_batch(&mut self) -> RunResult<switchyard_data::Batch> {
-        let mut it = self.data.train_batches_from(
-            self.cfg.train.batch_size,
-            self.batch_seed,
-            self.cursor,
-        )?;
+        let data = match &self.data_early {
+            Some(early) if self.step < self.cfg.data.new_domain_step => early,
+            _ => &self.data,
+        };
+        let mut it =
+            data.train_batches_from(self.cfg.train.batch_size, self.batch_seed, self.cursor)?;
         let batch = it.next_batch();
         self.cursor = it.cursor();
         Ok(batch)

@@ -27,6 +27,8 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub train: LoopConfig,
     pub log: LogConfig,
+    /// Expert lifecycle hooks (add, split, prune during training); all off by default.
+    pub lifecycle: super::lifecycle::LifecycleConfig,
 }
 
 /// Where the first weights come from.
@@ -66,6 +68,11 @@ pub struct DataConfig {
     /// At most this many validation windows per domain are evaluated (the first ones), to
     /// bound the cost of an evaluation.
     pub max_valid_windows: usize,
+    /// A domain left out of the training batches until step `new_domain_step` (a new domain
+    /// appearing mid-run; validation covers it throughout). Unset: none.
+    pub new_domain: Option<String>,
+    /// The step after which `new_domain` enters the training data.
+    pub new_domain_step: u64,
 }
 
 /// AdamW and the learning-rate schedule (linear warmup, cosine decay to `min_lr` at
@@ -133,6 +140,7 @@ impl Default for TrainConfig {
             optim: OptimConfig::default(),
             train: LoopConfig::default(),
             log: LogConfig::default(),
+            lifecycle: Default::default(),
         }
     }
 }
@@ -176,6 +184,8 @@ impl Default for DataConfig {
             valid_fraction: 0.1,
             split_seed: 0,
             max_valid_windows: 32,
+            new_domain: None,
+            new_domain_step: 0,
         }
     }
 }
@@ -237,6 +247,18 @@ impl TrainConfig {
         }
         self.validate_data()?;
         self.validate_loop()?;
+        self.lifecycle.validate(self.train.steps)?;
+        if self.data.new_domain.is_some()
+            && !(1..self.train.steps).contains(&self.data.new_domain_step)
+        {
+            return Err(ConfigError::invalid(
+                "data.new_domain_step",
+                format!(
+                    "must be in 1..{} (train.steps) for the new domain to appear, got {}",
+                    self.train.steps, self.data.new_domain_step
+                ),
+            ));
+        }
         self.validate_optim()
     }
 

@@ -146,6 +146,8 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("data.valid_fraction", "share of each domain's documents held out for validation, in (0, 1)"),
     key("data.split_seed", "seeds which documents are held out (kept apart from seed)"),
     key("data.max_valid_windows", "validation windows per domain an evaluation reads, at most"),
+    opt("data.new_domain", "\"cjk\"", "a domain left out of the training batches until data.new_domain_step (a new domain appearing mid-run)"),
+    key("data.new_domain_step", "the step after which data.new_domain enters the training data"),
     key("optim", "AdamW and the LR schedule (linear warmup, cosine decay to min_lr at train.steps)"),
     key("optim.lr", "peak learning rate, after warmup"),
     key("optim.min_lr", "learning rate at the last step"),
@@ -168,6 +170,12 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("log.metrics", "append one JSON line per step and evaluation to run_dir/metrics.jsonl"),
     key("log.every", "an info log line every this many steps; 0: none"),
     key("log.progress", "show the progress bar (hidden anyway when stderr is not a terminal)"),
+    key("lifecycle", "expert lifecycle during training: experts added, split and pruned by the trainer (logged in metrics.jsonl)"),
+    key("lifecycle.add", "experts added at steps: [{ step = 200, count = 2, layers = [] }] (layers empty: all)"),
+    key("lifecycle.add_on_new_domain", "experts added to every MoE layer when data.new_domain appears; 0: none"),
+    key("lifecycle.split_load_share", "at each evaluation split the expert whose load share exceeds this; 0: never"),
+    key("lifecycle.prune_dead_evals", "prune an expert without validation tokens in this many evaluations in a row; 0: never"),
+    key("lifecycle.noise", "relative noise on a split expert's copy"),
 ];
 
 /// The description of `key` (a dotted path), if it has one.

@@ -42,13 +42,42 @@ pub fn build_dataset(cfg: &TrainConfig) -> RunResult<Dataset> {
 /// Split, tokenize with `tok` and pack the run's data; every id must be below
 /// `model.vocab_size`.
 pub fn build_dataset_with(cfg: &TrainConfig, tok: &dyn Tokenizer) -> RunResult<Dataset> {
+    Ok(build_datasets(cfg, tok)?.0)
+}
+
+/// The run's data, and with `data.new_domain` set, the data of the steps before that domain
+/// appears (its documents left out of the training stream).
+pub fn build_datasets(
+    cfg: &TrainConfig,
+    tok: &dyn Tokenizer,
+) -> RunResult<(Dataset, Option<Dataset>)> {
     let docs = load_documents(cfg)?;
+    let data = build_from(cfg, tok, &docs)?;
+    let early = match &cfg.data.new_domain {
+        None => None,
+        Some(name) => Some(
+            data.without_training_domain(&docs, tok, name)?
+                .ok_or_else(|| {
+                    ConfigError::invalid(
+                        "data.new_domain",
+                        format!(
+                            "no domain `{name}` in the data; the domains are {}",
+                            data.domains.names().join(", ")
+                        ),
+                    )
+                })?,
+        ),
+    };
+    Ok((data, early))
+}
+
+fn build_from(cfg: &TrainConfig, tok: &dyn Tokenizer, docs: &[Document]) -> RunResult<Dataset> {
     let dcfg = DatasetConfig {
         seq_len: cfg.data.seq_len,
         valid_fraction: cfg.data.valid_fraction,
         split_seed: cfg.data.split_seed,
     };
-    let data = Dataset::build(&docs, tok, &dcfg)?;
+    let data = Dataset::build(docs, tok, &dcfg)?;
     let vocab = cfg.model.vocab_size;
     let max_id = std::iter::once(&data.train)
         .chain(data.valid.iter())

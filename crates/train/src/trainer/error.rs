@@ -74,6 +74,9 @@ pub enum RunError {
     Resume { path: PathBuf, reason: String },
     #[error("data: {0}")]
     Data(#[from] DataError),
+    /// A lifecycle hook's surgery found the model state inconsistent.
+    #[error("expert surgery: {0}")]
+    Lifecycle(String),
     #[error("model: {0}")]
     Model(#[from] ModelError),
     #[error("optimiser: {0}")]
