@@ -120,6 +120,8 @@ struct ParamState {
     step: u64,
     exp_avg: Vec<f32>,
     exp_avg_sq: Vec<f32>,
+    /// Elements that are not updated (no decay, no moment update); see [`AdamW::freeze`].
+    frozen: Option<Vec<bool>>,
 }
 
 /// AdamW over the parameters a [`ParamStore`] held when the optimiser was created.
@@ -157,6 +159,7 @@ impl AdamW {
                 shape,
                 decay,
                 step: 0,
+                frozen: None,
                 exp_avg: vec![0.0; n],
                 exp_avg_sq: vec![0.0; n],
             });
@@ -185,6 +188,36 @@ impl AdamW {
 
     fn find(&self, name: &str) -> Option<&ParamState> {
         self.params.iter().find(|p| p.name == name)
+    }
+
+    /// Freezes the elements of parameter `name` in `ranges` (flat indices): later steps leave
+    /// them, and their moments, exactly as they are (the step count is per parameter and still
+    /// advances). An empty list unfreezes the parameter. Not part of the saved state: the
+    /// caller sets it again after a resume.
+    pub fn freeze(&mut self, name: &str, ranges: &[std::ops::Range<usize>]) -> Result<()> {
+        let Some(st) = self.params.iter_mut().find(|p| p.name == name) else {
+            return Err(TrainError::Param {
+                name: name.into(),
+                reason: "no such parameter to freeze".into(),
+            });
+        };
+        let n = st.exp_avg.len();
+        if ranges.is_empty() {
+            st.frozen = None;
+            return Ok(());
+        }
+        let mut mask = vec![false; n];
+        for r in ranges {
+            if r.end > n || r.start > r.end {
+                return Err(TrainError::Param {
+                    name: name.into(),
+                    reason: format!("frozen range {r:?} is outside its {n} elements"),
+                });
+            }
+            mask[r.clone()].iter_mut().for_each(|m| *m = true);
+        }
+        st.frozen = Some(mask);
+        Ok(())
     }
 
     /// One update with the configured base learning rate.
@@ -240,12 +273,8 @@ impl AdamW {
             let bc2_sqrt = (1.0 - beta2.powf(t)).sqrt() as f32;
             let eps = eps as f32;
 
-            for (((p, &g), m), v) in p
-                .iter_mut()
-                .zip(&g)
-                .zip(&mut st.exp_avg)
-                .zip(&mut st.exp_avg_sq)
-            {
+            // one element's update; a frozen element is left alone
+            let update = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
                 if st.decay {
                     // p -= lr * wd * p
                     *p *= decay;
@@ -263,6 +292,18 @@ impl AdamW {
                 let denom = v.sqrt() / bc2_sqrt + eps;
                 // param.addcdiv_(exp_avg, denom, value=-step_size): p -= lr m̂ / (sqrt(v̂) + eps)
                 *p += neg_step_size * (*m / denom);
+            };
+            let elems = p
+                .iter_mut()
+                .zip(&g)
+                .zip(&mut st.exp_avg)
+                .zip(&mut st.exp_avg_sq);
+            match st.frozen.as_deref() {
+                None => elems.for_each(|(((p, &g), m), v)| update(p, g, m, v)),
+                Some(frozen) => elems
+                    .zip(frozen)
+                    .filter(|(_, &f)| !f)
+                    .for_each(|((((p, &g), m), v), _)| update(p, g, m, v)),
             }
             let dev = st.var.device();
             let new = Tensor::from_vec(p, st.shape.as_slice(), dev)?.to_dtype(st.var.dtype())?;

@@ -267,6 +267,7 @@ impl Trainer {
         t.spike = user.spike;
         t.tokens_seen = user.tokens_seen;
         t.lifecycle = user.lifecycle;
+        t.apply_freeze()?;
         t.step = ckpt.step;
         t.last_checkpoint = Some(ckpt.dir.clone());
         t.resumed = true;

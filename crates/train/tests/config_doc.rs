@@ -56,6 +56,7 @@ fn covering_configs() -> Vec<TrainConfig> {
     c.init.from = Some("runs/imported".into());
     c.data.path = Some("examples/text".into());
     c.data.tokenizer = Some("tokenizer.json".into());
+    c.data.new_domain = Some("cjk".into());
     c.model.n_kv_heads = Some(2);
     c.model.head_dim = Some(16);
     c.model.clip_qkv = Some(8.0);

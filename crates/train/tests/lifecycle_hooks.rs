@@ -134,6 +134,10 @@ fn a_new_domain_is_absent_until_its_step_and_gets_its_experts() {
     cfg.data.new_domain = Some("cjk".into());
     cfg.data.new_domain_step = 3;
     cfg.lifecycle.add_on_new_domain = 2;
+    cfg.lifecycle.freeze_old_experts = true;
+    if let switchyard_models::LayerFfn::Moe(m) = &mut cfg.model.ffn.sparse {
+        m.gate_in_steps = 2;
+    }
     let mut t = Trainer::new(cfg.clone()).unwrap();
     let cjk = t
         .data
@@ -143,6 +147,23 @@ fn a_new_domain_is_absent_until_its_step_and_gets_its_experts() {
         .position(|n| n == "cjk")
         .unwrap() as u32;
     let mut seen_after = 0;
+    let mut at_surgery = None;
+    let packed = |t: &Trainer| {
+        bits(
+            t.store
+                .get("model.layers.0.block_sparse_moe.experts.packed")
+                .unwrap()
+                .as_tensor(),
+        )
+    };
+    let gate = |t: &Trainer| {
+        bits(
+            t.store
+                .get("model.layers.0.block_sparse_moe.gate.weight")
+                .unwrap()
+                .as_tensor(),
+        )
+    };
     for step in 0..cfg.train.steps {
         let b = t.peek_batch().unwrap();
         let has = b.domains.contains(&cjk);
@@ -155,7 +176,19 @@ fn a_new_domain_is_absent_until_its_step_and_gets_its_experts() {
         let mut m =
             switchyard_train::trainer::metrics::MetricsWriter::open(d.path(), false, None).unwrap();
         t.run_step_hooks(&mut m).unwrap();
+        if step + 1 == 3 {
+            at_surgery = Some((packed(&t), gate(&t)));
+        }
     }
+    // the old experts (the first 4 segments, gate rows 0..4) froze at the surgery; the new
+    // ones trained
+    let (p3, g3) = at_surgery.unwrap();
+    let (p, g) = (packed(&t), gate(&t));
+    let seg = 3 * 16 * 16;
+    assert_eq!(p[..4 * seg], p3[..4 * seg], "old experts moved");
+    assert_ne!(p[4 * seg..], p3[4 * seg..], "new experts did not train");
+    assert_eq!(g[..4 * 16], g3[..4 * 16], "old gate rows moved");
+    assert_ne!(g[4 * 16..], g3[4 * 16..]);
     assert!(seen_after > 0, "cjk never appeared after its step");
     assert_eq!(experts(&t), vec![6]);
     // an unknown domain is a config error naming the key

@@ -176,6 +176,7 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("lifecycle.split_load_share", "at each evaluation split the expert whose load share exceeds this; 0: never"),
     key("lifecycle.prune_dead_evals", "prune an expert without validation tokens in this many evaluations in a row; 0: never"),
     key("lifecycle.noise", "relative noise on a split expert's copy"),
+    key("lifecycle.freeze_old_experts", "when the new domain's experts are added, freeze the experts there were (weights, gate rows)"),
 ];
 
 /// The description of `key` (a dotted path), if it has one.

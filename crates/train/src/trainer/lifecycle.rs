@@ -48,6 +48,10 @@ pub struct LifecycleConfig {
     pub prune_dead_evals: u32,
     /// Relative noise of a split's copy.
     pub noise: f64,
+    /// When the new domain's experts are added, freeze the experts there were before (their
+    /// weights, gate rows and moments stay as they are for the rest of the run), so what
+    /// they learned is kept; everything else trains on.
+    pub freeze_old_experts: bool,
 }
 
 impl LifecycleConfig {
@@ -92,6 +96,10 @@ impl LifecycleConfig {
 pub struct LifecycleState {
     /// Per MoE layer (by layer index), per expert: consecutive evaluations without a token.
     pub dead_evals: BTreeMap<usize, Vec<u32>>,
+    /// Per MoE layer: how many of its first experts are frozen
+    /// (`lifecycle.freeze_old_experts`).
+    #[serde(default)]
+    pub frozen: BTreeMap<usize, usize>,
 }
 
 /// One `metrics.jsonl` line per surgery.
@@ -162,6 +170,11 @@ impl Trainer {
         self.cfg.model = state.model;
         self.collapse = super::guard::CollapseWatch::new(self.cfg.model.moe_layers().len());
         self.lifecycle.dead_evals.clear();
+        if operation != "add" {
+            // indices moved: what was frozen is no longer where the masks say
+            self.lifecycle.frozen.clear();
+        }
+        self.apply_freeze()?;
         self.progress.suspend(|| {
             tracing::info!(
                 "step {}: {operation} ({reason}): experts per layer {:?} -> {:?}",
@@ -227,12 +240,18 @@ impl Trainer {
                 let count = self.cfg.lifecycle.add_on_new_domain;
                 if count > 0 {
                     let seed = self.cfg.seed ^ step;
-                    self.apply_surgery(
+                    let report = self.apply_surgery(
                         "add",
                         &format!("new domain `{domain}`"),
                         Some(metrics),
                         |s| add_experts(s, &[], count, &AddInit::Fresh { like: 0 }, 0.0, seed),
                     )?;
+                    if self.cfg.lifecycle.freeze_old_experts {
+                        for (&l, &before) in report.layers.iter().zip(&report.experts_before) {
+                            self.lifecycle.frozen.insert(l, before);
+                        }
+                        self.apply_freeze()?;
+                    }
                 }
             }
         }
@@ -296,6 +315,44 @@ impl Trainer {
                     prune_experts(s, &remove)
                 })?;
             }
+        }
+        Ok(())
+    }
+}
+
+impl Trainer {
+    /// Sets the optimiser's frozen elements from `lifecycle.frozen`: for each listed layer,
+    /// its first experts' segments of `experts.packed` and their gate rows (every block of
+    /// per-expert rows). Called after each rebuild and on resume.
+    pub(super) fn apply_freeze(&mut self) -> RunResult<()> {
+        for (&layer, &n) in &self.lifecycle.frozen {
+            let Some(moe) = self.cfg.model.layer_moe_config(layer) else {
+                continue;
+            };
+            let p = switchyard_lifecycle::moe_prefix(layer);
+            let layout = switchyard_core::expert::ExpertLayout::new(moe.d_model, &moe.experts);
+            let end = layout.slots.get(n).map_or(layout.total, |s| s.w1);
+            self.opt.freeze(&format!("{p}.experts.packed"), &[0..end])?;
+            let router = switchyard_core::router::build(&moe.router, moe.experts.len())?;
+            let Some(cols) = router.expert_columns() else {
+                continue;
+            };
+            let name = match moe.gate {
+                switchyard_core::GateConfig::Linear { .. } => format!("{p}.gate.weight"),
+                switchyard_core::GateConfig::Mlp { .. } => format!("{p}.gate.w2"),
+            };
+            let Some(width) = self.store.get(&name).map(|v| v.dims()[1]) else {
+                continue;
+            };
+            let e = moe.experts.len();
+            let blocks = (router.gate_outputs() - cols.start) / e.max(1);
+            let ranges: Vec<_> = (0..blocks)
+                .map(|b| {
+                    let first = cols.start + b * e;
+                    first * width..(first + n) * width
+                })
+                .collect();
+            self.opt.freeze(&name, &ranges)?;
         }
         Ok(())
     }
