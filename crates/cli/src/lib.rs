@@ -31,6 +31,7 @@
 pub mod analyze;
 pub mod commands;
 pub mod demo;
+pub mod demo_new_domain;
 pub mod exit;
 pub mod new_run;
 pub mod report;

@@ -245,3 +245,52 @@ fn bad_surgery_arguments_exit_2_with_the_reason() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
 }
+
+#[test]
+fn new_domain_demo_runs_three_runs_and_writes_its_table() {
+    let t = TempDir::new("lifecycle-demo");
+    let out = t.0.join("nd");
+    let o = switchyard(&[
+        "-q",
+        "demo",
+        "--new-domain",
+        "--quick",
+        "--out",
+        s(&out),
+        "--set",
+        "train.steps=4",
+        "--set",
+        "optim.warmup_steps=1",
+        "--set",
+        "data.max_valid_windows=2",
+    ]);
+    let (so, se) = text(&o);
+    assert!(o.status.success(), "{so}\n{se}");
+    assert!(
+        so.contains("| cjk (new) |") && so.contains("grow / all seven"),
+        "{so}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(v["appear_step"], 4);
+    assert_eq!(v["steps"], 8);
+    assert_eq!(
+        v["experts_after"].as_u64().unwrap(),
+        v["experts_before"].as_u64().unwrap() + 2
+    );
+    for run in ["grow", "continue", "all"] {
+        assert!(out.join(run).join("latest").is_file(), "{run}");
+    }
+    // the surgery is in grow's metrics, at the step the domain appeared
+    let m = std::fs::read_to_string(out.join("grow/metrics.jsonl")).unwrap();
+    let ev: Vec<serde_json::Value> = m
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "surgery")
+        .collect();
+    assert_eq!(ev.len(), 1, "{m}");
+    assert_eq!(ev[0]["step"], 4);
+    // a second run into the same directory is refused
+    let o = switchyard(&["-q", "demo", "--new-domain", "--quick", "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+}

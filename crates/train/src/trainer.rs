@@ -308,7 +308,8 @@ impl Trainer {
         let mut metrics = MetricsWriter::open(
             &self.cfg.run_dir,
             self.cfg.log.metrics,
-            self.resumed.then_some(self.step),
+            // a run continued (resumed, or driven step by step before) keeps the lines so far
+            (self.resumed || self.step > 0).then_some(self.step),
         )?;
         self.progress = Progress::new(total, self.step, self.cfg.log.progress);
         tracing::info!(

@@ -35,15 +35,23 @@ pub struct DemoArgs {
     /// without training. Default: off.
     #[arg(long, value_name = "SUMMARY_JSON")]
     pub table: Option<PathBuf>,
+    /// The expert-lifecycle demo instead: six domains, then a seventh appears and experts are
+    /// added for it (old ones frozen), against continuing without new experts and against
+    /// training on all seven from the start (runs/demo-new-domain[-quick]).
+    #[arg(long, conflicts_with = "table")]
+    pub new_domain: bool,
 }
 
 /// Runs the demo (or prints its config); `quiet` turns the progress bars off.
 pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
+    let default_out = if args.new_domain {
+        crate::demo_new_domain::default_out(args.quick)
+    } else {
+        demo::DemoOptions::default_out(args.quick)
+    };
     let opts = demo::DemoOptions {
         quick: args.quick,
-        out: args
-            .out
-            .unwrap_or_else(|| demo::DemoOptions::default_out(args.quick)),
+        out: args.out.unwrap_or(default_out),
         force: args.force,
         overrides: args.set,
         progress: !quiet,
@@ -58,6 +66,12 @@ pub fn run(args: DemoArgs, quiet: bool) -> anyhow::Result<()> {
         let summary: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{} is not JSON", path.display()))?;
         print!("{}", report::demo_markdown(&summary)?);
+        return Ok(());
+    }
+    if args.new_domain {
+        let r = crate::demo_new_domain::run(&opts)?;
+        print!("{}", crate::demo_new_domain::report(&r));
+        println!("summary: {}", opts.out.join(demo::SUMMARY_FILE).display());
         return Ok(());
     }
     let result = demo::run(&opts)?;
