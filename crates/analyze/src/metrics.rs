@@ -33,6 +33,31 @@ pub struct LayerMetrics {
     pub top_ngrams: Vec<Vec<(Vec<u32>, u64)>>,
     /// `[e1][e2]`: tokens routed to both `e1` and `e2` (diagonal: tokens routed to `e`).
     pub coactivation: Vec<Vec<u64>>,
+    /// Per expert: its architecture (e.g. `swiglu 128`, `ffn gelu 64`) and its multiply-adds
+    /// per routed token; filled from the model by [`crate::analyze`] (empty from a trace alone).
+    pub experts: Vec<ExpertInfo>,
+}
+
+/// What an expert is and what a token routed to it costs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpertInfo {
+    pub architecture: String,
+    pub macs_per_token: usize,
+}
+
+impl ExpertInfo {
+    pub fn of(spec: &switchyard_core::ExpertSpec, d_model: usize) -> Self {
+        let architecture = match spec.kind {
+            switchyard_core::ExpertKind::SwiGlu => format!("swiglu {}", spec.hidden),
+            switchyard_core::ExpertKind::Ffn { activation } => {
+                format!("ffn {activation:?} {}", spec.hidden).to_lowercase()
+            }
+        };
+        Self {
+            architecture,
+            macs_per_token: spec.params(d_model),
+        }
+    }
 }
 
 /// Co-activation across two layers: `counts[e][f]` tokens went to expert `e` in `from` and to
@@ -83,6 +108,7 @@ pub fn layer_metrics(trace: &RoutingTrace, lt: &LayerTrace) -> LayerMetrics {
         }
     }
     LayerMetrics {
+        experts: Vec::new(),
         layer: lt.layer,
         num_experts: e,
         load_cv: cv(&load),

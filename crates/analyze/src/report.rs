@@ -70,7 +70,16 @@ pub fn analyze(
     }
     let trace_path = out.join("trace.safetensors");
     trace::save(&tr, &trace_path)?;
-    let layers = all_layers(&tr);
+    let mut layers = all_layers(&tr);
+    for m in &mut layers {
+        if let Some(moe) = model.cfg.layer_moe_config(m.layer) {
+            m.experts = moe
+                .experts
+                .iter()
+                .map(|x| crate::metrics::ExpertInfo::of(x, moe.d_model))
+                .collect();
+        }
+    }
     let cross = cross_layer(&tr);
     let ablation = if opts.ablation {
         // evenly spaced batches, so every domain of a domain-ordered batch list is covered
@@ -375,7 +384,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
     }
     h.push_str("<h2>Top tokens per expert</h2>\n");
     for m in layers {
-        let _ = writeln!(h, "<h3>Layer {}</h3><table><tr><th>expert</th><th>load</th><th>top tokens (count)</th><th>top trigrams</th></tr>", m.layer);
+        let _ = writeln!(h, "<h3>Layer {}</h3><table><tr><th>expert</th><th>architecture</th><th>MACs/token</th><th>load</th><th>top tokens (count)</th><th>top trigrams</th></tr>", m.layer);
         for e in 0..m.num_experts {
             let toks: Vec<String> = m.top_tokens[e]
                 .iter()
@@ -386,7 +395,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
                 .take(4)
                 .map(|(g, c)| format!("{} ({c})", esc(&format!("{:?}", tok.decode(g)))))
                 .collect();
-            let _ = writeln!(h, "<tr><td>e{e}</td><td>{}</td><td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>", m.load[e], toks.join(" "), grams.join(" "));
+            let (arch, macs) = m
+                .experts
+                .get(e)
+                .map_or((String::new(), String::new()), |x| {
+                    (esc(&x.architecture), x.macs_per_token.to_string())
+                });
+            let _ = writeln!(h, "<tr><td>e{e}</td><td>{arch}</td><td>{macs}</td><td>{}</td><td style=\"text-align:left\">{}</td><td style=\"text-align:left\">{}</td></tr>", m.load[e], toks.join(" "), grams.join(" "));
         }
         h.push_str("</table>\n");
     }

@@ -50,7 +50,7 @@ pub use error::{ConfigError, RunError, RunResult};
 pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
 pub use fault::Faults;
 use guard::{CollapseEvent, CollapseWatch, SpikeGuard, SpikeVerdict, COLLAPSE_CLEAR_STEPS};
-pub use lifecycle::{AddAt, LifecycleConfig, LifecycleState};
+pub use lifecycle::{AddAt, LifecycleConfig, LifecycleState, SearchBy};
 pub use metrics::METRICS_FILE;
 use metrics::{EvalRecord, LayerAccumulator, MetricsWriter, StepRecord};
 use progress::Progress;

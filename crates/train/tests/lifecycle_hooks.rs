@@ -199,3 +199,42 @@ fn a_new_domain_is_absent_until_its_step_and_gets_its_experts() {
         "{e}"
     );
 }
+
+#[test]
+fn architecture_search_prunes_the_weakest_candidate_per_evaluation() {
+    use switchyard_core::{Activation, ExpertSpec};
+    for by in [
+        switchyard_train::trainer::SearchBy::Usage,
+        switchyard_train::trainer::SearchBy::Ablation,
+    ] {
+        let d = TempDir::new("lc-search");
+        let mut cfg = tiny_run(d.path());
+        cfg.train.steps = 6;
+        cfg.train.eval_every = 1;
+        if let switchyard_models::LayerFfn::Moe(m) = &mut cfg.model.ffn.sparse {
+            m.experts = vec![
+                ExpertSpec::swiglu(8),
+                ExpertSpec::swiglu(24),
+                ExpertSpec::ffn(Activation::Gelu, 16),
+                ExpertSpec::ffn(Activation::Relu, 32),
+                ExpertSpec::swiglu(16),
+                ExpertSpec::ffn(Activation::Silu, 8),
+            ];
+        }
+        cfg.lifecycle.search_keep = 3;
+        cfg.lifecycle.search_by = by;
+        let mut t = Trainer::new(cfg).unwrap();
+        t.run().unwrap();
+        assert_eq!(experts(&t), vec![3], "{by:?}");
+        let ev = events(d.path());
+        let steps: Vec<u64> = ev.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+        assert_eq!(steps, vec![1, 2, 3], "{by:?}: {ev:?}");
+        assert!(ev[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("architecture search"));
+        // the survivors are a subset of the pool, in pool order
+        let m = t.cfg.model.layer_moe_config(0).unwrap();
+        assert_eq!(m.experts.len(), 3);
+    }
+}

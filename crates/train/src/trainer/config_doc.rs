@@ -176,6 +176,8 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("lifecycle.split_load_share", "at each evaluation split the expert whose load share exceeds this; 0: never"),
     key("lifecycle.prune_dead_evals", "prune an expert without validation tokens in this many evaluations in a row; 0: never"),
     key("lifecycle.noise", "relative noise on a split expert's copy"),
+    key("lifecycle.search_keep", "architecture search: each evaluation prunes every MoE layer's weakest expert until this many are left; 0: off"),
+    key("lifecycle.search_by", "how the search ranks experts: \"usage\" (validation tokens) or \"ablation\" (loss increase when removed)"),
     key("lifecycle.freeze_old_experts", "when the new domain's experts are added, freeze the experts there were (weights, gate rows)"),
 ];
 

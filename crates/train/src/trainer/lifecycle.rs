@@ -52,6 +52,22 @@ pub struct LifecycleConfig {
     /// weights, gate rows and moments stay as they are for the rest of the run), so what
     /// they learned is kept; everything else trains on.
     pub freeze_old_experts: bool,
+    /// Expert architecture search: at each evaluation, every MoE layer with more experts
+    /// than this loses its weakest one (by `search_by`), until this many are left (0: off).
+    /// Seed the layer with a pool of candidates of different kinds and widths.
+    pub search_keep: usize,
+    /// How the search ranks experts: `"usage"` (validation tokens routed to each) or
+    /// `"ablation"` (the validation-loss increase when each is removed).
+    pub search_by: SearchBy,
+}
+
+/// How architecture search ranks a layer's experts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchBy {
+    #[default]
+    Usage,
+    Ablation,
 }
 
 impl LifecycleConfig {
@@ -288,6 +304,43 @@ impl Trainer {
                 }
             }
         }
+        if lc.search_keep > 0 {
+            let mut remove = Vec::new();
+            let mut why = Vec::new();
+            for r in &eval.routing {
+                let usage = usage_of(r);
+                if usage.len() <= lc.search_keep {
+                    continue;
+                }
+                let scores = match lc.search_by {
+                    SearchBy::Usage => usage,
+                    SearchBy::Ablation => self.ablation_scores(r.layer, usage.len())?,
+                };
+                // the weakest; ties go to the higher index (the later candidate)
+                let loser = (0..scores.len())
+                    .min_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
+                    .expect("experts");
+                let arch = self
+                    .cfg
+                    .model
+                    .layer_moe_config(r.layer)
+                    .map(|m| format!("{:?}", m.experts[loser]))
+                    .unwrap_or_default();
+                why.push(format!(
+                    "layer {} expert {loser} ({arch}) scored lowest ({:?} {:.4})",
+                    r.layer, lc.search_by, scores[loser]
+                ));
+                remove.push((r.layer, loser));
+            }
+            if !remove.is_empty() {
+                let reason = format!("architecture search: {}", why.join("; "));
+                self.apply_surgery("prune", &reason, Some(metrics), |s| {
+                    prune_experts(s, &remove)
+                })?;
+                // the evaluation's routing no longer matches the experts
+                return Ok(());
+            }
+        }
         if lc.prune_dead_evals > 0 {
             let mut remove = Vec::new();
             for r in &eval.routing {
@@ -321,6 +374,57 @@ impl Trainer {
 }
 
 impl Trainer {
+    /// Per expert of MoE layer `layer`: the validation loss with it removed (routing
+    /// renormalised over the others, the expert-dropout mechanism with a fixed mask) minus the
+    /// loss of the intact model, over the first two validation windows of every domain.
+    fn ablation_scores(&self, layer: usize, experts: usize) -> RunResult<Vec<f64>> {
+        use switchyard_models::{per_token_ce, LayerOverride, LmCtx};
+        let batches: Vec<switchyard_data::Batch> = self
+            .data
+            .valid
+            .iter()
+            .map(|v| {
+                let w: Vec<usize> = (0..v.num_windows().min(2)).collect();
+                switchyard_data::Batch::from_windows(v, &w)
+            })
+            .collect();
+        let loss = |ctx: &mut LmCtx| -> RunResult<f64> {
+            let (mut sum, mut n) = (0.0, 0usize);
+            for b in &batches {
+                let shape = (b.batch_size, b.seq_len);
+                let ids = candle_core::Tensor::from_slice(&b.inputs, shape, &Device::Cpu)?;
+                let tg = candle_core::Tensor::from_slice(&b.targets, shape, &Device::Cpu)?;
+                let out = self.model.forward(&ids, ctx)?;
+                let ce = per_token_ce(&out.logits, &tg)?
+                    .flatten_all()?
+                    .to_dtype(DType::F64)?
+                    .to_vec1::<f64>()?;
+                sum += ce.iter().sum::<f64>();
+                n += ce.len();
+            }
+            Ok(sum / n.max(1) as f64)
+        };
+        let base = loss(&mut LmCtx::new(false, 0))?;
+        let mut out = Vec::with_capacity(experts);
+        for e in 0..experts {
+            let mut ctx = LmCtx::new(false, 0);
+            let mut available = vec![true; experts];
+            available[e] = false;
+            ctx.overrides.insert(
+                layer,
+                LayerOverride {
+                    forced: None,
+                    available: Some(available),
+                },
+            );
+            out.push(loss(&mut ctx)? - base);
+        }
+        self.model
+            .moe_layers()
+            .for_each(|m| m.discard_pending_load());
+        Ok(out)
+    }
+
     /// Sets the optimiser's frozen elements from `lifecycle.frozen`: for each listed layer,
     /// its first experts' segments of `experts.packed` and their gate rows (every block of
     /// per-expert rows). Called after each rebuild and on resume.
