@@ -27,6 +27,8 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     pub train: LoopConfig,
     pub log: LogConfig,
+    /// Background replicas of every expert's weights and AdamW moments (off by default).
+    pub replica: super::replica::ReplicaConfig,
 }
 
 /// Where the first weights come from.
@@ -133,6 +135,7 @@ impl Default for TrainConfig {
             optim: OptimConfig::default(),
             train: LoopConfig::default(),
             log: LogConfig::default(),
+            replica: Default::default(),
         }
     }
 }

@@ -166,6 +166,8 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("log.metrics", "append one JSON line per step and evaluation to run_dir/metrics.jsonl"),
     key("log.every", "an info log line every this many steps; 0: none"),
     key("log.progress", "show the progress bar (hidden anyway when stderr is not a terminal)"),
+    key("replica", "background replicas of each expert's weights and AdamW moments; a non-finite expert is restored from its replica"),
+    key("replica.every", "refresh the replicas (and check them) every this many steps; 0: off"),
 ];
 
 /// The description of `key` (a dotted path), if it has one.
