@@ -186,7 +186,9 @@ impl Replicas {
         if !sent {
             // the thread is gone (it panicked): count the job as done so nobody waits for it
             lock(&self.shared.progress).done += 1;
-            tracing::error!("the expert-replica thread has stopped; replicas are no longer refreshed");
+            tracing::error!(
+                "the expert-replica thread has stopped; replicas are no longer refreshed"
+            );
         }
     }
 
@@ -195,11 +197,7 @@ impl Replicas {
     pub fn wait_idle(&self) -> Vec<(usize, usize, u64)> {
         let mut p = lock(&self.shared.progress);
         while p.done < p.submitted {
-            p = self
-                .shared
-                .idle
-                .wait(p)
-                .unwrap_or_else(|e| e.into_inner());
+            p = self.shared.idle.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         std::mem::take(&mut p.damaged)
     }
@@ -382,7 +380,9 @@ impl Trainer {
         if expert >= n {
             return Err(user_error(
                 what,
-                format!("layer {layer} has {n} routed experts (0..{n}); there is no expert {expert}"),
+                format!(
+                    "layer {layer} has {n} routed experts (0..{n}); there is no expert {expert}"
+                ),
             ));
         }
         Ok(pos)
@@ -396,14 +396,18 @@ impl Trainer {
         }
         let layers = self.moe_param_layers();
         if layers.is_empty() {
-            tracing::info!("replica.every is set but the model has no MoE layer: nothing to replicate");
+            tracing::info!(
+                "replica.every is set but the model has no MoE layer: nothing to replicate"
+            );
         }
         let mut snaps = Vec::with_capacity(layers.len());
         for l in &layers {
             snaps.extend(self.opt.snapshot(&l.param)?);
         }
-        let mut r = Replicas::start(self.cfg.replica.every, layers)
-            .map_err(RunError::io("start the expert-replica thread for", &self.cfg.run_dir))?;
+        let mut r = Replicas::start(self.cfg.replica.every, layers).map_err(RunError::io(
+            "start the expert-replica thread for",
+            &self.cfg.run_dir,
+        ))?;
         r.submit(self.step, snaps);
         self.replicas = Some(r);
         Ok(())
@@ -427,8 +431,13 @@ impl Trainer {
             if !self.damaged_experts(pos)?.contains(&expert) {
                 continue;
             }
-            if self.restore_from_replica(pos, expert, step, CAUSE_CHECK)?.is_none() {
-                tracing::warn!("step {step}: an expert is damaged and has no finite replica to restore");
+            if self
+                .restore_from_replica(pos, expert, step, CAUSE_CHECK)?
+                .is_none()
+            {
+                tracing::warn!(
+                    "step {step}: an expert is damaged and has no finite replica to restore"
+                );
             }
         }
         let r = self.replicas.as_mut().expect("checked above");
@@ -454,7 +463,9 @@ impl Trainer {
         }
         let mut all = !damaged.is_empty();
         for (pos, e) in damaged {
-            all &= self.restore_from_replica(pos, e, step, CAUSE_NON_FINITE)?.is_some();
+            all &= self
+                .restore_from_replica(pos, e, step, CAUSE_NON_FINITE)?
+                .is_some();
         }
         Ok(all)
     }
@@ -540,7 +551,8 @@ impl Trainer {
             self.opt.set_moments(&l.param, range, &nan, &v)?;
         } else {
             let packed = l.var.as_tensor();
-            let nan = Tensor::full(f32::NAN, range.len(), packed.device())?.to_dtype(packed.dtype())?;
+            let nan =
+                Tensor::full(f32::NAN, range.len(), packed.device())?.to_dtype(packed.dtype())?;
             packed.slice_set(&nan, 0, range.start)?;
         }
         Ok(())
