@@ -220,6 +220,42 @@ fn a_nan_loss_exits_with_3_and_leaves_the_last_checkpoint() {
 /// The test-only hook that makes one step's loss NaN (`switchyard_train::trainer::fault`).
 const NAN_FAULT: &str = "SWITCHYARD_FAULT_NAN_LOSS_AT_STEP";
 
+/// The test-only hook that makes one expert's weights NaN (`LAYER:EXPERT@STEP`).
+const NAN_EXPERT_FAULT: &str = "SWITCHYARD_FAULT_NAN_EXPERT";
+
+/// A NaN expert stops a run with exit code 3; with `replica.every` it is restored from its
+/// replica, the run finishes and `metrics.jsonl` records the restore.
+#[test]
+fn a_nan_expert_exits_with_3_unless_replicas_restore_it() {
+    let dir = TempDir::new("nan-expert");
+    let (out, _) = tiny_run_env(&dir.0, &[], &[(NAN_EXPERT_FAULT, "0:1@5")]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+
+    let dir = TempDir::new("nan-expert-replica");
+    let set = ["--set", "replica.every=2"];
+    let (out, run_dir) = tiny_run_env(&dir.0, &set, &[(NAN_EXPERT_FAULT, "0:1@5")]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("step-00000006"), "{stdout}");
+    assert!(
+        stderr.contains("restored from its replica of step 4"),
+        "{stderr}"
+    );
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains(
+            r#"{"event":"expert_restored","step":5,"layer":0,"expert":1,"replica_step":4"#
+        ),
+        "{metrics}"
+    );
+
+    // a malformed fault is a usage error naming the variable
+    let dir = TempDir::new("nan-expert-bad");
+    let (out, _) = tiny_run_env(&dir.0, &[], &[(NAN_EXPERT_FAULT, "1@5")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains(NAN_EXPERT_FAULT));
+}
+
 /// Regression (issue 22, item 10): the fault was saved in the checkpoint's config, so a plain
 /// `--resume` hit the same NaN again.
 #[test]

@@ -57,6 +57,6 @@ pub use checkpoint::{
 };
 pub use error::{Result, TrainError};
 pub use grads::{accumulate_grads, clip_grad_norm, grad_norm, scale_grads};
-pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule};
+pub use optim::{default_decay_rule, AdamW, AdamWConfig, DecayRule, ParamSnapshot};
 pub use schedule::LrSchedule;
 pub use trainer::{RunError, TrainConfig, TrainSummary, Trainer};

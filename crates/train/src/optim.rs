@@ -12,6 +12,8 @@
 //! same inputs give bitwise-identical parameters and moments on any thread count.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::{backprop::GradStore, DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -118,10 +120,25 @@ struct ParamState {
     shape: Vec<usize>,
     decay: bool,
     step: u64,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
     /// Elements that are not updated (no decay, no moment update); see [`AdamW::freeze`].
     frozen: Option<Vec<bool>>,
+    /// Shared only while a [`ParamSnapshot`] holds them (copy-on-write: an update that finds
+    /// them shared writes a private copy, so a snapshot never changes under its holder).
+    exp_avg: Arc<Vec<f32>>,
+    exp_avg_sq: Arc<Vec<f32>>,
+}
+
+/// One parameter's value and AdamW moments as they were right after an update, for a reader
+/// on another thread (expert replicas, `trainer::replica`). Taking one copies nothing: `value`
+/// is the tensor the update wrote the parameter from, and the moments are shared
+/// copy-on-write (see [`AdamW::step_and_snapshot`]).
+#[derive(Clone, Debug)]
+pub struct ParamSnapshot {
+    pub name: String,
+    /// The parameter's value (its own storage: later updates do not change it).
+    pub value: Tensor,
+    pub exp_avg: Arc<Vec<f32>>,
+    pub exp_avg_sq: Arc<Vec<f32>>,
 }
 
 /// AdamW over the parameters a [`ParamStore`] held when the optimiser was created.
@@ -160,8 +177,8 @@ impl AdamW {
                 decay,
                 step: 0,
                 frozen: None,
-                exp_avg: vec![0.0; n],
-                exp_avg_sq: vec![0.0; n],
+                exp_avg: Arc::new(vec![0.0; n]),
+                exp_avg_sq: Arc::new(vec![0.0; n]),
             });
         }
         Ok(Self { cfg, params })
@@ -228,7 +245,95 @@ impl AdamW {
     /// One AdamW update at learning rate `lr`. Parameters without a gradient in `grads` are
     /// skipped, as in PyTorch. Parameters of f16/bf16/f64 are updated through f32.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step_inner(grads, lr, &[]).map(drop)
+    }
+
+    /// [`AdamW::step`], then a [`ParamSnapshot`] of each parameter in `names` (in that order;
+    /// names the optimiser does not hold are left out). The update is bitwise the same as
+    /// [`AdamW::step`]'s. Nothing is copied here: a parameter's snapshot is the tensor its
+    /// new value was written from, and its moments are shared until the next update of that
+    /// parameter, which writes them into a private copy only if the snapshot is still held
+    /// then. A parameter without a gradient (not updated) is copied.
+    pub fn step_and_snapshot(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        names: &[&str],
+    ) -> Result<Vec<ParamSnapshot>> {
+        let mut snaps = self.step_inner(grads, lr, names)?;
+        for name in names {
+            if snaps.iter().all(|s| s.name != *name) {
+                if let Some(s) = self.snapshot(name)? {
+                    snaps.push(s);
+                }
+            }
+        }
+        snaps.sort_by_key(|s| names.iter().position(|n| *n == s.name));
+        Ok(snaps)
+    }
+
+    /// A [`ParamSnapshot`] of `name` now (its value copied, its moments shared); `None` if
+    /// the optimiser does not hold it.
+    pub fn snapshot(&self, name: &str) -> Result<Option<ParamSnapshot>> {
+        let Some(st) = self.find(name) else {
+            return Ok(None);
+        };
+        Ok(Some(ParamSnapshot {
+            name: st.name.clone(),
+            value: st.var.as_tensor().copy()?,
+            exp_avg: Arc::clone(&st.exp_avg),
+            exp_avg_sq: Arc::clone(&st.exp_avg_sq),
+        }))
+    }
+
+    /// `name`'s moments (`exp_avg`, `exp_avg_sq`, flat); `None` if the optimiser does not
+    /// hold it.
+    pub fn moments(&self, name: &str) -> Option<(&[f32], &[f32])> {
+        self.find(name)
+            .map(|p| (p.exp_avg.as_slice(), p.exp_avg_sq.as_slice()))
+    }
+
+    /// Overwrites the flat range `range` of `name`'s moments (an expert's slice, when one is
+    /// restored from its replica). The parameter's step count is not changed.
+    pub fn set_moments(
+        &mut self,
+        name: &str,
+        range: Range<usize>,
+        exp_avg: &[f32],
+        exp_avg_sq: &[f32],
+    ) -> Result<()> {
+        let st = self
+            .params
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| TrainError::Param {
+                name: name.into(),
+                reason: "the optimiser does not hold this parameter".into(),
+            })?;
+        let n = st.exp_avg.len();
+        if range.end > n || exp_avg.len() != range.len() || exp_avg_sq.len() != range.len() {
+            return Err(TrainError::Param {
+                name: name.into(),
+                reason: format!(
+                    "moments for {range:?} ({} and {} values) do not fit {n} elements",
+                    exp_avg.len(),
+                    exp_avg_sq.len()
+                ),
+            });
+        }
+        Arc::make_mut(&mut st.exp_avg)[range.clone()].copy_from_slice(exp_avg);
+        Arc::make_mut(&mut st.exp_avg_sq)[range].copy_from_slice(exp_avg_sq);
+        Ok(())
+    }
+
+    fn step_inner(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        snapshot: &[&str],
+    ) -> Result<Vec<ParamSnapshot>> {
         check_lr("lr (step)", lr)?;
+        let mut snaps = Vec::new();
         let AdamWConfig {
             beta1,
             beta2,
@@ -293,11 +398,12 @@ impl AdamW {
                 // param.addcdiv_(exp_avg, denom, value=-step_size): p -= lr m̂ / (sqrt(v̂) + eps)
                 *p += neg_step_size * (*m / denom);
             };
-            let elems = p
-                .iter_mut()
-                .zip(&g)
-                .zip(&mut st.exp_avg)
-                .zip(&mut st.exp_avg_sq);
+            // copy-on-write: a snapshot still held elsewhere keeps the old values
+            let (exp_avg, exp_avg_sq) = (
+                Arc::make_mut(&mut st.exp_avg),
+                Arc::make_mut(&mut st.exp_avg_sq),
+            );
+            let elems = p.iter_mut().zip(&g).zip(exp_avg).zip(exp_avg_sq);
             match st.frozen.as_deref() {
                 None => elems.for_each(|(((p, &g), m), v)| update(p, g, m, v)),
                 Some(frozen) => elems
@@ -308,8 +414,16 @@ impl AdamW {
             let dev = st.var.device();
             let new = Tensor::from_vec(p, st.shape.as_slice(), dev)?.to_dtype(st.var.dtype())?;
             st.var.set(&new)?;
+            if snapshot.contains(&st.name.as_str()) {
+                snaps.push(ParamSnapshot {
+                    name: st.name.clone(),
+                    value: new,
+                    exp_avg: Arc::clone(&st.exp_avg),
+                    exp_avg_sq: Arc::clone(&st.exp_avg_sq),
+                });
+            }
         }
-        Ok(())
+        Ok(snaps)
     }
 
     /// The whole state as named tensors (see [`STATE_SUFFIXES`]), in parameter name order.
@@ -393,8 +507,8 @@ impl AdamW {
         }
         for (st, (step, m, v)) in self.params.iter_mut().zip(loaded) {
             st.step = step;
-            st.exp_avg = m;
-            st.exp_avg_sq = v;
+            st.exp_avg = Arc::new(m);
+            st.exp_avg_sq = Arc::new(v);
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ pub mod guard;
 pub mod lifecycle;
 pub mod metrics;
 pub mod progress;
+pub mod replica;
 pub mod restore;
 
 use std::path::{Path, PathBuf};
@@ -117,6 +118,10 @@ pub struct Trainer {
     progress: Progress,
     /// Test-only faults ([`fault`]); never saved.
     faults: Faults,
+    /// Expert replicas ([`replica`]); started at the first step when `replica.every > 0`.
+    replicas: Option<replica::Replicas>,
+    /// Expert restores not yet written to `metrics.jsonl`.
+    restore_events: Vec<replica::RestoreEvent>,
 }
 
 impl Trainer {
@@ -192,6 +197,8 @@ impl Trainer {
             resumed_from: None,
             progress: Progress::new(0, 0, false),
             faults,
+            replicas: None,
+            restore_events: Vec::new(),
         })
     }
 
@@ -329,6 +336,9 @@ impl Trainer {
                     return Err(e);
                 }
             };
+            for event in self.restore_events.drain(..) {
+                metrics.write(&event)?;
+            }
             metrics.write(&record)?;
             self.progress
                 .update(self.step, record.loss, record.tokens_per_s);
@@ -370,8 +380,26 @@ impl Trainer {
     }
 
     /// One optimiser step (or a skipped one). On a non-finite loss or gradient norm nothing
-    /// is updated and [`RunError::NonFinite`] is returned.
+    /// is updated and [`RunError::NonFinite`] is returned, unless expert replicas restore the
+    /// damaged experts: then the step is redone once on the next batch (see [`replica`]).
     pub fn train_step(&mut self) -> RunResult<StepRecord> {
+        self.ensure_replicas()?;
+        self.inject_expert_fault(self.step + 1)?;
+        match self.try_step() {
+            Err(e @ RunError::NonFinite { .. }) => {
+                if !self.restore_damaged_experts(self.step + 1)? {
+                    return Err(e);
+                }
+                self.model
+                    .moe_layers()
+                    .for_each(|m| m.discard_pending_load());
+                self.try_step()
+            }
+            r => r,
+        }
+    }
+
+    fn try_step(&mut self) -> RunResult<StepRecord> {
         let started = Instant::now();
         let step = self.step + 1; // the step being made, 1-based
         let lr = self.schedule.lr_at(self.step);
@@ -450,7 +478,7 @@ impl Trainer {
                 .moe_layers()
                 .for_each(|m| m.discard_pending_load());
         } else {
-            self.opt.step(&grads, lr)?;
+            self.update(&grads, lr, step)?;
             self.model.after_step();
         }
         drop(grads);

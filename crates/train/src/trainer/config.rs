@@ -29,6 +29,8 @@ pub struct TrainConfig {
     pub log: LogConfig,
     /// Expert lifecycle hooks (add, split, prune during training); all off by default.
     pub lifecycle: super::lifecycle::LifecycleConfig,
+    /// Background replicas of every expert's weights and AdamW moments (off by default).
+    pub replica: super::replica::ReplicaConfig,
 }
 
 /// Where the first weights come from.
@@ -141,6 +143,7 @@ impl Default for TrainConfig {
             train: LoopConfig::default(),
             log: LogConfig::default(),
             lifecycle: Default::default(),
+            replica: Default::default(),
         }
     }
 }

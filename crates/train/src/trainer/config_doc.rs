@@ -179,6 +179,8 @@ pub const KEY_DOCS: &[KeyDoc] = &[
     key("lifecycle.search_keep", "architecture search: each evaluation prunes every MoE layer's weakest expert until this many are left; 0: off"),
     key("lifecycle.search_by", "how the search ranks experts: \"usage\" (validation tokens) or \"ablation\" (loss increase when removed)"),
     key("lifecycle.freeze_old_experts", "when the new domain's experts are added, freeze the experts there were (weights, gate rows)"),
+    key("replica", "background replicas of each expert's weights and AdamW moments; a non-finite expert is restored from its replica"),
+    key("replica.every", "refresh the replicas (and check them) every this many steps; 0: off"),
 ];
 
 /// The description of `key` (a dotted path), if it has one.

@@ -186,6 +186,8 @@ impl Trainer {
         self.cfg.model = state.model;
         self.collapse = super::guard::CollapseWatch::new(self.cfg.model.moe_layers().len());
         self.lifecycle.dead_evals.clear();
+        // the expert replicas describe the old layers: they start again at the next step
+        self.replicas = None;
         if operation != "add" {
             // indices moved: what was frozen is no longer where the masks say
             self.lifecycle.frozen.clear();
