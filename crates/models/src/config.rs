@@ -597,13 +597,13 @@ impl LmConfig {
             let field = format!("layer_moe[{j}]");
             if !seen.insert(o.layer) {
                 return Err(ModelError::config(
-                    &format!("{field}.layer"),
+                    format!("{field}.layer"),
                     format!("layer {} is listed twice", o.layer),
                 ));
             }
             if !matches!(f.sparse, LayerFfn::Moe(_)) || !self.is_sparse_layer(o.layer) {
                 return Err(ModelError::config(
-                    &format!("{field}.layer"),
+                    format!("{field}.layer"),
                     format!(
                         "layer {} does not hold an MoE layer (n_layers = {}, MoE layers: {:?})",
                         o.layer,
@@ -621,7 +621,7 @@ impl LmConfig {
     fn check_moe(&self, field: &str, m: &MoeConfig) -> Result<()> {
         if m.d_model != self.d_model {
             return Err(ModelError::config(
-                &format!("{field}.d_model"),
+                format!("{field}.d_model"),
                 format!(
                     "the MoE layer's d_model = {} must equal the model's d_model = {}",
                     m.d_model, self.d_model
@@ -634,7 +634,7 @@ impl LmConfig {
             // the context vector is the mean over the whole sequence: future tokens
             // would leak into the routing of past ones
             return Err(ModelError::config(
-                &format!("{field}.gate.context"),
+                format!("{field}.gate.context"),
                 "a context gate sees future tokens, which breaks the causal LM; set context = false",
             ));
         }

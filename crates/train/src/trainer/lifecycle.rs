@@ -438,7 +438,9 @@ impl Trainer {
             let p = switchyard_lifecycle::moe_prefix(layer);
             let layout = switchyard_core::expert::ExpertLayout::new(moe.d_model, &moe.experts);
             let end = layout.slots.get(n).map_or(layout.total, |s| s.w1);
-            self.opt.freeze(&format!("{p}.experts.packed"), &[0..end])?;
+            // the first `n` experts' segments: one range
+            let experts = std::iter::once(0..end).collect::<Vec<_>>();
+            self.opt.freeze(&format!("{p}.experts.packed"), &experts)?;
             let router = switchyard_core::router::build(&moe.router, moe.experts.len())?;
             let Some(cols) = router.expert_columns() else {
                 continue;
