@@ -45,7 +45,7 @@ switchyard() {
     local args=("$@") extra=()
     case "$cmd" in
     train)
-        local i steps_given=0 print=0
+        local i steps_given=0 print=0 resume=0
         for ((i = 0; i < ${#args[@]}; i++)); do
             case "${args[i]}" in
             --steps)
@@ -54,9 +54,13 @@ switchyard() {
                 steps_given=1
                 ;;
             --print-config) print=1 ;;
+            --resume) resume=1 ;;
             esac
         done
-        if ((print == 0)); then
+        if ((resume == 1)); then
+            # the checkpoint's config.json already holds its (small) data settings
+            extra+=(--set log.progress=false)
+        elif ((print == 0)); then
             ((steps_given == 1)) || extra+=(--steps 4)
             extra+=(--set optim.warmup_steps=1 --set data.docs_per_domain=4
                 --set data.doc_bytes=512 --set data.seq_len=32 --set data.max_valid_windows=2
