@@ -161,7 +161,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<NewDomainResult> {
     );
     let mut metrics = MetricsWriter::open(&cfgs[0].run_dir, cfgs[0].log.metrics, None)?;
     while grow.step() < appear {
-        grow.train_step()?;
+        let record = grow.train_step()?;
+        metrics.write(&record)?;
         grow.run_step_hooks(&mut metrics)?;
     }
     drop(metrics); // flushed: `run` goes on appending to the same file
