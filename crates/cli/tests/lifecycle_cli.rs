@@ -290,8 +290,14 @@ fn new_domain_demo_runs_three_runs_and_writes_its_table() {
         .collect();
     assert_eq!(ev.len(), 1, "{m}");
     assert_eq!(ev[0]["step"], 4);
-    let steps = m.lines().filter(|l| l.contains(r#""event":"step""#)).count();
-    assert_eq!(steps, 8, "every step of grow is logged, before and after the surgery");
+    let steps = m
+        .lines()
+        .filter(|l| l.contains(r#""event":"step""#))
+        .count();
+    assert_eq!(
+        steps, 8,
+        "every step of grow is logged, before and after the surgery"
+    );
     // a second run into the same directory is refused
     let o = switchyard(&["-q", "demo", "--new-domain", "--quick", "--out", s(&out)]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);

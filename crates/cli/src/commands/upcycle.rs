@@ -2,18 +2,17 @@
 //! slots copied into N experts (plus noise) behind a fresh top-k gate — written as a new run
 //! directory that training resumes from.
 
-use std::path::PathBuf;
-
 use clap::Args;
 use switchyard_lifecycle::{upcycle, SurgeryReport, UpcycleOptions};
 
+use crate::commands::experts::OutArgs;
 use crate::surgery::{self, lifecycle_error, Record};
 
 #[derive(Args)]
 pub struct UpcycleArgs {
-    /// A dense checkpoint (run or step directory), e.g. the demo's `dense` run.
-    #[arg(long)]
-    pub ckpt: PathBuf,
+    // --ckpt: a dense checkpoint (e.g. the demo's `dense` run)
+    #[command(flatten)]
+    pub out: OutArgs,
     /// Experts per MoE layer.
     #[arg(long)]
     pub experts: usize,
@@ -24,24 +23,12 @@ pub struct UpcycleArgs {
     /// copies (with k = experts the model then computes what the dense one did).
     #[arg(long, default_value_t = 0.01)]
     pub noise: f64,
-    /// The new run directory to write.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Replace the run already in --out.
-    #[arg(long)]
-    pub force: bool,
-    /// Validation windows per domain for the before/after loss (default: the run's
-    /// data.max_valid_windows); 0 skips it.
-    #[arg(long)]
-    pub eval_windows: Option<usize>,
-    /// Seeds the noise and the gate.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
 }
 
 pub fn run(a: UpcycleArgs) -> anyhow::Result<()> {
-    let (src, new_run) = surgery::open(&a.ckpt, &a.out, a.force)?;
-    let windows = a.eval_windows.unwrap_or(src.cfg.data.max_valid_windows);
+    let o = &a.out;
+    let (src, new_run) = surgery::open(&o.ckpt, &o.out, o.force)?;
+    let windows = o.eval_windows.unwrap_or(src.cfg.data.max_valid_windows);
     let data = if windows > 0 { Some(src.data()?) } else { None };
     let before = match &data {
         Some(d) => Some(surgery::evaluate(&src.state, d, windows)?),
@@ -52,7 +39,7 @@ pub fn run(a: UpcycleArgs) -> anyhow::Result<()> {
         experts: a.experts,
         k: a.k,
         noise: a.noise,
-        seed: a.seed,
+        seed: o.seed,
     };
     upcycle(&mut state, &opts).map_err(lifecycle_error)?;
     let layers = state.model.moe_layers();
