@@ -231,28 +231,6 @@ fn a_damaged_snapshot_keeps_the_older_replica() {
     );
 }
 
-/// Parameters as f32 bits and optimiser state as f64 bits, by name.
-type State = (Vec<(String, Vec<u32>)>, Vec<(String, Vec<u64>)>);
-
-fn state(t: &Trainer) -> State {
-    let opt = t
-        .optimizer()
-        .state_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(n, v)| {
-            let x = v
-                .flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            (n, x.iter().map(|x| x.to_bits()).collect())
-        })
-        .collect();
-    (store_bits(&t.store), opt)
-}
 
 #[test]
 fn replicas_never_change_a_run_without_faults() {
@@ -264,7 +242,7 @@ fn replicas_never_change_a_run_without_faults() {
         let mut t = Trainer::new(cfg).unwrap();
         let summary = t.run().unwrap();
         assert!(restore_events(dir.path()).is_empty());
-        (state(&t), summary.eval.loss.to_bits())
+        (trainer_bits(&t), summary.eval.loss.to_bits())
     };
     let off = run(0);
     // every step (copy-on-write of moments still shared with the thread) and an odd interval
@@ -297,7 +275,7 @@ fn resume_with_replicas_is_exact() {
     drop(first);
     let mut second = Trainer::resume(make(split_dir.path()), split_dir.path()).unwrap();
     second.run().unwrap();
-    assert!(state(&straight) == state(&second));
+    assert!(trainer_bits(&straight) == trainer_bits(&second));
     // the resumed run replicates from the checkpoint it resumed
     assert_eq!(second.expert_replica(LAYER, 0).unwrap().step, 6);
 }

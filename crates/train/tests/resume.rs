@@ -29,28 +29,6 @@ fn with_router(
     cfg
 }
 
-/// Parameters as f32 bits and optimiser state as bytes, by name.
-type Bits = (Vec<(String, Vec<u32>)>, Vec<(String, Vec<u8>)>);
-
-fn state(t: &Trainer) -> Bits {
-    let opt = t
-        .optimizer()
-        .state_tensors()
-        .unwrap()
-        .into_iter()
-        .map(|(n, v)| {
-            let bytes = v
-                .flatten_all()
-                .unwrap()
-                .to_dtype(candle_core::DType::F64)
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
-            (n, bytes.iter().flat_map(|x| x.to_le_bytes()).collect())
-        })
-        .collect();
-    (store_bits(&t.store), opt)
-}
 
 fn check_resume_is_exact(make: impl Fn(&std::path::Path) -> TrainConfig) {
     let straight_dir = TempDir::new("resume-straight");
@@ -70,7 +48,7 @@ fn check_resume_is_exact(make: impl Fn(&std::path::Path) -> TrainConfig) {
     let resumed = second.run().unwrap();
 
     assert!(
-        state(&straight) == state(&second),
+        trainer_bits(&straight) == trainer_bits(&second),
         "parameters or optimiser state differ after resume"
     );
     assert_eq!(summary.eval.loss.to_bits(), resumed.eval.loss.to_bits());

@@ -136,3 +136,27 @@ pub fn tiny_run(run_dir: &Path) -> switchyard_train::TrainConfig {
 pub fn model_bits(store: &ParamStore) -> Vec<(String, Vec<u32>)> {
     store_bits(store)
 }
+
+/// A trainer's parameters as f32 bits and optimiser state as f64 bits, by name: equal
+/// exactly when two runs are bitwise the same.
+pub type TrainerBits = (Vec<(String, Vec<u32>)>, Vec<(String, Vec<u64>)>);
+
+pub fn trainer_bits(t: &switchyard_train::trainer::Trainer) -> TrainerBits {
+    let opt = t
+        .optimizer()
+        .state_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(n, v)| {
+            let x = v
+                .flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            (n, x.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect();
+    (store_bits(&t.store), opt)
+}
