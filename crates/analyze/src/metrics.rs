@@ -58,8 +58,8 @@ pub fn purity(trace: &RoutingTrace, lt: &LayerTrace, experts: Option<&[Vec<usize
         experts,
     };
     // one label per traced token by construction
-    let counts =
-        switchyard_core::domain_map::purity_counts(&top1, &targets, lt.num_experts).unwrap_or_default();
+    let counts = switchyard_core::domain_map::purity_counts(&top1, &targets, lt.num_experts)
+        .unwrap_or_default();
     let (pure, total) = counts.iter().fold((0, 0), |(p, t), c| (p + c.0, t + c.1));
     let mut by_domain: Vec<Option<f64>> = counts
         .iter()

@@ -288,10 +288,9 @@ pub fn terminal_tables(s: &AnalysisSummary) -> String {
         "layer", "NMI", "load CV", "entropy", "dropped"
     );
     for m in &s.layers {
-        let purity = m
-            .purity
-            .as_ref()
-            .map_or(String::new(), |p| format!("  routing purity {:.3}", p.overall));
+        let purity = m.purity.as_ref().map_or(String::new(), |p| {
+            format!("  routing purity {:.3}", p.overall)
+        });
         let _ = writeln!(
             o,
             "{:>5} {:>8.3} {:>8.3} {:>8.3} {:>7.1}%  {:?}{purity}",
@@ -397,7 +396,11 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
 <pre id="console-errors"></pre>
 <h2>Summary</h2><table><tr><th>layer</th><th>experts</th><th>NMI(domain, expert)</th><th>load CV</th><th>entropy</th><th>dropped</th><th>dead experts</th>{purity_th}</tr>
 "#,
-        purity_th = if layers.iter().any(|m| m.purity.is_some()) { "<th>routing purity</th>" } else { "" },
+        purity_th = if layers.iter().any(|m| m.purity.is_some()) {
+            "<th>routing purity</th>"
+        } else {
+            ""
+        },
         t = esc(title),
         n = tr.num_tokens(),
         b = tr.num_batches(),

@@ -234,7 +234,11 @@ pub fn run(opts: &CompareOptions) -> anyhow::Result<Vec<Row>> {
     }
     let mut rows = Vec::with_capacity(vs.len());
     for (v, cfg) in vs.iter().zip(cfgs) {
-        tracing::info!("compare-routers: training `{}` in {}", v.name, cfg.run_dir.display());
+        tracing::info!(
+            "compare-routers: training `{}` in {}",
+            v.name,
+            cfg.run_dir.display()
+        );
         rows.push(train_one(v, cfg).with_context(|| format!("variant `{}`", v.name))?);
     }
     write_outputs(opts, &rows)?;
@@ -327,7 +331,12 @@ fn check_out(opts: &CompareOptions, cfgs: &[TrainConfig]) -> anyhow::Result<Vec<
 pub fn markdown(rows: &[Row]) -> String {
     let domains: Vec<&str> = rows
         .first()
-        .map(|r| r.val_loss_by_domain.iter().map(|(d, _)| d.as_str()).collect())
+        .map(|r| {
+            r.val_loss_by_domain
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .collect()
+        })
         .unwrap_or_default();
     let mut s = String::from("| router | k | val loss |");
     for d in &domains {
@@ -378,7 +387,12 @@ fn html(out: &Path, rows: &[Row], md: &str) -> anyhow::Result<String> {
     let names: Vec<String> = rows.iter().map(|r| r.variant.clone()).collect();
     let domains: Vec<String> = rows
         .first()
-        .map(|r| r.val_loss_by_domain.iter().map(|(d, _)| d.clone()).collect())
+        .map(|r| {
+            r.val_loss_by_domain
+                .iter()
+                .map(|(d, _)| d.clone())
+                .collect()
+        })
         .unwrap_or_default();
     let mut cols = domains.clone();
     cols.push("overall".into());

@@ -706,7 +706,14 @@ fn compare_routers_quick_writes_its_table_and_refuses_to_overwrite() {
     let out = switchyard(&args);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    for needle in ["| top_k |", "| switch |", "| top_k+domain_map |", "NMI", "tokens/s", "compare.json"] {
+    for needle in [
+        "| top_k |",
+        "| switch |",
+        "| top_k+domain_map |",
+        "NMI",
+        "tokens/s",
+        "compare.json",
+    ] {
         assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
     }
     let json: serde_json::Value =
@@ -723,8 +730,15 @@ fn compare_routers_quick_writes_its_table_and_refuses_to_overwrite() {
         assert!((0.0..=1.0).contains(&nmi), "{name}: {nmi}");
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
         // purity only where the loss maps domains to experts
-        assert_eq!(r["purity"].is_null(), !name.ends_with("+domain_map"), "{name}");
-        assert!(out_dir.join(name).join("latest").is_file(), "{name}: its run");
+        assert_eq!(
+            r["purity"].is_null(),
+            !name.ends_with("+domain_map"),
+            "{name}"
+        );
+        assert!(
+            out_dir.join(name).join("latest").is_file(),
+            "{name}: its run"
+        );
     }
     let md = std::fs::read_to_string(out_dir.join("compare.md")).unwrap();
     assert!(stdout.contains(&md));
@@ -736,13 +750,29 @@ fn compare_routers_quick_writes_its_table_and_refuses_to_overwrite() {
     let out = switchyard(&args);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("already holds a router comparison") && stderr.contains("--force"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(out_dir.join("compare.json")).unwrap(), before);
+    assert!(
+        stderr.contains("already holds a router comparison") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("compare.json")).unwrap(),
+        before
+    );
     // an unknown router is a usage error naming the choices
-    let out = switchyard(&["compare-routers", "--quick", "--routers", "top_kk", "--out", dir.0.join("x").to_str().unwrap()]);
+    let out = switchyard(&[
+        "compare-routers",
+        "--quick",
+        "--routers",
+        "top_kk",
+        "--out",
+        dir.0.join("x").to_str().unwrap(),
+    ]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("top_kk") && stderr.contains("expert_choice"), "{stderr}");
+    assert!(
+        stderr.contains("top_kk") && stderr.contains("expert_choice"),
+        "{stderr}"
+    );
     // --force replaces it
     let out = switchyard(&[&args[..], &["--force"]].concat());
     assert!(out.status.success(), "{}", text(&out).1);

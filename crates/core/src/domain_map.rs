@@ -33,12 +33,7 @@ impl DomainTargets<'_> {
             None => Vec::new(),
             Some(map) => map
                 .get(d as usize)
-                .map(|list| {
-                    list.iter()
-                        .copied()
-                        .filter(|&e| e < num_experts)
-                        .collect()
-                })
+                .map(|list| list.iter().copied().filter(|&e| e < num_experts).collect())
                 .unwrap_or_default(),
         }
     }
@@ -134,7 +129,12 @@ pub fn purity_counts(
     num_experts: usize,
 ) -> Result<Vec<(usize, usize)>> {
     targets.check_len(top1.len(), "purity_counts")?;
-    let n_domains = targets.domains.iter().map(|&d| d as usize + 1).max().unwrap_or(0);
+    let n_domains = targets
+        .domains
+        .iter()
+        .map(|&d| d as usize + 1)
+        .max()
+        .unwrap_or(0);
     let experts: Vec<Vec<usize>> = (0..n_domains as u32)
         .map(|d| targets.experts_of(d, num_experts))
         .collect();

@@ -88,7 +88,11 @@ fn value_is_the_mean_negative_log_mass_on_the_mapped_experts() {
         .unwrap();
     let (mut sum, mut n) = (0.0, 0);
     for (t, &d) in domains.iter().enumerate() {
-        let experts: Vec<usize> = map[d as usize].iter().copied().filter(|&e| e != 2).collect();
+        let experts: Vec<usize> = map[d as usize]
+            .iter()
+            .copied()
+            .filter(|&e| e != 2)
+            .collect();
         if !experts.is_empty() {
             sum -= (experts.iter().map(|&e| p[t][e]).sum::<f64>() + DOMAIN_MAP_EPS).ln();
             n += 1;
@@ -189,7 +193,11 @@ fn a_hash_router_refuses_the_loss_and_names_the_key() {
     assert!(err.contains("losses.domain_map"), "{err}");
     cfg.losses.domain_map = f64::NAN;
     cfg.router = RouterConfig::TopK(TopKConfig { k: 1 });
-    assert!(cfg.validate().unwrap_err().to_string().contains("losses.domain_map"));
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("losses.domain_map"));
 }
 
 #[test]

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 use switchyard_core::{
-    DispatchImpl, DomainTargets, ForcedRouting, ForwardCtx, Init, KernelOptions, MoeLayer, ParamBuilder,
-    ParamStore,
+    DispatchImpl, DomainTargets, ForcedRouting, ForwardCtx, Init, KernelOptions, MoeLayer,
+    ParamBuilder, ParamStore,
 };
 
 use crate::attention::KvCache;

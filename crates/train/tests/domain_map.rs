@@ -32,7 +32,8 @@ fn run_cfg(dir: &std::path::Path, weight: f64) -> TrainConfig {
     if let LayerFfn::Moe(m) = &mut cfg.model.ffn.sparse {
         m.losses.domain_map = weight;
         // top-1 routing: purity reads each token's one expert
-        m.router = switchyard_core::RouterConfig::TopK(switchyard_core::router::TopKConfig { k: 1 });
+        m.router =
+            switchyard_core::RouterConfig::TopK(switchyard_core::router::TopKConfig { k: 1 });
     }
     // 7 domains onto 4 experts: the two text-like pairs share
     for (name, experts) in [
@@ -64,12 +65,14 @@ fn routing_purity_reaches_the_target_with_the_loss_on_and_not_without() {
         );
         for layer in &summary.eval.purity {
             assert_eq!(layer.by_domain.len(), t.data.domains.len());
-            assert!(layer.by_domain.iter().all(|d| d.is_some()), "every domain mapped");
+            assert!(
+                layer.by_domain.iter().all(|d| d.is_some()),
+                "every domain mapped"
+            );
         }
         purity.push(p);
         // the eval line of metrics.jsonl carries it
-        let metrics =
-            std::fs::read_to_string(t.cfg.run_dir.join(METRICS_FILE)).unwrap();
+        let metrics = std::fs::read_to_string(t.cfg.run_dir.join(METRICS_FILE)).unwrap();
         let eval = metrics
             .lines()
             .rev()
@@ -96,12 +99,18 @@ fn a_mapping_naming_an_unknown_domain_or_expert_is_refused_with_its_key() {
     let mut cfg = run_cfg(dir.path(), WEIGHT);
     cfg.train.domain_experts.insert("poetry".into(), vec![0]);
     let err = Trainer::new(cfg).err().unwrap().to_string();
-    assert!(err.contains("train.domain_experts.poetry") && err.contains("prose"), "{err}");
+    assert!(
+        err.contains("train.domain_experts.poetry") && err.contains("prose"),
+        "{err}"
+    );
 
     let mut cfg = run_cfg(dir.path(), WEIGHT);
     cfg.train.domain_experts.insert("dna".into(), vec![9]);
     let err = cfg.validate().unwrap_err().to_string();
-    assert!(err.contains("train.domain_experts.dna") && err.contains("4 experts"), "{err}");
+    assert!(
+        err.contains("train.domain_experts.dna") && err.contains("4 experts"),
+        "{err}"
+    );
 
     let mut cfg = run_cfg(dir.path(), WEIGHT);
     cfg.train.domain_experts.insert("dna".into(), vec![]);
@@ -109,10 +118,8 @@ fn a_mapping_naming_an_unknown_domain_or_expert_is_refused_with_its_key() {
     assert!(err.contains("train.domain_experts.dna"), "{err}");
 
     // and from TOML, through --set, the same key
-    let err = TrainConfig::from_overrides(&[
-        "train.domain_experts={ dna = [8] }".into(),
-    ])
-    .unwrap_err()
-    .to_string();
+    let err = TrainConfig::from_overrides(&["train.domain_experts={ dna = [8] }".into()])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("train.domain_experts.dna"), "{err}");
 }

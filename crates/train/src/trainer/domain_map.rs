@@ -37,10 +37,13 @@ impl DomainMapping {
 
 /// Whether any MoE layer of `model` has the domain-map loss on.
 pub fn loss_on(model: &LmConfig) -> bool {
-    model.moe_layers().iter().any(|&i| match model.layer_ffn(i) {
-        LayerFfn::Moe(m) => m.losses.domain_map > 0.0,
-        LayerFfn::Dense { .. } => false,
-    })
+    model
+        .moe_layers()
+        .iter()
+        .any(|&i| match model.layer_ffn(i) {
+            LayerFfn::Moe(m) => m.losses.domain_map > 0.0,
+            LayerFfn::Dense { .. } => false,
+        })
 }
 
 /// Checks `train.domain_experts` against the model (data-independent part): every list is
@@ -72,7 +75,10 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), ConfigError> {
         if let Some(bad) = experts.iter().find(|&&x| x >= e) {
             return Err(ConfigError::invalid(
                 key,
-                format!("expert {bad} does not exist: the MoE layers have {e} experts (0..={})", e - 1),
+                format!(
+                    "expert {bad} does not exist: the MoE layers have {e} experts (0..={})",
+                    e - 1
+                ),
             ));
         }
     }
@@ -138,11 +144,7 @@ impl PurityAccumulator {
         for (i, r) in moe.enumerate() {
             let Some(routing) = &r.routing else { continue };
             let top1 = top1_experts(&routing.plan, &routing.weights)?;
-            let counts = purity_counts(
-                &top1,
-                &mapping.targets(domains),
-                routing.plan.num_experts,
-            )?;
+            let counts = purity_counts(&top1, &mapping.targets(domains), routing.plan.num_experts)?;
             if self.layers.len() <= i {
                 self.layers.push((r.layer, Vec::new()));
             }
@@ -164,9 +166,7 @@ impl PurityAccumulator {
             .into_iter()
             .map(|(layer, mut counts)| {
                 counts.resize(n_domains.max(counts.len()), (0, 0));
-                let (pure, total) = counts
-                    .iter()
-                    .fold((0, 0), |(p, t), c| (p + c.0, t + c.1));
+                let (pure, total) = counts.iter().fold((0, 0), |(p, t), c| (p + c.0, t + c.1));
                 LayerPurity {
                     layer,
                     by_domain: counts
