@@ -102,7 +102,7 @@ fn value_is_the_mean_negative_log_mass_on_the_mapped_experts() {
 
     // no mapped token: no loss
     let none = DomainTargets {
-        domains: &vec![3; T],
+        domains: &[3; T],
         experts: Some(&map),
     };
     assert!(domain_map_loss(&probs, &none, None).unwrap().is_none());
