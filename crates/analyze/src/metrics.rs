@@ -36,6 +36,10 @@ pub struct LayerMetrics {
     /// Per expert: its architecture (e.g. `swiglu 128`, `ffn gelu 64`) and its multiply-adds
     /// per routed token; filled from the model by [`crate::analyze`] (empty from a trace alone).
     pub experts: Vec<ExpertInfo>,
+    /// Routing purity against the run's domain → expert mapping ([`purity`]), when the run
+    /// has one (`losses.domain_map` / `train.domain_experts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purity: Option<Purity>,
 }
 
 /// What an expert is and what a token routed to it costs.
@@ -57,6 +61,39 @@ impl ExpertInfo {
             architecture,
             macs_per_token: spec.params(d_model),
         }
+    }
+}
+
+/// Routing purity of one layer: the share of a mapped domain's tokens whose top-1 expert
+/// (largest weight) is one of the domain's experts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Purity {
+    /// Over every token of every mapped domain.
+    pub overall: f64,
+    /// In domain id order; `None` for a domain mapped to no expert (or without tokens).
+    pub by_domain: Vec<Option<f64>>,
+}
+
+/// Routing purity of `lt` against `experts` (`experts[d]`: domain `d`'s experts; `None`: the
+/// default, `d mod E`; see [`switchyard_core::DomainTargets`]).
+pub fn purity(trace: &RoutingTrace, lt: &LayerTrace, experts: Option<&[Vec<usize>]>) -> Purity {
+    let top1: Vec<Option<usize>> = (0..trace.num_tokens()).map(|n| lt.top_expert(n)).collect();
+    let targets = switchyard_core::DomainTargets {
+        domains: &trace.domains,
+        experts,
+    };
+    // one label per traced token by construction
+    let counts = switchyard_core::domain_map::purity_counts(&top1, &targets, lt.num_experts)
+        .unwrap_or_default();
+    let (pure, total) = counts.iter().fold((0, 0), |(p, t), c| (p + c.0, t + c.1));
+    let mut by_domain: Vec<Option<f64>> = counts
+        .iter()
+        .map(|&(p, t)| (t > 0).then(|| p as f64 / t as f64))
+        .collect();
+    by_domain.resize(trace.domain_names.len().max(by_domain.len()), None);
+    Purity {
+        overall: pure as f64 / total.max(1) as f64,
+        by_domain,
     }
 }
 
@@ -121,6 +158,7 @@ pub fn layer_metrics(trace: &RoutingTrace, lt: &LayerTrace) -> LayerMetrics {
         load,
         domain_expert,
         coactivation,
+        purity: None,
     }
 }
 

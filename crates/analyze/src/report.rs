@@ -24,6 +24,10 @@ pub struct AnalyzeOptions {
     pub ablation: bool,
     pub ablation_batches: usize,
     pub title: String,
+    /// The run's domain → expert mapping, for routing purity: `Some(None)` is the default
+    /// (domain `d` → expert `d mod E`), `Some(Some(experts))` an explicit one (`experts[d]`),
+    /// `None` no purity figures.
+    pub domain_experts: Option<Option<Vec<Vec<usize>>>>,
 }
 
 impl AnalyzeOptions {
@@ -33,6 +37,7 @@ impl AnalyzeOptions {
             ablation: true,
             ablation_batches: 4,
             title: "Switchyard routing report".into(),
+            domain_experts: None,
         }
     }
 }
@@ -78,6 +83,11 @@ pub fn analyze(
                 .iter()
                 .map(|x| crate::metrics::ExpertInfo::of(x, moe.d_model))
                 .collect();
+        }
+    }
+    if let Some(map) = &opts.domain_experts {
+        for (m, lt) in layers.iter_mut().zip(&tr.layers) {
+            m.purity = Some(crate::metrics::purity(&tr, lt, map.as_deref()));
         }
     }
     let cross = cross_layer(&tr);
@@ -243,6 +253,40 @@ fn draw_plots(
     Ok(svgs)
 }
 
+/// Routing purity per domain and layer (share of a domain's tokens whose top-1 expert is one
+/// of its mapped experts), when the run maps domains to experts.
+fn purity_table(h: &mut String, domain_names: &[String], layers: &[LayerMetrics]) {
+    let with: Vec<(usize, &crate::metrics::Purity)> = layers
+        .iter()
+        .filter_map(|m| m.purity.as_ref().map(|p| (m.layer, p)))
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Routing purity</h2><p>Share of each domain's tokens whose top-1 expert is one of the experts the run maps the domain to (<code>losses.domain_map</code>, <code>train.domain_experts</code>).</p><table><tr><th>domain</th>");
+    for (layer, _) in &with {
+        let _ = write!(h, "<th>layer {layer}</th>");
+    }
+    h.push_str("</tr>\n");
+    for (d, name) in domain_names.iter().enumerate() {
+        let _ = write!(h, "<tr><td>{}</td>", esc(name));
+        for (_, p) in &with {
+            match p.by_domain.get(d).copied().flatten() {
+                Some(v) => {
+                    let _ = write!(h, "<td>{v:.3}</td>");
+                }
+                None => h.push_str("<td>unmapped</td>"),
+            }
+        }
+        h.push_str("</tr>\n");
+    }
+    h.push_str("<tr><th>all</th>");
+    for (_, p) in &with {
+        let _ = write!(h, "<th>{:.3}</th>", p.overall);
+    }
+    h.push_str("</tr></table>\n");
+}
+
 /// Plain-text tables for the terminal.
 pub fn terminal_tables(s: &AnalysisSummary) -> String {
     let domain_names = &s.domain_names;
@@ -253,9 +297,12 @@ pub fn terminal_tables(s: &AnalysisSummary) -> String {
         "layer", "NMI", "load CV", "entropy", "dropped"
     );
     for m in &s.layers {
+        let purity = m.purity.as_ref().map_or(String::new(), |p| {
+            format!("  routing purity {:.3}", p.overall)
+        });
         let _ = writeln!(
             o,
-            "{:>5} {:>8.3} {:>8.3} {:>8.3} {:>7.1}%  {:?}",
+            "{:>5} {:>8.3} {:>8.3} {:>8.3} {:>7.1}%  {:?}{purity}",
             m.layer,
             m.nmi,
             m.load_cv,
@@ -356,8 +403,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
 <h1>{t}</h1>
 <p>{n} tokens in {b} batches of {bs}×{l}; {nl} MoE layers; domains: {d}.</p>
 <pre id="console-errors"></pre>
-<h2>Summary</h2><table><tr><th>layer</th><th>experts</th><th>NMI(domain, expert)</th><th>load CV</th><th>entropy</th><th>dropped</th><th>dead experts</th></tr>
+<h2>Summary</h2><table><tr><th>layer</th><th>experts</th><th>NMI(domain, expert)</th><th>load CV</th><th>entropy</th><th>dropped</th><th>dead experts</th>{purity_th}</tr>
 "#,
+        purity_th = if layers.iter().any(|m| m.purity.is_some()) {
+            "<th>routing purity</th>"
+        } else {
+            ""
+        },
         t = esc(title),
         n = tr.num_tokens(),
         b = tr.num_batches(),
@@ -369,11 +421,14 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#
     for m in layers {
         let _ = writeln!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.1}%</td><td>{:?}</td></tr>",
-            m.layer, m.num_experts, m.nmi, m.load_cv, m.entropy, 100.0 * m.dropped_fraction, m.dead_experts
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{:.1}%</td><td>{:?}</td>{}</tr>",
+            m.layer, m.num_experts, m.nmi, m.load_cv, m.entropy, 100.0 * m.dropped_fraction, m.dead_experts,
+            m.purity.as_ref().map_or(String::new(), |p| format!("<td>{:.3}</td>", p.overall))
         );
     }
-    h.push_str("</table>\n<h2>Plots</h2>\n");
+    h.push_str("</table>\n");
+    purity_table(&mut h, &tr.domain_names, layers);
+    h.push_str("<h2>Plots</h2>\n");
     for (title, svg) in svgs {
         let _ = writeln!(
             h,

@@ -1,7 +1,7 @@
 //! Metrics on traces whose routing is known: hand-built traces with numbers worked out by
 //! hand, and a model whose routing is a hash of the token id.
 
-use switchyard_analyze::metrics::{cross_layer, cv, layer_metrics, nmi};
+use switchyard_analyze::metrics::{cross_layer, cv, layer_metrics, nmi, purity};
 use switchyard_analyze::trace::{LayerTrace, RoutingTrace};
 
 /// 2 domains × 4 tokens each, one sequence of 8; layer 0 top-1, layer 1 top-2.
@@ -100,4 +100,28 @@ fn cv_edge_cases() {
     assert_eq!(cv(&[]), 0.0);
     assert_eq!(cv(&[0, 0]), 0.0);
     assert_eq!(cv(&[3, 3, 3]), 0.0);
+}
+
+/// Routing purity: the share of a mapped domain's tokens whose top-1 expert (largest weight)
+/// is one of its experts; a dropped token is not pure.
+#[test]
+fn routing_purity_of_known_traces() {
+    let t = known_trace();
+    // layer 0: domain a → e0 (4 of 4), domain b → e1 (3 of 4)
+    let map = vec![vec![0], vec![1]];
+    let p = purity(&t, &t.layers[0], Some(&map));
+    assert_eq!(p.by_domain, vec![Some(1.0), Some(0.75)]);
+    assert_eq!(p.overall, 7.0 / 8.0);
+    // b → {1, 2}: every token pure
+    let p = purity(&t, &t.layers[0], Some(&[vec![0], vec![1, 2]]));
+    assert_eq!(p.overall, 1.0);
+    // default mapping d mod E: the same as the first here
+    assert_eq!(purity(&t, &t.layers[0], None).overall, 7.0 / 8.0);
+    // domain a unmapped: only b's tokens count
+    let p = purity(&t, &t.layers[0], Some(&[vec![], vec![1]]));
+    assert_eq!(p.by_domain, vec![None, Some(0.75)]);
+    assert_eq!(p.overall, 0.75);
+    // layer 1 (top-2, by weight): a's top-1 experts are 0, 0, 0, 0; b's 1, 1, none, 1
+    let p = purity(&t, &t.layers[1], Some(&[vec![0], vec![1]]));
+    assert_eq!(p.by_domain, vec![Some(1.0), Some(0.75)]);
 }

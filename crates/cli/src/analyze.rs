@@ -107,6 +107,8 @@ pub fn run(a: &AnalyzeRun) -> anyhow::Result<AnalysisSummary> {
     // one batch per domain keeps the ablation to Σ E passes over a few thousand tokens
     opts.ablation_batches = names.len();
     opts.title = format!("Switchyard routing report: {}", loaded.source.display());
+    // routing purity when the run maps domains to experts (names resolved against this data)
+    opts.domain_experts = trainer::domain_map::resolve(&cfg, &data.domains)?.map(|m| m.experts);
     switchyard_analyze::analyze(&loaded.model, &batches, &names, tok, &opts)
         .context("analysing the routing")
 }

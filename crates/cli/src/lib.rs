@@ -30,6 +30,7 @@
 
 pub mod analyze;
 pub mod commands;
+pub mod compare;
 pub mod demo;
 pub mod demo_new_domain;
 pub mod exit;

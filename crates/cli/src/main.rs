@@ -11,7 +11,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard_cli::commands::{
-    analyze, bench, demo, eval, experts, export, generate, import, logits, train, upcycle,
+    analyze, bench, compare_routers, demo, eval, experts, export, generate, import, logits, train,
+    upcycle,
 };
 use switchyard_cli::{error_report, exit_code, hints, EXIT_ERROR};
 
@@ -47,6 +48,9 @@ enum Command {
     /// Train a small MoE LM and its equal-active-compute dense baseline on the built-in
     /// corpus and compare them.
     Demo(demo::DemoArgs),
+    /// Train the demo's model once per router (same data, seed, active compute) and compare
+    /// validation loss, load balance, drops, NMI(domain, expert) and speed in one table.
+    CompareRouters(compare_routers::CompareRoutersArgs),
     /// Kernels and MoE layers against the machine's dense-GEMM ceiling: a table, and JSON rows
     /// with --json (switchyard-bench's binary adds peak-memory figures).
     Bench(bench::BenchArgs),
@@ -102,6 +106,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Demo(args) => demo::run(args, cli.quiet),
+        Command::CompareRouters(args) => compare_routers::run(args, cli.quiet),
         Command::Bench(args) => bench::run(args),
         Command::Analyze(args) => analyze::run(args),
         Command::Import(args) => import::run(args),

@@ -715,3 +715,101 @@ fn input_mistakes_exit_2_and_damage_exits_1() {
     let out = switchyard(&["eval", "--ckpt", state.parent().unwrap().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);
 }
+
+/// `compare-routers --quick` with two routers and the domain-map variant: the table on
+/// stdout and in compare.md / compare.json / compare.html, one run per variant; an existing
+/// comparison is refused without --force (exit 2) and replaced with it.
+#[test]
+fn compare_routers_quick_writes_its_table_and_refuses_to_overwrite() {
+    let dir = TempDir::new("compare");
+    let out_dir = dir.0.join("cmp");
+    let args = [
+        "compare-routers",
+        "--quick",
+        "--routers",
+        "top_k,switch,top_k+domain_map",
+        "--steps",
+        "3",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--set",
+        "data.docs_per_domain=4",
+        "--set",
+        "data.valid_fraction=0.25",
+        "--set",
+        "data.max_valid_windows=1",
+    ];
+    let out = switchyard(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for needle in [
+        "| top_k |",
+        "| switch |",
+        "| top_k+domain_map |",
+        "NMI",
+        "tokens/s",
+        "compare.json",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("compare.json")).unwrap())
+            .unwrap();
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        let name = r["variant"].as_str().unwrap();
+        assert_eq!(r["k"], 2, "{name}: same active compute");
+        assert!(r["val_loss"].as_f64().unwrap().is_finite());
+        assert_eq!(r["val_loss_by_domain"].as_array().unwrap().len(), 7);
+        let nmi = r["nmi"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&nmi), "{name}: {nmi}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
+        // purity only where the loss maps domains to experts
+        assert_eq!(
+            r["purity"].is_null(),
+            !name.ends_with("+domain_map"),
+            "{name}"
+        );
+        assert!(
+            out_dir.join(name).join("latest").is_file(),
+            "{name}: its run"
+        );
+    }
+    let md = std::fs::read_to_string(out_dir.join("compare.md")).unwrap();
+    assert!(stdout.contains(&md));
+    let html = std::fs::read_to_string(out_dir.join("compare.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("top_k+domain_map"));
+
+    // a second run into the same --out: refused, nothing touched
+    let before = std::fs::read_to_string(out_dir.join("compare.json")).unwrap();
+    let out = switchyard(&args);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("already holds a router comparison") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("compare.json")).unwrap(),
+        before
+    );
+    // an unknown router is a usage error naming the choices
+    let out = switchyard(&[
+        "compare-routers",
+        "--quick",
+        "--routers",
+        "top_kk",
+        "--out",
+        dir.0.join("x").to_str().unwrap(),
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("top_kk") && stderr.contains("expert_choice"),
+        "{stderr}"
+    );
+    // --force replaces it
+    let out = switchyard(&[&args[..], &["--force"]].concat());
+    assert!(out.status.success(), "{}", text(&out).1);
+}

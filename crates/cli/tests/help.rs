@@ -4,8 +4,9 @@
 
 use clap::{Args, Command};
 use switchyard_cli::commands::{
-    analyze::AnalyzeArgs, bench::BenchArgs, demo::DemoArgs, eval::EvalArgs, export::ExportArgs,
-    generate::GenerateArgs, import::ImportArgs, logits::LogitsArgs, train::TrainArgs,
+    analyze::AnalyzeArgs, bench::BenchArgs, compare_routers::CompareRoutersArgs, demo::DemoArgs,
+    eval::EvalArgs, export::ExportArgs, generate::GenerateArgs, import::ImportArgs,
+    logits::LogitsArgs, train::TrainArgs,
 };
 
 /// Words a help text needs at least, beyond naming the flag.
@@ -17,6 +18,7 @@ fn commands() -> Vec<Command> {
         GenerateArgs::augment_args(Command::new("generate")),
         EvalArgs::augment_args(Command::new("eval")),
         DemoArgs::augment_args(Command::new("demo")),
+        CompareRoutersArgs::augment_args(Command::new("compare-routers")),
         BenchArgs::augment_args(Command::new("bench")),
         AnalyzeArgs::augment_args(Command::new("analyze")),
         ImportArgs::augment_args(Command::new("import")),

@@ -45,6 +45,9 @@ pub struct LossWeights {
     pub importance: f64,
     pub load: f64,
     pub z: f64,
+    /// Domain → expert mapping loss ([`crate::domain_map::domain_map_loss`]); needs domain
+    /// labels in [`crate::ForwardCtx::domains`] and a router with a learned gate.
+    pub domain_map: f64,
 }
 
 impl Default for LossWeights {
@@ -54,6 +57,7 @@ impl Default for LossWeights {
             importance: 0.0,
             load: 0.0,
             z: 0.001,
+            domain_map: 0.0,
         }
     }
 }
@@ -150,6 +154,7 @@ impl MoeConfig {
             ("losses.importance", self.losses.importance),
             ("losses.load", self.losses.load),
             ("losses.z", self.losses.z),
+            ("losses.domain_map", self.losses.domain_map),
         ] {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(MoeError::config(
@@ -162,6 +167,12 @@ impl MoeConfig {
             return Err(MoeError::config(
                 "losses.load",
                 "the smooth load loss needs the noisy top-k router's noise; use router.type = \"noisy_top_k\" or set losses.load = 0",
+            ));
+        }
+        if self.losses.domain_map > 0.0 && matches!(self.router, RouterConfig::Hash(_)) {
+            return Err(MoeError::config(
+                "losses.domain_map",
+                "the domain-map loss trains the router's gate, and the hash router has none; use a gated router (e.g. router.type = \"top_k\") or set losses.domain_map = 0",
             ));
         }
         if !(self.jitter.is_finite() && (0.0..1.0).contains(&self.jitter)) {

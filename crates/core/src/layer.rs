@@ -9,6 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::MoeConfig;
 use crate::dispatch::{self, DispatchImpl, KernelOptions};
+use crate::domain_map::{self, DomainTargets};
 use crate::expert::ExpertBank;
 use crate::gate::Gate;
 use crate::losses::{self, LossValues};
@@ -37,6 +38,9 @@ pub struct ForwardCtx<'a> {
     /// Fixed expert availability for this call (causal ablation: an expert removed, routing
     /// renormalised over the rest). Overrides expert dropout.
     pub available: Option<Vec<bool>>,
+    /// Domain labels of the tokens and the experts each domain maps to, for the domain-map
+    /// loss (`losses.domain_map`; without labels it is 0).
+    pub domains: Option<DomainTargets<'a>>,
 }
 
 impl<'a> ForwardCtx<'a> {
@@ -50,6 +54,7 @@ impl<'a> ForwardCtx<'a> {
             kernel: KernelOptions::default(),
             forced: None,
             available: None,
+            domains: None,
         }
     }
 }
@@ -300,13 +305,14 @@ impl MoeLayer {
         Ok(dense.index_select(&idx, 0)?)
     }
 
-    /// Gate, router and combine weights: the routing, each expert's total weight `[E]` and
-    /// the router's load loss, if any.
+    /// Gate, router and combine weights: the routing, each expert's total weight `[E]`, the
+    /// router's load loss, if any, and the domain-map loss, if it is on and the batch has
+    /// labels.
     fn route(
         &self,
         x2: &Tensor,
         ctx: &mut ForwardCtx<'_>,
-    ) -> Result<(Routing, Tensor, Option<Tensor>)> {
+    ) -> Result<(Routing, Tensor, Option<Tensor>, Option<Tensor>)> {
         let t = x2.dims()[0];
         let gate_in = self.jitter(x2, ctx)?;
         let gate_out = match &self.gate {
@@ -329,6 +335,12 @@ impl MoeLayer {
             train: ctx.train,
             rng: ctx.rng,
         })?;
+        let domain_loss = match &ctx.domains {
+            Some(targets) if self.cfg.losses.domain_map != 0.0 => {
+                domain_map::domain_map_loss(&out.probs, targets, available.as_deref())?
+            }
+            _ => None,
+        };
         let plan = Arc::new(out.plan);
         // one weight per assignment: renormalised, scaled and gathered in one fused op
         let (renorm, scale) = (self.cfg.renormalize, self.router.weight_scale());
@@ -355,7 +367,7 @@ impl MoeLayer {
             logits: out.logits,
             probs: out.probs,
         };
-        Ok((routing, expert_sums, out.load_loss))
+        Ok((routing, expert_sums, out.load_loss, domain_loss))
     }
 }
 
@@ -368,6 +380,7 @@ impl MoeLayer {
         routing: &Routing,
         expert_sums: &Tensor,
         load_loss: Option<&Tensor>,
+        domain_loss: Option<&Tensor>,
         x2: &Tensor,
     ) -> Result<(Tensor, LossValues, RoutingStats, Vec<usize>)> {
         let plan = &routing.plan;
@@ -397,12 +410,18 @@ impl MoeLayer {
             importance: scalar(&imp)?,
             load: 0.0,
             z: scalar(&z)?,
+            domain_map: 0.0,
         };
         if let Some(l) = load_loss {
             values.load = scalar(l)?;
             if w.load != 0.0 {
                 aux = (aux + (l * w.load)?)?;
             }
+        }
+        // only computed when its weight is on (`route`)
+        if let Some(l) = domain_loss {
+            values.domain_map = scalar(l)?;
+            aux = (aux + (l * w.domain_map)?)?;
         }
         let stats = RoutingStats::compute(plan, &routing.probs, routing.logits.as_ref())?;
         Ok((aux, values, stats, counts))
@@ -415,8 +434,14 @@ impl MoeLayer {
     /// [`MoeLayer::after_step`] and ignores `ctx.forced`.
     pub fn route_only(&self, x: &Tensor, ctx: &mut ForwardCtx<'_>) -> Result<(Routing, Tensor)> {
         let x2 = x.reshape(((), self.cfg.d_model))?;
-        let (routing, expert_sums, load_loss) = self.route(&x2, ctx)?;
-        let (aux, ..) = self.aux_losses(&routing, &expert_sums, load_loss.as_ref(), &x2)?;
+        let (routing, expert_sums, load_loss, domain_loss) = self.route(&x2, ctx)?;
+        let (aux, ..) = self.aux_losses(
+            &routing,
+            &expert_sums,
+            load_loss.as_ref(),
+            domain_loss.as_ref(),
+            &x2,
+        )?;
         Ok((routing, aux))
     }
 }
@@ -438,7 +463,7 @@ impl MoeBlock for MoeLayer {
         }
         let x2 = x.reshape(((), d))?;
         let t = x2.dims()[0];
-        let (routing, expert_sums, load_loss) = self.route(&x2, ctx)?;
+        let (routing, expert_sums, load_loss, domain_loss) = self.route(&x2, ctx)?;
         let routing = match ctx.forced.take() {
             Some(f) => {
                 f.plan.check()?;
@@ -483,8 +508,13 @@ impl MoeBlock for MoeLayer {
             )?)?;
         }
 
-        let (aux, values, stats, counts) =
-            self.aux_losses(&routing, &expert_sums, load_loss.as_ref(), &x2)?;
+        let (aux, values, stats, counts) = self.aux_losses(
+            &routing,
+            &expert_sums,
+            load_loss.as_ref(),
+            domain_loss.as_ref(),
+            &x2,
+        )?;
         {
             let mut pending = self.pending_load.lock().expect("load poisoned");
             pending.iter_mut().zip(&counts).for_each(|(p, c)| *p += c);

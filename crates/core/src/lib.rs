@@ -12,6 +12,7 @@
 //! - [`plan`]: the [`DispatchPlan`] every router produces;
 //! - [`dispatch`]: the readable reference dispatch, and the choice of it or the CPU kernels;
 //! - [`losses`], [`stats`]: balancing losses, z-loss and routing statistics;
+//! - [`domain_map`]: the domain → expert mapping loss and routing purity;
 //! - [`rowops`]: the routers' and losses' `[T, E]` ops (softmax, log-sum-exp, column means,
 //!   plan weights, the noisy router's logits and load sums) composed from candle ops, and the
 //!   choice of them or their fused CPU forms;
@@ -41,6 +42,7 @@
 
 pub mod config;
 pub mod dispatch;
+pub mod domain_map;
 pub mod error;
 pub mod expert;
 pub mod gate;
@@ -59,6 +61,7 @@ pub use config::{
     RouterConfig, ScoreFn,
 };
 pub use dispatch::{backward, DispatchImpl, KernelOptions};
+pub use domain_map::DomainTargets;
 pub use error::{MoeError, Result};
 pub use layer::{ForcedRouting, ForwardCtx, MoeBlock, MoeLayer, MoeOutput, Routing, GATE_IN_FLOOR};
 pub use params::{Init, ParamBuilder, ParamStore};

@@ -84,4 +84,7 @@ pub struct LossValues {
     pub importance: f64,
     pub load: f64,
     pub z: f64,
+    /// The domain-map loss (0 when it is off or the batch has no domain labels).
+    #[serde(default)]
+    pub domain_map: f64,
 }

@@ -246,6 +246,7 @@ pub fn lm_config_from_hf(arch: HfArch, config: &Value, path: &Path) -> Result<Lm
             importance: 0.0,
             load: 0.0,
             z: c.f64_or("router_z_loss_coef", 0.0)?,
+            domain_map: 0.0,
         },
     };
     let mut cfg = LmConfig {

@@ -9,8 +9,8 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 
 use switchyard_core::{
-    DispatchImpl, ForcedRouting, ForwardCtx, Init, KernelOptions, MoeLayer, ParamBuilder,
-    ParamStore,
+    DispatchImpl, DomainTargets, ForcedRouting, ForwardCtx, Init, KernelOptions, MoeLayer,
+    ParamBuilder, ParamStore,
 };
 
 use crate::attention::KvCache;
@@ -37,6 +37,12 @@ pub struct LmCtx {
     /// Per-layer routing overrides, keyed by layer index: forced routing (trace replay) and
     /// fixed expert availability (causal ablation).
     pub overrides: BTreeMap<usize, LayerOverride>,
+    /// Domain id of each input token, `[B·L]` row-major, for the MoE layers' domain-map loss
+    /// (`losses.domain_map`); `None`: the loss is 0.
+    pub domains: Option<Vec<u32>>,
+    /// `domain_experts[d]`: the experts domain id `d` maps to; `None`: domain `d` → expert
+    /// `d mod E` (see [`switchyard_core::DomainTargets`]).
+    pub domain_experts: Option<Vec<Vec<usize>>>,
 }
 
 /// What to change in one MoE layer's routing for a forward.
@@ -54,6 +60,8 @@ impl LmCtx {
             dispatch: DispatchImpl::default(),
             kernel: KernelOptions::default(),
             overrides: BTreeMap::new(),
+            domains: None,
+            domain_experts: None,
         }
     }
 }
@@ -188,6 +196,10 @@ impl MoeLm {
             kernel: ctx.kernel,
             forced: None,
             available: None,
+            domains: ctx.domains.as_deref().map(|domains| DomainTargets {
+                domains,
+                experts: ctx.domain_experts.as_deref(),
+            }),
         };
         let mut aux = Tensor::zeros((), x.dtype(), x.device())?;
         let mut reports = Vec::with_capacity(self.layers.len());

@@ -23,6 +23,7 @@ pub mod config;
 pub mod config_doc;
 pub mod config_toml;
 pub mod data;
+pub mod domain_map;
 pub mod error;
 pub mod eval;
 pub mod fault;
@@ -48,7 +49,7 @@ use crate::checkpoint::{
 use crate::{accumulate_grads, clip_grad_norm, grad_norm, AdamW, AdamWConfig, LrSchedule};
 pub use config::{DataConfig, InitConfig, LogConfig, LoopConfig, OptimConfig, TrainConfig};
 pub use error::{ConfigError, RunError, RunResult};
-pub use eval::{evaluate, DomainLoss, EvalResult, LayerRouting};
+pub use eval::{evaluate, evaluate_with, DomainLoss, EvalResult, LayerRouting};
 pub use fault::Faults;
 use guard::{CollapseEvent, CollapseWatch, SpikeGuard, SpikeVerdict, COLLAPSE_CLEAR_STEPS};
 pub use lifecycle::{AddAt, LifecycleConfig, LifecycleState, SearchBy};
@@ -122,6 +123,8 @@ pub struct Trainer {
     replicas: Option<replica::Replicas>,
     /// Expert restores not yet written to `metrics.jsonl`.
     restore_events: Vec<replica::RestoreEvent>,
+    /// The domain → expert mapping, when the loss or `train.domain_experts` is on.
+    domain_map: Option<domain_map::DomainMapping>,
 }
 
 impl Trainer {
@@ -147,6 +150,10 @@ impl Trainer {
             tracing::warn!("fault injection from the environment ({faults:?}); see switchyard_train::trainer::fault");
         }
         let (data, data_early) = data::build_datasets(&cfg, tok.as_ref())?;
+        let domain_map = domain_map::resolve(&cfg, &data.domains)?;
+        if domain_map.is_some() && !domain_map::loss_on(&cfg.model) {
+            tracing::warn!("train.domain_experts is set but every MoE layer has losses.domain_map = 0: the mapping only feeds the routing-purity figures");
+        }
         let (store, mut model) = build_model(&cfg)?;
         if let (true, Some(from)) = (load_init, &cfg.init.from) {
             restore::load_init_weights(&store, &mut model, from)?;
@@ -175,7 +182,8 @@ impl Trainer {
         if let Some(early) = &data_early {
             early.train_batches(cfg.train.batch_size, 0)?;
         }
-        let ctx = LmCtx::new(true, mix_seed(cfg.seed, ROUTING_SEED_SALT));
+        let mut ctx = LmCtx::new(true, mix_seed(cfg.seed, ROUTING_SEED_SALT));
+        ctx.domain_experts = domain_map.as_ref().and_then(|m| m.experts.clone());
         Ok(Self {
             batch_seed: mix_seed(cfg.seed, BATCH_SEED_SALT),
             collapse: CollapseWatch::new(cfg.model.moe_layers().len()),
@@ -199,6 +207,7 @@ impl Trainer {
             faults,
             replicas: None,
             restore_events: Vec::new(),
+            domain_map,
         })
     }
 
@@ -409,6 +418,7 @@ impl Trainer {
         let (mut loss_sum, mut ce_sum, mut tokens) = (0.0, 0.0, 0u64);
         for micro in 0..accum {
             let batch = self.next_batch()?;
+            self.ctx.domains = self.domain_map.as_ref().map(|_| batch.domains.clone());
             let shape = (batch.batch_size, batch.seq_len);
             let ids = Tensor::from_vec(batch.inputs, shape, &candle_core::Device::Cpu)?;
             let targets = Tensor::from_vec(batch.targets, shape, &candle_core::Device::Cpu)?;
@@ -507,7 +517,17 @@ impl Trainer {
 
     /// Evaluates on the validation set (see [`evaluate`]).
     pub fn evaluate(&self) -> RunResult<EvalResult> {
-        evaluate(&self.model, &self.data, self.cfg.data.max_valid_windows)
+        evaluate_with(
+            &self.model,
+            &self.data,
+            self.cfg.data.max_valid_windows,
+            self.domain_map.as_ref(),
+        )
+    }
+
+    /// The domain → expert mapping this run trains with (see [`domain_map`]).
+    pub fn domain_mapping(&self) -> Option<&domain_map::DomainMapping> {
+        self.domain_map.as_ref()
     }
 
     /// Saves `run_dir/step-<step>/` and points `latest` at it.
@@ -659,8 +679,11 @@ fn log_eval(step: u64, r: &EvalResult) {
         .iter()
         .map(|d| format!("{} {:.3}", d.domain, d.loss))
         .collect();
+    let purity = r
+        .mean_purity()
+        .map_or(String::new(), |p| format!(", routing purity {p:.3}"));
     tracing::info!(
-        "step {step}: val loss {:.4} ({})",
+        "step {step}: val loss {:.4} ({}){purity}",
         r.loss,
         per_domain.join(", ")
     );

@@ -231,7 +231,6 @@ fn a_damaged_snapshot_keeps_the_older_replica() {
     );
 }
 
-
 #[test]
 fn replicas_never_change_a_run_without_faults() {
     let run = |every: u64| {

@@ -29,7 +29,6 @@ fn with_router(
     cfg
 }
 
-
 fn check_resume_is_exact(make: impl Fn(&std::path::Path) -> TrainConfig) {
     let straight_dir = TempDir::new("resume-straight");
     let mut straight = Trainer::new(make(straight_dir.path())).unwrap();

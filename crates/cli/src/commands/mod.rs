@@ -10,6 +10,7 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod compare_routers;
 pub mod demo;
 pub mod eval;
 pub mod experts;

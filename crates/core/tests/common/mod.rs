@@ -29,6 +29,7 @@ pub fn small_cfg(router: RouterConfig, experts: Vec<ExpertSpec>) -> MoeConfig {
             importance: 0.2,
             load,
             z: 0.05,
+            domain_map: 0.0,
         },
         ..Default::default()
     }

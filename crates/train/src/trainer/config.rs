@@ -114,6 +114,9 @@ pub struct LoopConfig {
     pub spike_factor: f64,
     /// Warn when one expert receives more than this share of a layer's tokens.
     pub collapse_share: f64,
+    /// Domain name → the experts its tokens should route to, for `losses.domain_map` (and
+    /// routing purity in evaluation). Empty: domain id `d` → expert `d mod E`.
+    pub domain_experts: std::collections::BTreeMap<String, Vec<usize>>,
 }
 
 /// Logging and progress display.
@@ -219,6 +222,7 @@ impl Default for LoopConfig {
             keep_last: 3,
             spike_factor: 3.0,
             collapse_share: 0.9,
+            domain_experts: Default::default(),
         }
     }
 }
@@ -262,6 +266,7 @@ impl TrainConfig {
                 ),
             ));
         }
+        super::domain_map::validate(self)?;
         self.validate_optim()
     }
 

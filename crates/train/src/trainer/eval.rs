@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_data::{Batch, Dataset};
 use switchyard_models::{per_token_ce, LmCtx, MoeLm};
 
+use super::domain_map::{DomainMapping, LayerPurity, PurityAccumulator};
 use super::error::RunResult;
 
 /// Validation windows per forward: large enough to keep the matmuls efficient, small enough
@@ -51,11 +52,34 @@ pub struct EvalResult {
     pub domains: Vec<DomainLoss>,
     /// One entry per MoE layer (empty for a dense model).
     pub routing: Vec<LayerRouting>,
+    /// Routing purity per MoE layer, when the run maps domains to experts (else empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purity: Vec<LayerPurity>,
+}
+
+impl EvalResult {
+    /// Routing purity over every MoE layer's mapped tokens (the mean of the layers'), if the
+    /// run maps domains to experts.
+    pub fn mean_purity(&self) -> Option<f64> {
+        (!self.purity.is_empty())
+            .then(|| self.purity.iter().map(|p| p.overall).sum::<f64>() / self.purity.len() as f64)
+    }
 }
 
 /// Evaluates the first `max_windows` validation windows of every domain, in eval mode
 /// (no routing noise). Leaves no trace in the balancing state of the model's MoE layers.
 pub fn evaluate(model: &MoeLm, data: &Dataset, max_windows: usize) -> RunResult<EvalResult> {
+    evaluate_with(model, data, max_windows, None)
+}
+
+/// [`evaluate`], plus routing purity against `mapping` when given.
+pub fn evaluate_with(
+    model: &MoeLm,
+    data: &Dataset,
+    max_windows: usize,
+    mapping: Option<&DomainMapping>,
+) -> RunResult<EvalResult> {
+    let mut purity = PurityAccumulator::default();
     let device = model.embed_tokens.device().clone();
     let n_domains = data.domains.len();
     let moe_layers = model.cfg.moe_layers();
@@ -75,9 +99,12 @@ pub fn evaluate(model: &MoeLm, data: &Dataset, max_windows: usize) -> RunResult<
         for chunk in windows.chunks(EVAL_BATCH_WINDOWS) {
             let batch = Batch::from_windows(packed, chunk);
             let shape = (batch.batch_size, batch.seq_len);
-            let ids = Tensor::from_vec(batch.inputs, shape, &device)?;
-            let targets = Tensor::from_vec(batch.targets, shape, &device)?;
+            let ids = Tensor::from_vec(batch.inputs.clone(), shape, &device)?;
+            let targets = Tensor::from_vec(batch.targets.clone(), shape, &device)?;
             let out = model.forward(&ids, &mut ctx)?;
+            if let Some(m) = mapping {
+                purity.add(m, &out.layers, &batch.domains)?;
+            }
             let ce = per_token_ce(&out.logits, &targets)?;
             nll += ce.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
             tokens += chunk.len() * batch.seq_len;
@@ -105,5 +132,6 @@ pub fn evaluate(model: &MoeLm, data: &Dataset, max_windows: usize) -> RunResult<
         loss: total_nll / total_tokens.max(1) as f64,
         domains,
         routing,
+        purity: purity.finish(n_domains),
     })
 }

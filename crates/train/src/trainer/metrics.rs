@@ -25,6 +25,9 @@ pub struct LayerMetrics {
     pub importance: f64,
     pub load: f64,
     pub z: f64,
+    /// The domain-map loss (0 when off).
+    #[serde(default)]
+    pub domain_map: f64,
     /// Coefficient of variation (std / mean) of the tokens each expert received.
     pub load_cv: f64,
     pub dropped_fraction: f64,
@@ -68,11 +71,13 @@ impl LayerAccumulator {
                 importance,
                 load,
                 z,
+                domain_map,
             } = r.losses;
             m.switch_balance += switch_balance;
             m.importance += importance;
             m.load += load;
             m.z += z;
+            m.domain_map += domain_map;
             if let Some(s) = &r.stats {
                 m.tokens_per_expert.resize(s.tokens_per_expert.len(), 0);
                 m.tokens_per_expert
@@ -99,6 +104,7 @@ impl LayerAccumulator {
                     &mut m.importance,
                     &mut m.load,
                     &mut m.z,
+                    &mut m.domain_map,
                     &mut m.entropy,
                 ] {
                     *v /= n;
@@ -165,6 +171,9 @@ pub struct EvalRecord {
     pub step: u64,
     pub val_loss: f64,
     pub domains: std::collections::BTreeMap<String, f64>,
+    /// Routing purity per MoE layer, when the run maps domains to experts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purity: Vec<super::domain_map::LayerPurity>,
 }
 
 impl EvalRecord {
@@ -178,6 +187,7 @@ impl EvalRecord {
                 .iter()
                 .map(|d| (d.domain.clone(), d.loss))
                 .collect(),
+            purity: r.purity.clone(),
         }
     }
 }
