@@ -71,6 +71,8 @@ pub struct NewDomainResult {
     pub old_max_vs_continue: f64,
     pub experts_before: usize,
     pub experts_after: usize,
+    /// Whether `grow` froze the experts there were when the new domain appeared.
+    pub freeze_old: bool,
 }
 
 fn config(opts: &DemoOptions, name: &str) -> anyhow::Result<TrainConfig> {
@@ -85,12 +87,25 @@ fn config(opts: &DemoOptions, name: &str) -> anyhow::Result<TrainConfig> {
         cfg.data.new_domain = Some(NEW_DOMAIN.into());
         cfg.data.new_domain_step = s;
     }
-    if name == "grow" {
+    if name != "grow" {
+        // the baselines change no expert, whatever --set says about the lifecycle
+        cfg.lifecycle = Default::default();
+    } else {
         cfg.lifecycle.add_on_new_domain = ADDED_EXPERTS;
         cfg.lifecycle.freeze_old_experts = true;
         if let LayerFfn::Moe(m) = &mut cfg.model.ffn.sparse {
             m.gate_in_steps = (s / 10).max(1) as usize;
         }
+        // the user's --set lifecycle.* wins over the demo's choices (e.g.
+        // lifecycle.freeze_old_experts = false)
+        let lifecycle: Vec<String> = opts
+            .overrides
+            .iter()
+            .filter(|o| o.trim_start().starts_with("lifecycle."))
+            .cloned()
+            .collect();
+        cfg = TrainConfig::from_toml_str(&cfg.to_toml_string(), None, &lifecycle)
+            .context("applying --set lifecycle.* to the grow run")?;
     }
     cfg.validate()?;
     Ok(cfg)
@@ -210,6 +225,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<NewDomainResult> {
         all,
         experts_before,
         experts_after,
+        freeze_old: cfgs[0].lifecycle.freeze_old_experts,
     };
     let json = serde_json::to_string_pretty(&result)?;
     std::fs::write(&summary_path, json + "\n")
@@ -217,12 +233,18 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<NewDomainResult> {
     Ok(result)
 }
 
-/// The table `demo --new-domain` prints.
+/// The table `demo --new-domain` prints (`freeze` says whether `grow` froze its old experts).
 pub fn report(r: &NewDomainResult) -> String {
-    let mut s = format!(
+    let mut s =
+        format!(
         "validation loss (nats/token); `{}` appears after step {} of {}; grow: {} -> {} experts \
-         per layer, old ones frozen\n\n",
-        r.new_domain, r.appear_step, r.steps, r.experts_before, r.experts_after
+         per layer{}\n\n",
+        r.new_domain,
+        r.appear_step,
+        r.steps,
+        r.experts_before,
+        r.experts_after,
+        if r.freeze_old { ", old ones frozen" } else { "" }
     );
     s += &format!(
         "| domain | grow @ {} | grow @ {} | continue @ {} | all seven @ {} |\n|---|---|---|---|---|\n",

@@ -36,8 +36,9 @@ pub struct DemoArgs {
     #[arg(long, value_name = "SUMMARY_JSON")]
     pub table: Option<PathBuf>,
     /// The expert-lifecycle demo instead: six domains, then a seventh appears and experts are
-    /// added for it (old ones frozen), against continuing without new experts and against
-    /// training on all seven from the start (runs/demo-new-domain[-quick]).
+    /// added for it (old ones frozen; `--set lifecycle.freeze_old_experts=false` keeps them
+    /// training), against continuing without new experts and against training on all seven
+    /// from the start (runs/demo-new-domain[-quick]).
     #[arg(long, conflicts_with = "table")]
     pub new_domain: bool,
 }
