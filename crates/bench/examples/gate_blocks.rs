@@ -20,8 +20,8 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    println!("| T | d | E | plain ms | blocked ms | blocked / plain | gate share of a top-2 SwiGLU layer (h = 4d/E·2) |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| T | d | E | plain ms | blocked ms | blocked / plain |");
+    println!("|---|---|---|---|---|---|");
     for &(t, d, e) in &[
         (4096, 256, 8),
         (4096, 512, 8),
@@ -37,16 +37,11 @@ fn main() {
         let blocked = best_of(7, || {
             matmul_by_row_blocks(&x, &w).unwrap();
         });
-        // the experts' multiply-adds per token at a fine-grained width: 2 experts of 3·d·h
-        let h = (8 * d / e).max(16);
-        let expert_macs = 2.0 * 3.0 * (d * h) as f64;
-        let share = (d * e) as f64 / (expert_macs + (d * e) as f64);
         println!(
-            "| {t} | {d} | {e} | {:.3} | {:.3} | {:.2} | {:.1}% |",
+            "| {t} | {d} | {e} | {:.3} | {:.3} | {:.2} |",
             plain * 1e3,
             blocked * 1e3,
-            blocked / plain,
-            100.0 * share
+            blocked / plain
         );
     }
 }
