@@ -175,6 +175,65 @@ pub fn save(
     Ok(dir)
 }
 
+/// The validation data and the loss before the surgery, measured on `windows` validation
+/// windows per domain (none when 0).
+pub struct Before {
+    pub data: Option<Dataset>,
+    pub eval: Option<EvalResult>,
+    pub windows: usize,
+}
+
+impl Before {
+    pub fn measure(src: &Source, windows: usize) -> anyhow::Result<Self> {
+        let data = if windows > 0 { Some(src.data()?) } else { None };
+        let eval = match &data {
+            Some(d) => Some(evaluate(&src.state, d, windows)?),
+            None => None,
+        };
+        Ok(Self {
+            data,
+            eval,
+            windows,
+        })
+    }
+}
+
+/// After a surgery: evaluates the result (or only builds it, when nothing was measured
+/// before), writes it as the new run with `surgery.json`, and prints the summary.
+pub fn finish(
+    operation: &str,
+    src: &Source,
+    state: &ModelState,
+    new_run: &NewRun,
+    report: &SurgeryReport,
+    before: &Before,
+) -> anyhow::Result<()> {
+    let after = match &before.data {
+        Some(d) => Some(evaluate(state, d, before.windows)?),
+        None => {
+            build(state)?;
+            None
+        }
+    };
+    let record = Record {
+        operation,
+        source: src.ckpt.dir.clone(),
+        step: src.ckpt.step,
+        report,
+        before: before.eval.as_ref(),
+        after: after.as_ref(),
+    };
+    let dir = save(src, state, new_run, &record)?;
+    print_summary(
+        operation,
+        report,
+        before.eval.as_ref(),
+        after.as_ref(),
+        &dir,
+    );
+    Ok(())
+}
+
 /// Prints the layers' expert counts, the warnings and the loss change.
 pub fn print_summary(
     operation: &str,

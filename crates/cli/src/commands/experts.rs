@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use switchyard_lifecycle::{self as lifecycle, AddInit, SurgeryReport};
 
-use crate::surgery::{self, lifecycle_error, Record};
+use crate::surgery::{self, lifecycle_error, Before};
 use crate::UserError;
 
 #[derive(Args)]
@@ -168,11 +168,8 @@ pub fn run(args: ExpertsArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let data = if windows > 0 { Some(src.data()?) } else { None };
-    let before = match &data {
-        Some(d) => Some(surgery::evaluate(&src.state, d, windows)?),
-        None => None,
-    };
+    let before = Before::measure(&src, windows)?;
+    let data = before.data.as_ref();
     let mut state = src.state.clone();
     let report: SurgeryReport = match &op {
         ExpertsOp::Add {
@@ -196,7 +193,7 @@ pub fn run(args: ExpertsArgs) -> anyhow::Result<()> {
             ..
         } => lifecycle::split_expert(&mut state, *layer, *expert, *noise, o.seed),
         ExpertsOp::Merge { layer, experts, .. } => {
-            let usage = surgery::usage(before.as_ref().expect("evaluated"), *layer);
+            let usage = surgery::usage(before.eval.as_ref().expect("evaluated"), *layer);
             lifecycle::merge_experts(&mut state, *layer, experts, &usage)
         }
         ExpertsOp::Prune {
@@ -206,7 +203,7 @@ pub fn run(args: ExpertsArgs) -> anyhow::Result<()> {
             by,
             ..
         } => {
-            let eval = before.as_ref().expect("evaluated");
+            let eval = before.eval.as_ref().expect("evaluated");
             let remove = if *dead {
                 dead_experts(&state, eval)?
             } else if let Some(n) = keep {
@@ -217,9 +214,7 @@ pub fn run(args: ExpertsArgs) -> anyhow::Result<()> {
                         .into_iter()
                         .map(|l| (l, surgery::usage(eval, l)))
                         .collect(),
-                    Rank::Ablation => {
-                        ablation_scores(&state, data.as_ref().expect("data"), windows)?
-                    }
+                    Rank::Ablation => ablation_scores(&state, data.expect("data"), windows)?,
                 };
                 keep_best(&scores, *n)?
             } else {
@@ -229,24 +224,7 @@ pub fn run(args: ExpertsArgs) -> anyhow::Result<()> {
         }
     }
     .map_err(lifecycle_error)?;
-    let after = match &data {
-        Some(d) => Some(surgery::evaluate(&state, d, windows)?),
-        None => {
-            surgery::build(&state)?;
-            None
-        }
-    };
-    let record = Record {
-        operation: op.name(),
-        source: src.ckpt.dir.clone(),
-        step: src.ckpt.step,
-        report: &report,
-        before: before.as_ref(),
-        after: after.as_ref(),
-    };
-    let dir = surgery::save(&src, &state, &new_run, &record)?;
-    surgery::print_summary(op.name(), &report, before.as_ref(), after.as_ref(), &dir);
-    Ok(())
+    surgery::finish(op.name(), &src, &state, &new_run, &report, &before)
 }
 
 /// Experts that received no validation token, as `(layer, expert)`; refused when there are

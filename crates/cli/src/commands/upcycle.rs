@@ -6,7 +6,7 @@ use clap::Args;
 use switchyard_lifecycle::{upcycle, SurgeryReport, UpcycleOptions};
 
 use crate::commands::experts::OutArgs;
-use crate::surgery::{self, lifecycle_error, Record};
+use crate::surgery::{self, lifecycle_error, Before};
 
 #[derive(Args)]
 pub struct UpcycleArgs {
@@ -28,12 +28,10 @@ pub struct UpcycleArgs {
 pub fn run(a: UpcycleArgs) -> anyhow::Result<()> {
     let o = &a.out;
     let (src, new_run) = surgery::open(&o.ckpt, &o.out, o.force)?;
-    let windows = o.eval_windows.unwrap_or(src.cfg.data.max_valid_windows);
-    let data = if windows > 0 { Some(src.data()?) } else { None };
-    let before = match &data {
-        Some(d) => Some(surgery::evaluate(&src.state, d, windows)?),
-        None => None,
-    };
+    let before = Before::measure(
+        &src,
+        o.eval_windows.unwrap_or(src.cfg.data.max_valid_windows),
+    )?;
     let mut state = src.state.clone();
     let opts = UpcycleOptions {
         experts: a.experts,
@@ -49,22 +47,5 @@ pub fn run(a: UpcycleArgs) -> anyhow::Result<()> {
         layers,
         warnings: Vec::new(),
     };
-    let after = match &data {
-        Some(d) => Some(surgery::evaluate(&state, d, windows)?),
-        None => {
-            surgery::build(&state)?;
-            None
-        }
-    };
-    let record = Record {
-        operation: "upcycle",
-        source: src.ckpt.dir.clone(),
-        step: src.ckpt.step,
-        report: &report,
-        before: before.as_ref(),
-        after: after.as_ref(),
-    };
-    let dir = surgery::save(&src, &state, &new_run, &record)?;
-    surgery::print_summary("upcycle", &report, before.as_ref(), after.as_ref(), &dir);
-    Ok(())
+    surgery::finish("upcycle", &src, &state, &new_run, &report, &before)
 }
